@@ -1,0 +1,110 @@
+using System.CommandLine;
+using CopaKernels.Formats;
+using CopaKernels.Formats.Peft;
+using CopaKernels.Formats.Safetensors;
+using Spectre.Console;
+
+namespace CopaKernels.Cli.Commands;
+
+/// <summary><c>copa inspect PATH</c>: tensors, metadata and totals of a safetensors file, a sharded model or a PEFT adapter.</summary>
+internal static class InspectCommand
+{
+    public static Command Create(TextWriter stdout)
+    {
+        var path = new Argument<string>("PATH") { Description = "a .safetensors file, a sharded model folder or index.json, or a PEFT adapter folder" };
+        var cmd = new Command("inspect", "Show the tensors, metadata and totals of a safetensors file, sharded model or LoRA adapter (reads headers only)") { path };
+        cmd.SetAction(parse =>
+        {
+            Run(parse.GetValue(path)!, Terminal.For(stdout));
+            return Program.ExitOk;
+        });
+        return cmd;
+    }
+
+    public static void Run(string path, IAnsiConsole console)
+    {
+        if (!File.Exists(path) && !Directory.Exists(path))
+            throw new CopaInputException(path, null, "no such file or folder");
+        if (Directory.Exists(path) && File.Exists(Path.Combine(path, AdapterConfig.FileName)))
+        {
+            using var adapter = LoraAdapter.Open(path);
+            ShowAdapter(adapter, console);
+            return;
+        }
+        using var model = ShardedModel.Open(path);
+        ShowModel(model, console);
+    }
+
+    private static void ShowAdapter(LoraAdapter a, IAnsiConsole console)
+    {
+        var c = a.Config;
+        console.MarkupLine($"[bold]LoRA adapter[/] {Markup.Escape(a.Folder)}");
+        var info = new Grid().AddColumn().AddColumn();
+        info.AddRow("base model", Markup.Escape(c.BaseModelNameOrPath ?? "(not given)"));
+        info.AddRow("rank r", c.R.ToString());
+        info.AddRow("lora_alpha", c.LoraAlpha.ToString("G"));
+        info.AddRow("scale", $"{c.ScaleFor("", c.R):G6} ({(c.UseRsLora ? "α/√r, rsLoRA" : "α/r")})");
+        info.AddRow("target modules", Markup.Escape(c.TargetModules.Count == 0 ? "(none listed)" : (c.TargetModulesIsRegex ? "regex " : "") + string.Join(", ", c.TargetModules)));
+        if (c.RankPattern.Count > 0) info.AddRow("rank_pattern", Markup.Escape(string.Join(", ", c.RankPattern.Select(kv => $"{kv.Key}={kv.Value}"))));
+        if (c.AlphaPattern.Count > 0) info.AddRow("alpha_pattern", Markup.Escape(string.Join(", ", c.AlphaPattern.Select(kv => $"{kv.Key}={kv.Value:G}"))));
+        if (c.FanInFanOut) info.AddRow("fan_in_fan_out", "true (base weights stored d_in × d_out)");
+        if (a.AdapterName != null) info.AddRow("adapter name", Markup.Escape(a.AdapterName));
+        console.Write(info);
+
+        var table = new Table().Border(TableBorder.Simple)
+            .AddColumn("module").AddColumn(new TableColumn("d_out × d_in").RightAligned()).AddColumn(new TableColumn("r").RightAligned())
+            .AddColumn(new TableColumn("alpha").RightAligned()).AddColumn(new TableColumn("scale").RightAligned()).AddColumn("dtype").AddColumn(new TableColumn("size").RightAligned());
+        long bytes = 0, parameters = 0;
+        foreach (var m in a.Modules)
+        {
+            long size = m.A.ByteLength + m.B.ByteLength;
+            bytes += size;
+            parameters += m.A.ElementCount + m.B.ElementCount;
+            table.AddRow(Markup.Escape(m.Path), $"{m.DOut} × {m.DIn}", m.Rank.ToString(), m.Alpha.ToString("G"), m.Scale.ToString("G6"),
+                m.A.DType == m.B.DType ? m.A.DType.ToString() : $"{m.A.DType}/{m.B.DType}", Terminal.Bytes(size));
+        }
+        console.Write(table);
+        console.MarkupLine($"{a.Modules.Count} modules, {parameters:N0} parameters, {Terminal.Bytes(bytes)}");
+    }
+
+    private static void ShowModel(ShardedModel model, IAnsiConsole console)
+    {
+        bool sharded = model.IndexPath != null;
+        console.MarkupLine($"[bold]{(sharded ? "Sharded safetensors model" : "safetensors file")}[/] {Markup.Escape(model.Path)}");
+        if (sharded)
+        {
+            var shards = new Table().Border(TableBorder.Simple).AddColumn("shard").AddColumn(new TableColumn("tensors").RightAligned()).AddColumn(new TableColumn("size").RightAligned());
+            foreach (var s in model.Shards)
+                shards.AddRow(Markup.Escape(Path.GetFileName(s.Path)), s.Tensors.Count.ToString(), Terminal.Bytes(s.FileLength));
+            console.Write(shards);
+        }
+        var metadata = model.Shards.Count == 1 ? model.Shards[0].Metadata : model.IndexMetadata;
+        if (metadata.Count > 0)
+        {
+            var grid = new Grid().AddColumn().AddColumn();
+            foreach (var (k, v) in metadata.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                grid.AddRow(Markup.Escape(k), Markup.Escape(v.Length > 200 ? v[..200] + "..." : v));
+            console.MarkupLine("[bold]metadata[/]");
+            console.Write(grid);
+        }
+        var table = new Table().Border(TableBorder.Simple).AddColumn("tensor").AddColumn("dtype").AddColumn("shape").AddColumn(new TableColumn("size").RightAligned());
+        if (sharded) table.AddColumn("shard");
+        var byType = new SortedDictionary<string, (int Count, long Bytes, long Elements)>(StringComparer.Ordinal);
+        foreach (var s in model.Shards)
+            foreach (var t in s.Tensors)
+            {
+                var row = new List<string> { Markup.Escape(t.Name), t.DType.ToString(), Markup.Escape(t.ShapeText), Terminal.Bytes(t.ByteLength) };
+                if (sharded) row.Add(Markup.Escape(Path.GetFileName(s.Path)));
+                table.AddRow(row.ToArray());
+                var key = t.DType.ToString();
+                byType.TryGetValue(key, out var acc);
+                byType[key] = (acc.Count + 1, acc.Bytes + t.ByteLength, acc.Elements + t.ElementCount);
+            }
+        console.Write(table);
+        int count = byType.Values.Sum(v => v.Count);
+        long total = byType.Values.Sum(v => v.Bytes);
+        long elements = byType.Values.Sum(v => v.Elements);
+        console.MarkupLine($"{count} tensors, {elements:N0} elements, {Terminal.Bytes(total)} of data"
+            + (byType.Count > 0 ? " (" + string.Join(", ", byType.Select(kv => $"{kv.Key}: {kv.Value.Count}")) + ")" : ""));
+    }
+}

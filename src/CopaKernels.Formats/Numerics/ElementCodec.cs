@@ -1,0 +1,43 @@
+using System.Runtime.InteropServices;
+using CopaKernels.Formats.Safetensors;
+
+namespace CopaKernels.Formats.Numerics;
+
+/// <summary>Decodes stored tensor bytes to F32 and encodes F32 back, for the float dtypes a merge handles.</summary>
+public static class ElementCodec
+{
+    /// <summary>Bytes of <paramref name="dtype"/> to F32. F64 is narrowed with round-to-nearest.</summary>
+    public static void Decode(DType dtype, ReadOnlySpan<byte> source, Span<float> destination)
+    {
+        switch (dtype)
+        {
+            case DType.F32: MemoryMarshal.Cast<byte, float>(source).CopyTo(destination); break;
+            case DType.BF16: FloatConversion.Bf16ToSingle(MemoryMarshal.Cast<byte, ushort>(source), destination); break;
+            case DType.F16: FloatConversion.HalfToSingle(MemoryMarshal.Cast<byte, ushort>(source), destination); break;
+            case DType.F64:
+                var d = MemoryMarshal.Cast<byte, double>(source);
+                for (int i = 0; i < d.Length; i++) destination[i] = (float)d[i];
+                break;
+            default: throw new NotSupportedException($"{dtype} is not a float type the merge reads");
+        }
+    }
+
+    /// <summary>F32 to bytes of <paramref name="dtype"/>, rounding to nearest-even.</summary>
+    public static void Encode(DType dtype, ReadOnlySpan<float> source, Span<byte> destination)
+    {
+        switch (dtype)
+        {
+            case DType.F32: MemoryMarshal.AsBytes(source).CopyTo(destination); break;
+            case DType.BF16: FloatConversion.SingleToBf16(source, MemoryMarshal.Cast<byte, ushort>(destination)); break;
+            case DType.F16: FloatConversion.SingleToHalf(source, MemoryMarshal.Cast<byte, ushort>(destination)); break;
+            case DType.F64:
+                var d = MemoryMarshal.Cast<byte, double>(destination);
+                for (int i = 0; i < source.Length; i++) d[i] = source[i];
+                break;
+            default: throw new NotSupportedException($"{dtype} is not a float type the merge writes");
+        }
+    }
+
+    /// <summary>True when <see cref="Decode"/> accepts the type.</summary>
+    public static bool CanDecode(DType dtype) => dtype is DType.F32 or DType.BF16 or DType.F16 or DType.F64;
+}

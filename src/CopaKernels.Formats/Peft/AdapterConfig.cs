@@ -1,0 +1,183 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+
+namespace CopaKernels.Formats.Peft;
+
+/// <summary>
+/// The fields of a PEFT <c>adapter_config.json</c> that decide how a LoRA is merged. The raw JSON is
+/// kept so a merged adapter can carry the first input's other settings through.
+/// </summary>
+public sealed class AdapterConfig
+{
+    /// <summary>The file name PEFT uses.</summary>
+    public const string FileName = "adapter_config.json";
+
+    /// <summary>Default rank <c>r</c>.</summary>
+    public int R { get; init; }
+
+    /// <summary>Default <c>lora_alpha</c>.</summary>
+    public double LoraAlpha { get; init; }
+
+    /// <summary>Scale α/√r instead of α/r.</summary>
+    public bool UseRsLora { get; init; }
+
+    /// <summary>Base weights stored transposed (d_in × d_out), as GPT-2's Conv1D does.</summary>
+    public bool FanInFanOut { get; init; }
+
+    /// <summary>Weight-decomposed LoRA (rejected: not merged exactly yet).</summary>
+    public bool UseDora { get; init; }
+
+    /// <summary>LoRA with a bias on B (rejected: not merged exactly yet).</summary>
+    public bool LoraBias { get; init; }
+
+    /// <summary>PEFT's <c>bias</c> setting: none, all or lora_only.</summary>
+    public string Bias { get; init; } = "none";
+
+    /// <summary>PEFT's <c>peft_type</c> (LORA expected), or null when absent.</summary>
+    public string? PeftType { get; init; }
+
+    /// <summary>Target modules: names, or one regular expression.</summary>
+    public IReadOnlyList<string> TargetModules { get; init; } = [];
+
+    /// <summary>True when <see cref="TargetModules"/> is a single regular expression string.</summary>
+    public bool TargetModulesIsRegex { get; init; }
+
+    /// <summary>Per-module rank overrides, in file order (key is a module-name pattern).</summary>
+    public IReadOnlyList<KeyValuePair<string, int>> RankPattern { get; init; } = [];
+
+    /// <summary>Per-module alpha overrides, in file order.</summary>
+    public IReadOnlyList<KeyValuePair<string, double>> AlphaPattern { get; init; } = [];
+
+    /// <summary>The base model named in the config, if any.</summary>
+    public string? BaseModelNameOrPath { get; init; }
+
+    /// <summary>The whole config as read.</summary>
+    public JsonObject Raw { get; init; } = new();
+
+    /// <summary>The rank of module <paramref name="modulePath"/> (rank_pattern, else r).</summary>
+    public int RankFor(string modulePath) => Lookup(RankPattern, modulePath, out var v) ? v : R;
+
+    /// <summary>The alpha of module <paramref name="modulePath"/> (alpha_pattern, else lora_alpha).</summary>
+    public double AlphaFor(string modulePath) => Lookup(AlphaPattern, modulePath, out var v) ? v : LoraAlpha;
+
+    /// <summary>The LoRA scale α/r (or α/√r with rsLoRA) of a module of rank <paramref name="rank"/>.</summary>
+    public double ScaleFor(string modulePath, int rank) =>
+        UseRsLora ? AlphaFor(modulePath) / Math.Sqrt(rank) : AlphaFor(modulePath) / rank;
+
+    /// <summary>
+    /// PEFT's pattern rule (<c>get_pattern_key</c>): a key equal to the module path wins; else the
+    /// first key, in file order, for which <c>(.*\.)?KEY$</c> matches the path from its start.
+    /// </summary>
+    internal static bool Lookup<T>(IReadOnlyList<KeyValuePair<string, T>> patterns, string modulePath, out T value)
+    {
+        foreach (var (k, v) in patterns)
+            if (k == modulePath) { value = v; return true; }
+        foreach (var (k, v) in patterns)
+        {
+            bool match;
+            try { match = Regex.IsMatch(modulePath, $@"\A(?:.*\.)?(?:{k})\z", RegexOptions.CultureInvariant, TimeSpan.FromSeconds(1)); }
+            catch (ArgumentException) { match = false; }
+            if (match) { value = v; return true; }
+        }
+        value = default!;
+        return false;
+    }
+
+    /// <summary>Reads and checks a config file.</summary>
+    public static AdapterConfig Load(string path)
+    {
+        JsonObject root;
+        try
+        {
+            var node = JsonNode.Parse(File.ReadAllBytes(path), documentOptions: new JsonDocumentOptions { MaxDepth = 64 });
+            root = node as JsonObject ?? throw new AdapterException(path, null, "adapter config is not a JSON object");
+        }
+        catch (JsonException e) { throw new AdapterException(path, null, $"adapter config is not valid JSON ({e.Message.Split('\n')[0].TrimEnd('.')})", e); }
+        catch (FileNotFoundException e) { throw new AdapterException(path, null, "adapter config not found", e); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new AdapterException(path, null, e.Message.TrimEnd('.'), e); }
+        return FromJson(root, path);
+    }
+
+    /// <summary>Builds a config from parsed JSON (path is for messages).</summary>
+    public static AdapterConfig FromJson(JsonObject root, string path)
+    {
+        string? peftType = Str(root, "peft_type", path);
+        if (peftType != null && !string.Equals(peftType, "LORA", StringComparison.OrdinalIgnoreCase))
+            throw new AdapterException(path, null, $"peft_type is {peftType}; only LORA adapters can be merged");
+        double rd = Num(root, "r", path) ?? throw new AdapterException(path, null, "adapter config has no 'r'");
+        if (rd <= 0 || rd != Math.Floor(rd) || rd > int.MaxValue) throw new AdapterException(path, null, $"r is {rd}; it must be a positive integer");
+        int r = (int)rd;
+        double alpha = Num(root, "lora_alpha", path) ?? r;
+        var (targets, isRegex) = Targets(root, path);
+        var cfg = new AdapterConfig
+        {
+            R = r,
+            LoraAlpha = alpha,
+            UseRsLora = Bool(root, "use_rslora", path),
+            FanInFanOut = Bool(root, "fan_in_fan_out", path),
+            UseDora = Bool(root, "use_dora", path),
+            LoraBias = Bool(root, "lora_bias", path),
+            Bias = Str(root, "bias", path) ?? "none",
+            PeftType = peftType,
+            TargetModules = targets,
+            TargetModulesIsRegex = isRegex,
+            RankPattern = Pattern(root, "rank_pattern", path, v => (int)v),
+            AlphaPattern = Pattern(root, "alpha_pattern", path, v => v),
+            BaseModelNameOrPath = Str(root, "base_model_name_or_path", path),
+            Raw = root,
+        };
+        foreach (var (k, v) in cfg.RankPattern)
+            if (v <= 0) throw new AdapterException(path, null, $"rank_pattern['{k}'] is {v}; it must be positive");
+        return cfg;
+    }
+
+    private static string? Str(JsonObject o, string key, string path)
+    {
+        if (!o.TryGetPropertyValue(key, out var n) || n is null) return null;
+        return n.GetValueKind() == JsonValueKind.String ? n.GetValue<string>()
+            : throw new AdapterException(path, null, $"'{key}' is not a string");
+    }
+
+    private static double? Num(JsonObject o, string key, string path)
+    {
+        if (!o.TryGetPropertyValue(key, out var n) || n is null) return null;
+        return n.GetValueKind() == JsonValueKind.Number ? n.GetValue<double>()
+            : throw new AdapterException(path, null, $"'{key}' is not a number");
+    }
+
+    private static bool Bool(JsonObject o, string key, string path)
+    {
+        if (!o.TryGetPropertyValue(key, out var n) || n is null) return false;
+        return n.GetValueKind() switch
+        {
+            JsonValueKind.True => true,
+            JsonValueKind.False => false,
+            _ => throw new AdapterException(path, null, $"'{key}' is not true or false"),
+        };
+    }
+
+    private static (IReadOnlyList<string>, bool) Targets(JsonObject o, string path)
+    {
+        if (!o.TryGetPropertyValue("target_modules", out var n) || n is null) return ([], false);
+        if (n.GetValueKind() == JsonValueKind.String) return ([n.GetValue<string>()], true);
+        if (n is JsonArray a)
+            return (a.Select(x => x is not null && x.GetValueKind() == JsonValueKind.String ? x.GetValue<string>()
+                : throw new AdapterException(path, null, "target_modules holds a non-string")).ToList(), false);
+        throw new AdapterException(path, null, "target_modules is neither a string nor a list");
+    }
+
+    private static IReadOnlyList<KeyValuePair<string, T>> Pattern<T>(JsonObject o, string key, string path, Func<double, T> map)
+    {
+        if (!o.TryGetPropertyValue(key, out var n) || n is null) return [];
+        if (n is not JsonObject obj) throw new AdapterException(path, null, $"'{key}' is not an object");
+        var list = new List<KeyValuePair<string, T>>();
+        foreach (var (k, v) in obj)
+        {
+            if (v is null || v.GetValueKind() != JsonValueKind.Number)
+                throw new AdapterException(path, null, $"{key}['{k}'] is not a number");
+            list.Add(new(k, map(v.GetValue<double>())));
+        }
+        return list;
+    }
+}

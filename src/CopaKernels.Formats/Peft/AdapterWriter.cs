@@ -1,0 +1,78 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using CopaKernels.Formats.Safetensors;
+
+namespace CopaKernels.Formats.Peft;
+
+/// <summary>A module to be written into an adapter: path, output and input dimensions, rank.</summary>
+/// <param name="Path">Module path (no <c>base_model.model.</c> prefix).</param>
+/// <param name="DOut">Rows of B.</param>
+/// <param name="DIn">Columns of A.</param>
+/// <param name="Rank">Rank r.</param>
+public sealed record AdapterModuleSpec(string Path, long DOut, long DIn, int Rank);
+
+/// <summary>
+/// Writes a PEFT adapter folder: <c>adapter_config.json</c> and a streamed
+/// <c>adapter_model.safetensors</c> whose keys are <c>base_model.model.PATH.lora_A.weight</c> /
+/// <c>lora_B.weight</c>. Factor data is appended through <see cref="Weights"/> in its layout order.
+/// </summary>
+public sealed class AdapterWriter : IDisposable
+{
+    private readonly string _folder;
+    private readonly JsonObject _config;
+
+    /// <summary>Declares the modules and opens the weights file.</summary>
+    public AdapterWriter(string folder, JsonObject config, IEnumerable<AdapterModuleSpec> modules, DType dtype,
+        IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        _folder = folder;
+        _config = config;
+        var specs = new List<TensorSpec>();
+        foreach (var m in modules)
+        {
+            specs.Add(new TensorSpec(LoraAdapter.KeyA(m.Path), dtype, [m.Rank, m.DIn]));
+            specs.Add(new TensorSpec(LoraAdapter.KeyB(m.Path), dtype, [m.DOut, m.Rank]));
+        }
+        Weights = new SafetensorsWriter(Path.Combine(folder, LoraAdapter.WeightsFileName), specs, metadata);
+    }
+
+    /// <summary>The weights writer (append factor data in its <see cref="SafetensorsWriter.Layout"/> order).</summary>
+    public SafetensorsWriter Weights { get; }
+
+    /// <summary>
+    /// A LoRA config in PEFT's shape. Fields of <paramref name="template"/> (e.g. the first input
+    /// adapter's config) are kept, then r, lora_alpha and the rest are set; rank_pattern and
+    /// alpha_pattern are cleared because the written ranks and alphas are uniform.
+    /// </summary>
+    public static JsonObject MakeConfig(int r, double loraAlpha, IEnumerable<string> targetModules, string? baseModel,
+        JsonObject? template = null, bool useRsLora = false)
+    {
+        var c = template?.DeepClone().AsObject() ?? new JsonObject();
+        c["peft_type"] = "LORA";
+        c["task_type"] ??= "CAUSAL_LM";
+        c["r"] = r;
+        c["lora_alpha"] = loraAlpha == Math.Floor(loraAlpha) && Math.Abs(loraAlpha) < 1e15 ? JsonValue.Create((long)loraAlpha) : JsonValue.Create(loraAlpha);
+        c["use_rslora"] = useRsLora;
+        c["target_modules"] = new JsonArray(targetModules.Distinct().Order(StringComparer.Ordinal).Select(t => (JsonNode)t!).ToArray());
+        c["rank_pattern"] = new JsonObject();
+        c["alpha_pattern"] = new JsonObject();
+        c["use_dora"] = false;
+        c["bias"] = "none";
+        c["lora_dropout"] ??= 0.0;
+        c["fan_in_fan_out"] ??= false;
+        c["inference_mode"] = true;
+        if (baseModel != null) c["base_model_name_or_path"] = baseModel;
+        return c;
+    }
+
+    /// <summary>Writes the config and completes the weights file.</summary>
+    public void Commit()
+    {
+        File.WriteAllText(Path.Combine(_folder, AdapterConfig.FileName),
+            _config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        Weights.Commit();
+    }
+
+    /// <inheritdoc/>
+    public void Dispose() => Weights.Dispose();
+}

@@ -1,0 +1,164 @@
+using System.Text.RegularExpressions;
+using CopaKernels.Formats.Safetensors;
+
+namespace CopaKernels.Formats.Peft;
+
+/// <summary>One LoRA module of an adapter: the A (r × d_in) and B (d_out × r) factors and their scale.</summary>
+/// <param name="Path">Module path in the base model, e.g. <c>model.layers.3.self_attn.q_proj</c>.</param>
+/// <param name="BaseTensor">The base weight it updates: <c>Path + ".weight"</c>.</param>
+/// <param name="A">The lora_A tensor entry.</param>
+/// <param name="B">The lora_B tensor entry.</param>
+/// <param name="Rank">r (rows of A, columns of B).</param>
+/// <param name="Alpha">lora_alpha for this module (alpha_pattern applied).</param>
+/// <param name="Scale">α/r, or α/√r with rsLoRA.</param>
+public sealed record LoraModule(string Path, string BaseTensor, TensorInfo A, TensorInfo B, int Rank, double Alpha, double Scale)
+{
+    /// <summary>Columns of A: the input dimension.</summary>
+    public long DIn => A.Shape[1];
+
+    /// <summary>Rows of B: the output dimension.</summary>
+    public long DOut => B.Shape[0];
+}
+
+/// <summary>
+/// A PEFT LoRA adapter folder (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>), read
+/// and checked: every tensor is a lora_A/lora_B factor of a 2-D module, paired, with ranks that
+/// agree with the config. Anything that would not merge exactly is rejected with a named error.
+/// </summary>
+public sealed partial class LoraAdapter : IDisposable
+{
+    /// <summary>The weights file name PEFT uses.</summary>
+    public const string WeightsFileName = "adapter_model.safetensors";
+
+    /// <summary>The prefix PEFT puts before module paths.</summary>
+    public const string KeyPrefix = "base_model.model.";
+
+    private LoraAdapter(string folder, AdapterConfig config, SafetensorsFile weights, List<LoraModule> modules, string? adapterName)
+    {
+        Folder = folder;
+        Config = config;
+        Weights = weights;
+        Modules = modules;
+        AdapterName = adapterName;
+    }
+
+    /// <summary>The adapter folder.</summary>
+    public string Folder { get; }
+
+    /// <summary>The parsed config.</summary>
+    public AdapterConfig Config { get; }
+
+    /// <summary>The opened weights file.</summary>
+    public SafetensorsFile Weights { get; }
+
+    /// <summary>Modules sorted by path (ordinal).</summary>
+    public IReadOnlyList<LoraModule> Modules { get; }
+
+    /// <summary>The adapter name embedded in keys (<c>lora_A.NAME.weight</c>), or null.</summary>
+    public string? AdapterName { get; }
+
+    /// <summary>PEFT key of a module's A factor.</summary>
+    public static string KeyA(string modulePath) => $"{KeyPrefix}{modulePath}.lora_A.weight";
+
+    /// <summary>PEFT key of a module's B factor.</summary>
+    public static string KeyB(string modulePath) => $"{KeyPrefix}{modulePath}.lora_B.weight";
+
+    [GeneratedRegex(@"^(?<path>.+)\.lora_(?<ab>A|B)(?:\.(?<name>[^.]+))?\.weight$", RegexOptions.CultureInvariant)]
+    private static partial Regex FactorKey();
+
+    /// <summary>Opens an adapter folder.</summary>
+    public static LoraAdapter Open(string folder)
+    {
+        if (!Directory.Exists(folder))
+            throw new AdapterException(folder, null, File.Exists(folder) ? "not a folder (an adapter is a folder with adapter_config.json)" : "adapter folder not found");
+        var configPath = System.IO.Path.Combine(folder, AdapterConfig.FileName);
+        if (!File.Exists(configPath)) throw new AdapterException(folder, null, $"no {AdapterConfig.FileName} in the adapter folder");
+        var config = AdapterConfig.Load(configPath);
+        if (config.UseDora) throw new AdapterException(configPath, null, "use_dora is true: DoRA adapters are not supported (their magnitude vector does not merge as B·A)");
+        if (config.LoraBias) throw new AdapterException(configPath, null, "lora_bias is true: LoRA bias terms are not supported");
+        var weightsPath = System.IO.Path.Combine(folder, WeightsFileName);
+        if (!File.Exists(weightsPath))
+        {
+            var bin = System.IO.Path.Combine(folder, "adapter_model.bin");
+            throw new AdapterException(folder, null, File.Exists(bin)
+                ? "adapter_model.bin (pickle) is not supported; save the adapter with safetensors"
+                : $"no {WeightsFileName} in the adapter folder");
+        }
+        var weights = SafetensorsFile.Open(weightsPath);
+        try
+        {
+            var (modules, name) = Pair(weights, config, weightsPath, configPath);
+            return new LoraAdapter(folder, config, weights, modules, name);
+        }
+        catch
+        {
+            weights.Dispose();
+            throw;
+        }
+    }
+
+    private static (List<LoraModule>, string?) Pair(SafetensorsFile weights, AdapterConfig config, string weightsPath, string configPath)
+    {
+        var a = new Dictionary<string, TensorInfo>(StringComparer.Ordinal);
+        var b = new Dictionary<string, TensorInfo>(StringComparer.Ordinal);
+        string? adapterName = null;
+        foreach (var t in weights.Tensors)
+        {
+            var m = FactorKey().Match(t.Name);
+            if (!m.Success) throw new AdapterException(weightsPath, t.Name, Unsupported(t.Name, config));
+            var path = m.Groups["path"].Value;
+            if (path.StartsWith(KeyPrefix, StringComparison.Ordinal)) path = path[KeyPrefix.Length..];
+            if (m.Groups["name"].Success)
+            {
+                var n = m.Groups["name"].Value;
+                if (adapterName != null && adapterName != n)
+                    throw new AdapterException(weightsPath, t.Name, $"holds two adapters ('{adapterName}' and '{n}'); save one adapter per folder");
+                adapterName = n;
+            }
+            var dict = m.Groups["ab"].Value == "A" ? a : b;
+            if (!dict.TryAdd(path, t))
+                throw new AdapterException(weightsPath, t.Name, "factor appears twice for the same module");
+        }
+        foreach (var p in b.Keys)
+            if (!a.ContainsKey(p)) throw new AdapterException(weightsPath, KeyB(p), "lora_B has no matching lora_A");
+        var modules = new List<LoraModule>(a.Count);
+        foreach (var (path, ta) in a.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            if (!b.TryGetValue(path, out var tb)) throw new AdapterException(weightsPath, ta.Name, "lora_A has no matching lora_B");
+            foreach (var t in new[] { ta, tb })
+            {
+                if (t.Shape.Length != 2)
+                    throw new AdapterException(weightsPath, t.Name, $"shape {t.ShapeText} is not 2-D (convolution LoRA is not supported)");
+                if (!t.DType.IsMergeFloat())
+                    throw new AdapterException(weightsPath, t.Name, $"dtype {t.DType} is not F32, F16 or BF16");
+            }
+            long r = ta.Shape[0];
+            if (tb.Shape[1] != r)
+                throw new AdapterException(weightsPath, tb.Name, $"shape {tb.ShapeText} does not match lora_A {ta.ShapeText} (rank {r})");
+            if (r == 0 || ta.Shape[1] == 0 || tb.Shape[0] == 0)
+                throw new AdapterException(weightsPath, ta.Name, $"empty factor (A {ta.ShapeText}, B {tb.ShapeText})");
+            int rank = config.RankFor(path);
+            if (rank != r)
+                throw new AdapterException(weightsPath, ta.Name, $"rank {r} in the weights but {rank} in {AdapterConfig.FileName} (r / rank_pattern)");
+            modules.Add(new LoraModule(path, path + ".weight", ta, tb, rank, config.AlphaFor(path), config.ScaleFor(path, rank)));
+        }
+        if (modules.Count == 0) throw new AdapterException(weightsPath, null, "adapter holds no LoRA modules");
+        return (modules, adapterName);
+    }
+
+    private static string Unsupported(string name, AdapterConfig config)
+    {
+        if (name.Contains(".lora_embedding_A") || name.Contains(".lora_embedding_B"))
+            return "embedding LoRA is not supported";
+        if (name.Contains(".lora_magnitude_vector"))
+            return "DoRA magnitude vector: DoRA adapters are not supported";
+        if (name.Contains(".lora_A.") || name.Contains(".lora_B."))
+            return name.EndsWith(".bias", StringComparison.Ordinal) ? "LoRA bias terms are not supported" : "not a lora_A/lora_B weight";
+        if (name.EndsWith(".bias", StringComparison.Ordinal) && config.Bias != "none")
+            return $"bias tensors (bias=\"{config.Bias}\") are not supported";
+        return "not a LoRA factor (modules_to_save and other full tensors are not supported)";
+    }
+
+    /// <inheritdoc/>
+    public void Dispose() => Weights.Dispose();
+}

@@ -1,0 +1,175 @@
+using System.Buffers;
+using System.Runtime.InteropServices;
+using CopaKernels.Formats.Numerics;
+using Microsoft.Win32.SafeHandles;
+using K = CopaKernels.Formats.Safetensors.SafetensorsErrorKind;
+
+namespace CopaKernels.Formats.Safetensors;
+
+/// <summary>
+/// A safetensors file opened read-only. Only the header is read up front; tensor data is read on
+/// demand with positioned reads (thread-safe, any offset, files and tensors above 2 GiB), so reading
+/// one tensor never loads the file and the process's resident memory stays what the caller asks for.
+/// </summary>
+public sealed class SafetensorsFile : IDisposable
+{
+    private readonly SafeFileHandle _handle;
+
+    private SafetensorsFile(string path, SafeFileHandle handle, long length, long dataStart, SafetensorsHeader header)
+    {
+        Path = path;
+        _handle = handle;
+        FileLength = length;
+        DataStart = dataStart;
+        Header = header;
+    }
+
+    /// <summary>The path the file was opened with.</summary>
+    public string Path { get; }
+
+    /// <summary>File size in bytes.</summary>
+    public long FileLength { get; }
+
+    /// <summary>Absolute file offset of the data section.</summary>
+    public long DataStart { get; }
+
+    /// <summary>The validated header.</summary>
+    public SafetensorsHeader Header { get; }
+
+    /// <summary>Tensors in data order.</summary>
+    public IReadOnlyList<TensorInfo> Tensors => Header.Tensors;
+
+    /// <summary>The <c>__metadata__</c> strings.</summary>
+    public IReadOnlyDictionary<string, string> Metadata => Header.Metadata;
+
+    /// <summary>Opens and validates a file. Throws <see cref="SafetensorsException"/> on any format error.</summary>
+    public static SafetensorsFile Open(string path)
+    {
+        if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("safetensors I/O needs a little-endian machine");
+        SafeFileHandle handle;
+        try { handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+        {
+            throw new SafetensorsException(K.Io, path, null, Describe(e), e);
+        }
+        try
+        {
+            long length = RandomAccess.GetLength(handle);
+            Span<byte> prefix = stackalloc byte[SafetensorsHeader.PrefixSize];
+            int got = length >= prefix.Length ? ReadFully(handle, prefix, 0, path) : 0;
+            long n = SafetensorsHeader.CheckPrefix(prefix[..got], length, path);
+            // n is bounded by MaxHeaderSize and by the file length, so this allocation is honest.
+            var header = new byte[n];
+            ReadFully(handle, header, SafetensorsHeader.PrefixSize, path);
+            long dataStart = SafetensorsHeader.PrefixSize + n;
+            var parsed = SafetensorsHeader.Parse(header, length - dataStart, path);
+            return new SafetensorsFile(path, handle, length, dataStart, parsed);
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Looks a tensor up by name, or throws <see cref="SafetensorsErrorKind.TensorNotFound"/>.</summary>
+    public TensorInfo Get(string name) =>
+        Header.TryGet(name, out var t) ? t : throw new SafetensorsException(K.TensorNotFound, Path, name, "tensor not found");
+
+    /// <summary>Looks a tensor up by name.</summary>
+    public bool TryGet(string name, out TensorInfo info) => Header.TryGet(name, out info);
+
+    /// <summary>Reads raw bytes of a tensor, starting <paramref name="byteOffset"/> bytes into it.</summary>
+    public void ReadBytes(TensorInfo tensor, long byteOffset, Span<byte> destination)
+    {
+        if (byteOffset < 0 || byteOffset + destination.Length > tensor.ByteLength)
+            throw new ArgumentOutOfRangeException(nameof(byteOffset), $"{tensor.Name}: range [{byteOffset}, {byteOffset + destination.Length}) outside {tensor.ByteLength} bytes");
+        ReadFully(_handle, destination, DataStart + tensor.Begin + byteOffset, Path);
+    }
+
+    /// <summary>
+    /// Reads <paramref name="destination"/>.Length elements of a float tensor starting at element
+    /// <paramref name="elementOffset"/>, converted to F32.
+    /// </summary>
+    public void ReadSingles(TensorInfo tensor, long elementOffset, Span<float> destination)
+    {
+        int size = tensor.DType.Bits() / 8;
+        if (tensor.DType == DType.F32)
+        {
+            ReadBytes(tensor, elementOffset * 4, MemoryMarshal.AsBytes(destination));
+            return;
+        }
+        if (!ElementCodec.CanDecode(tensor.DType))
+            throw new SafetensorsException(K.UnknownDType, Path, tensor.Name, $"dtype {tensor.DType} is not a float type (F32, F16, BF16, F64)");
+        const int chunk = 1 << 16;
+        var scratch = ArrayPool<byte>.Shared.Rent(chunk * size);
+        try
+        {
+            for (int done = 0; done < destination.Length; done += chunk)
+            {
+                int m = Math.Min(chunk, destination.Length - done);
+                var bytes = scratch.AsSpan(0, m * size);
+                ReadBytes(tensor, (elementOffset + done) * size, bytes);
+                ElementCodec.Decode(tensor.DType, bytes, destination.Slice(done, m));
+            }
+        }
+        finally { ArrayPool<byte>.Shared.Return(scratch); }
+    }
+
+    /// <summary>Reads a whole float tensor as F32 (use only for tensors known to be small).</summary>
+    public float[] ReadSingles(TensorInfo tensor)
+    {
+        var a = new float[checked((int)tensor.ElementCount)];
+        ReadSingles(tensor, 0, a);
+        return a;
+    }
+
+    /// <summary>Copies a tensor's bytes to a stream in bounded chunks.</summary>
+    public void CopyTo(TensorInfo tensor, Stream destination)
+    {
+        const int chunk = 4 << 20;
+        var buffer = ArrayPool<byte>.Shared.Rent((int)Math.Min(chunk, Math.Max(1, tensor.ByteLength)));
+        try
+        {
+            for (long done = 0; done < tensor.ByteLength;)
+            {
+                int m = (int)Math.Min(buffer.Length, tensor.ByteLength - done);
+                ReadBytes(tensor, done, buffer.AsSpan(0, m));
+                destination.Write(buffer, 0, m);
+                done += m;
+            }
+        }
+        finally { ArrayPool<byte>.Shared.Return(buffer); }
+    }
+
+    /// <inheritdoc/>
+    public void Dispose() => _handle.Dispose();
+
+    private static int ReadFully(SafeFileHandle handle, Span<byte> destination, long offset, string path)
+    {
+        int total = 0;
+        try
+        {
+            while (total < destination.Length)
+            {
+                int n = RandomAccess.Read(handle, destination[total..], offset + total);
+                if (n == 0)
+                    throw new SafetensorsException(K.DataTooShort, path, null, $"unexpected end of file at byte {offset + total}");
+                total += n;
+            }
+        }
+        catch (IOException e)
+        {
+            throw new SafetensorsException(K.Io, path, null, Describe(e), e);
+        }
+        return total;
+    }
+
+    internal static string Describe(Exception e) => e switch
+    {
+        FileNotFoundException => "file not found",
+        DirectoryNotFoundException => "folder not found",
+        UnauthorizedAccessException => "permission denied",
+        _ => e.Message.TrimEnd('.'),
+    };
+}

@@ -1,0 +1,117 @@
+using CopaKernels.Formats.Safetensors;
+using CopaKernels.Tests.Formats;
+
+namespace CopaKernels.Tests.Cli;
+
+public class InspectCommandTests
+{
+    [Fact]
+    public void Adapter_ShowsRankAlphaScaleTargetsAndModules()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 4, alpha: 16, dtype: DType.BF16);
+        var (code, output, err) = CliRunner.Run("inspect", dir.Path);
+        Assert.True(code == 0, err);
+        Assert.Contains("LoRA adapter", output);
+        Assert.Contains("rank r", output);
+        Assert.Contains("lora_alpha", output);
+        Assert.Contains("4 (α/r)", output);
+        Assert.Contains("q_proj, up_proj, v_proj", output);
+        foreach (var m in TestAdapters.SmallModules)
+        {
+            Assert.Contains(m.Path, output);
+            Assert.Contains($"{m.DOut} × {m.DIn}", output);
+        }
+        Assert.Contains("4 modules", output);
+        Assert.Empty(err);
+    }
+
+    [Fact]
+    public void SafetensorsFile_ShowsTensorsMetadataAndTotals()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("m.safetensors");
+        using (var w = new SafetensorsWriter(path, [new("w", DType.BF16, [3, 5]), new("b", DType.F32, [5])], new Dictionary<string, string> { ["note"] = "hello" }))
+        {
+            w.AppendSingles("b", new float[5]);
+            w.AppendSingles("w", new float[15]);
+            w.Commit();
+        }
+        var (code, output, _) = CliRunner.Run("inspect", path);
+        Assert.Equal(0, code);
+        Assert.Contains("[3, 5]", output);
+        Assert.Contains("BF16", output);
+        Assert.Contains("note", output);
+        Assert.Contains("hello", output);
+        Assert.Contains("2 tensors, 20 elements, 50 B of data", output);
+    }
+
+    [Fact]
+    public void ShardedFolder_ListsShards()
+    {
+        using var dir = new TempDir();
+        var specs = Enumerable.Range(0, 6).Select(i => new TensorSpec($"layer.{i}.weight", DType.F16, [16, 16])).ToList();
+        using (var w = new ShardedWriter(dir.Path, ShardedWriter.PlanBySize(specs, 1024)))
+        {
+            foreach (var t in w.WriteOrder) w.For(t.Name).AppendSingles(t.Name, new float[256]);
+            w.Commit();
+        }
+        var (code, output, _) = CliRunner.Run("inspect", dir.Path);
+        Assert.Equal(0, code);
+        Assert.Contains("Sharded safetensors model", output);
+        Assert.Contains("model-00003-of-00003.safetensors", output);
+        Assert.Contains("6 tensors", output);
+    }
+
+    [Fact]
+    public void MalformedFile_ExitsTwo_WithOneLineNamingFileAndTensor()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("bad.safetensors");
+        File.WriteAllBytes(path, StBytes.Make("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,12]}}", 12));
+        var (code, output, err) = CliRunner.Run("inspect", path);
+        Assert.Equal(2, code);
+        Assert.Equal("", output);
+        var line = Assert.Single(err.TrimEnd('\n').Split('\n'));
+        Assert.Equal($"error: {path}: w: data_offsets cover 12 bytes but F32 [2] needs 8", line);
+    }
+
+    [Theory]
+    [InlineData("inspect", "/nonexistent/copa/path", "no such file or folder")]
+    [InlineData("inspect", null, "Required argument missing")]
+    [InlineData("frobnicate", null, "frobnicate")]
+    public void UsageAndMissingInput_ExitTwo(string verb, string? arg, string expected)
+    {
+        var args = arg == null ? new[] { verb } : new[] { verb, arg };
+        var (code, _, err) = CliRunner.Run(args);
+        Assert.Equal(2, code);
+        Assert.StartsWith("error: ", err);
+        Assert.Contains(expected, err);
+        Assert.Single(err.TrimEnd('\n').Split('\n'));
+    }
+
+    [Fact]
+    public void HugeHeader_AnswersQuickly_WithoutReadingData()
+    {
+        // 20,000 tensors claimed over a sparse 1.6 GB data section: only the header is read.
+        using var dir = new TempDir();
+        var path = dir.File("wide.safetensors");
+        var layout = new List<TensorInfo>();
+        long off = 0;
+        for (int i = 0; i < 20_000; i++)
+        {
+            layout.Add(new TensorInfo($"model.layers.{i / 10}.proj_{i % 10}.weight", DType.BF16, [200, 200], off, off + 80_000));
+            off += 80_000;
+        }
+        var header = SafetensorsWriter.BuildHeader(layout, null);
+        using (var fs = new FileStream(path, FileMode.CreateNew))
+        {
+            fs.Write(BitConverter.GetBytes((ulong)header.Length));
+            fs.Write(header);
+            fs.SetLength(8 + header.Length + off);
+        }
+        var (code, output, err) = CliRunner.Run("inspect", path);
+        Assert.True(code == 0, err);
+        Assert.Contains("20000 tensors", output);
+    }
+}

@@ -1,0 +1,150 @@
+using System.Text.Json.Nodes;
+using CopaKernels.Formats.Peft;
+using CopaKernels.Formats.Safetensors;
+
+namespace CopaKernels.Tests.Formats;
+
+public class PeftAdapterTests
+{
+    [Fact]
+    public void ValidAdapter_PairsFactors_MapsBaseTensors_AndComputesScale()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 4, alpha: 8, dtype: DType.BF16);
+        using var a = LoraAdapter.Open(dir.Path);
+        Assert.Equal(4, a.Config.R);
+        Assert.Equal(TestAdapters.SmallModules.Select(m => m.Path).Order(StringComparer.Ordinal), a.Modules.Select(m => m.Path));
+        foreach (var m in a.Modules)
+        {
+            var spec = TestAdapters.SmallModules.Single(s => s.Path == m.Path);
+            Assert.Equal(m.Path + ".weight", m.BaseTensor);
+            Assert.Equal(spec.DOut, m.DOut);
+            Assert.Equal(spec.DIn, m.DIn);
+            Assert.Equal(4, m.Rank);
+            Assert.Equal(2.0, m.Scale);
+            Assert.Equal("base_model.model." + m.Path + ".lora_A.weight", m.A.Name);
+        }
+        Assert.Equal("test/base", a.Config.BaseModelNameOrPath);
+        Assert.Null(a.AdapterName);
+    }
+
+    [Fact]
+    public void RsLora_ScalesByRootOfRank()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 4, alpha: 8, editConfig: c => c["use_rslora"] = true);
+        using var a = LoraAdapter.Open(dir.Path);
+        Assert.All(a.Modules, m => Assert.Equal(4.0, m.Scale));
+    }
+
+    [Fact]
+    public void RankAndAlphaPatterns_FollowPeftMatching()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 4, alpha: 8,
+            editConfig: c =>
+            {
+                // Exact path wins over a suffix pattern; a suffix pattern matches at a dot boundary.
+                c["rank_pattern"] = new JsonObject { ["q_proj"] = 2, ["model.layers.1.self_attn.q_proj"] = 6 };
+                c["alpha_pattern"] = new JsonObject { ["mlp.up_proj"] = 32, ["proj"] = 1 };
+            },
+            rankOf: p => p switch { "model.layers.0.self_attn.q_proj" => 2, "model.layers.1.self_attn.q_proj" => 6, _ => 4 });
+        using var a = LoraAdapter.Open(dir.Path);
+        var byPath = a.Modules.ToDictionary(m => m.Path);
+        Assert.Equal(2, byPath["model.layers.0.self_attn.q_proj"].Rank);
+        Assert.Equal(6, byPath["model.layers.1.self_attn.q_proj"].Rank);
+        Assert.Equal(4, byPath["model.layers.0.mlp.up_proj"].Rank);
+        Assert.Equal(32.0 / 4, byPath["model.layers.0.mlp.up_proj"].Scale);
+        // "proj" does not match "q_proj" at a dot boundary, so v_proj keeps lora_alpha.
+        Assert.Equal(8.0 / 4, byPath["model.layers.0.self_attn.v_proj"].Scale);
+        Assert.Equal(8.0 / 2, byPath["model.layers.0.self_attn.q_proj"].Scale);
+    }
+
+    [Fact]
+    public void AdapterNameInKeys_IsStripped()
+    {
+        using var dir = new TempDir();
+        var cfg = AdapterWriter.MakeConfig(2, 2, ["q_proj"], null);
+        TestAdapters.WriteRaw(dir.Path, cfg,
+        [
+            new("base_model.model.model.layers.0.q_proj.lora_A.default.weight", DType.F32, [2, 8]),
+            new("base_model.model.model.layers.0.q_proj.lora_B.default.weight", DType.F32, [8, 2]),
+        ]);
+        using var a = LoraAdapter.Open(dir.Path);
+        Assert.Equal("default", a.AdapterName);
+        Assert.Equal("model.layers.0.q_proj.weight", Assert.Single(a.Modules).BaseTensor);
+    }
+
+    private const string P = "base_model.model.model.layers.0.q_proj";
+
+    public static TheoryData<string, string?, string> BadAdapters() => new()
+    {
+        { "dora-config", null, "DoRA" },
+        { "lora-bias-config", null, "lora_bias" },
+        { "magnitude-vector", P + ".lora_magnitude_vector.weight", "DoRA" },
+        { "embedding", "base_model.model.model.embed_tokens.lora_embedding_A", "embedding LoRA" },
+        { "modules-to-save", "base_model.model.lm_head.weight", "modules_to_save" },
+        { "bias-all", "base_model.model.model.layers.0.q_proj.bias", "bias" },
+        { "a-without-b", P + ".lora_A.weight", "no matching lora_B" },
+        { "b-without-a", P + ".lora_B.weight", "no matching lora_A" },
+        { "rank-disagree", P + ".lora_B.weight", "does not match lora_A" },
+        { "rank-vs-config", P + ".lora_A.weight", "rank 3 in the weights but 2" },
+        { "conv-lora", P + ".lora_A.weight", "not 2-D" },
+        { "int-dtype", P + ".lora_A.weight", "not F32, F16 or BF16" },
+        { "two-adapter-names", P + ".lora_B.other.weight", "two adapters" },
+        { "peft-type", null, "only LORA" },
+        { "r-missing", null, "no 'r'" },
+        { "r-negative", null, "positive integer" },
+        { "r-fraction", null, "positive integer" },
+        { "bad-json", null, "not valid JSON" },
+        { "no-tensors", null, "no LoRA modules" },
+        { "no-config", null, "no adapter_config.json" },
+        { "pickle", null, "pickle" },
+        { "no-weights", null, "no adapter_model.safetensors" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadAdapters))]
+    public void UnsupportedOrMalformedAdapter_IsRejectedClearly(string kind, string? tensor, string reason)
+    {
+        using var dir = new TempDir();
+        var cfg = AdapterWriter.MakeConfig(2, 4, ["q_proj"], null);
+        TensorSpec A(int r = 2, DType d = DType.F32, string name = ".lora_A.weight") => new(P + name, d, [r, 8]);
+        TensorSpec B(int r = 2, string name = ".lora_B.weight") => new(P + name, DType.F32, [8, r]);
+        List<TensorSpec> tensors = [A(), B()];
+        switch (kind)
+        {
+            case "dora-config": cfg["use_dora"] = true; break;
+            case "lora-bias-config": cfg["lora_bias"] = true; break;
+            case "magnitude-vector": tensors.Add(new(P + ".lora_magnitude_vector.weight", DType.F32, [8])); break;
+            case "embedding": tensors.Add(new("base_model.model.model.embed_tokens.lora_embedding_A", DType.F32, [2, 8])); break;
+            case "modules-to-save": tensors.Add(new("base_model.model.lm_head.weight", DType.F32, [8, 8])); break;
+            case "bias-all": cfg["bias"] = "all"; tensors.Add(new("base_model.model.model.layers.0.q_proj.bias", DType.F32, [8])); break;
+            case "a-without-b": tensors = [A()]; break;
+            case "b-without-a": tensors = [B()]; break;
+            case "rank-disagree": tensors = [A(), B(3)]; break;
+            case "rank-vs-config": tensors = [A(3), B(3)]; break;
+            case "conv-lora": tensors = [new(P + ".lora_A.weight", DType.F32, [2, 8, 1, 1]), B()]; break;
+            case "int-dtype": tensors = [A(d: DType.I32), B()]; break;
+            case "two-adapter-names": tensors = [A(name: ".lora_A.default.weight"), B(name: ".lora_B.other.weight")]; break;
+            case "peft-type": cfg["peft_type"] = "IA3"; break;
+            case "r-missing": cfg.Remove("r"); break;
+            case "r-negative": cfg["r"] = -2; break;
+            case "r-fraction": cfg["r"] = 2.5; break;
+            case "no-tensors": tensors = []; break;
+        }
+        TestAdapters.WriteRaw(dir.Path, cfg, tensors);
+        switch (kind)
+        {
+            case "bad-json": File.WriteAllText(dir.File(AdapterConfig.FileName), "{\"r\": 2,"); break;
+            case "no-config": File.Delete(dir.File(AdapterConfig.FileName)); break;
+            case "pickle": File.Move(dir.File(LoraAdapter.WeightsFileName), dir.File("adapter_model.bin")); break;
+            case "no-weights": File.Delete(dir.File(LoraAdapter.WeightsFileName)); break;
+        }
+        var e = Assert.ThrowsAny<CopaKernels.Formats.CopaInputException>(() => LoraAdapter.Open(dir.Path));
+        Assert.Equal(tensor, e.Tensor);
+        Assert.Contains(reason, e.Message);
+        Assert.StartsWith(dir.Path, e.FilePath);
+        Assert.DoesNotContain('\n', e.Message);
+    }
+}
