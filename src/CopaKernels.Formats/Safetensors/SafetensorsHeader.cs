@@ -95,8 +95,9 @@ public sealed class SafetensorsHeader
             if (reader.Read())
                 throw new SafetensorsException(K.InvalidJson, path, null, "unexpected bytes after the header object");
         }
-        catch (JsonException e)
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
         {
+            // InvalidOperationException: an escaped lone surrogate (valid JSON syntax, not a valid string).
             throw new SafetensorsException(K.InvalidJson, path, current, $"header is not valid JSON ({FirstLine(e.Message)})", e);
         }
 
@@ -237,13 +238,8 @@ public sealed class SafetensorsHeader
         for (int i = negative ? 1 : 0; i < raw.Length; i++)
             if (raw[i] < (byte)'0' || raw[i] > (byte)'9')
                 throw new SafetensorsException(kind, path, name, $"{field} holds {Truncate(Encoding.UTF8.GetString(raw))}, not an integer");
-        if (negative)
-        {
-            // "-0" is an integer and not negative; anything else with a sign is.
-            if (raw.AsSpan(1).IndexOfAnyExcept((byte)'0') >= 0)
-                throw new SafetensorsException(field == "shape" ? K.NegativeDimension : kind, path, name, $"{field} holds negative {Truncate(Encoding.UTF8.GetString(raw))}");
-            return 0;
-        }
+        if (negative) // "-0" included, as the reference implementation rejects it
+            throw new SafetensorsException(field == "shape" ? K.NegativeDimension : kind, path, name, $"{field} holds negative {Truncate(Encoding.UTF8.GetString(raw))}");
         if (!reader.TryGetInt64(out var v))
             throw new SafetensorsException(field == "shape" ? K.ShapeOverflow : kind, path, name, $"{field} value {Truncate(Encoding.UTF8.GetString(raw))} overflows 64 bits");
         return v;
