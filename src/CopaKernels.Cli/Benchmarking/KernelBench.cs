@@ -1,0 +1,179 @@
+using System.Diagnostics;
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using CopaKernels.Formats.Numerics;
+using CopaKernels.Kernels;
+
+namespace CopaKernels.Cli.Benchmarking;
+
+/// <summary>
+/// The quick Stopwatch benchmark behind <c>copa bench</c>: the kernel families at realistic shapes on
+/// one backend, each checked once before timing, warm-up first, then the median of several runs.
+/// Ratios compare operations measured side by side in the same run (the machines are shared).
+/// </summary>
+public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchResult> report)
+{
+    /// <summary>Every operation id, in run order.</summary>
+    public static readonly string[] AllOps = ["select", "select-batched", "rowsums", "product", "convert"];
+
+    private int Runs => quick ? 3 : 7;
+
+    /// <summary>Runs the chosen operations.</summary>
+    public void Run(IReadOnlyCollection<string> ops)
+    {
+        if (ops.Contains("select")) Select();
+        if (ops.Contains("select-batched")) SelectBatched();
+        if (ops.Contains("rowsums")) RowSums();
+        if (ops.Contains("product")) Product();
+        if (ops.Contains("convert")) Convert();
+    }
+
+    private static float[] Gaussian(long n, int seed)
+    {
+        var rng = new Random(seed);
+        var x = new float[n];
+        for (long i = 0; i < n; i += 2)
+        {
+            double u = 1 - rng.NextDouble(), v = rng.NextDouble();
+            double r = Math.Sqrt(-2 * Math.Log(u));
+            x[i] = (float)(r * Math.Cos(2 * Math.PI * v) * 0.02);
+            if (i + 1 < n) x[i + 1] = (float)(r * Math.Sin(2 * Math.PI * v) * 0.02);
+        }
+        return x;
+    }
+
+    /// <summary>
+    /// Median ms of <paramref name="timed"/>, calling <paramref name="setup"/> (untimed) before each run.
+    /// Warm-up runs until the code is fully optimised (tiered JIT promotes after ~30 calls) or 0.3 s have
+    /// passed; then at least <see cref="Runs"/> timed runs, more for short operations (up to 0.5 s).
+    /// </summary>
+    private double Time(Action timed, Action? setup = null)
+    {
+        var warm = Stopwatch.StartNew();
+        for (int i = 0; i < 40 && (i < 2 || warm.Elapsed.TotalSeconds < 0.3); i++)
+        {
+            setup?.Invoke();
+            timed();
+        }
+        backend.Synchronize();
+        var times = new List<double>();
+        var total = Stopwatch.StartNew();
+        while (times.Count < Runs || (times.Count < 200 && total.Elapsed.TotalSeconds < 0.5))
+        {
+            setup?.Invoke();
+            var sw = Stopwatch.StartNew();
+            timed();
+            backend.Synchronize();
+            times.Add(sw.Elapsed.TotalMilliseconds);
+        }
+        times.Sort();
+        return times[times.Count / 2];
+    }
+
+    private KernelBuffer Upload(float[] data)
+    {
+        var b = backend.Allocate((long)data.Length * 4);
+        backend.Upload(MemoryMarshal.AsBytes(data.AsSpan()), b, 0);
+        return b;
+    }
+
+    private void Select()
+    {
+        var shapes = new List<(string, long)> { ("16×4096", 16 * 4096), ("4096×16", 4096 * 16), ("14336×16", 14336 * 16), ("1M", 1 << 20), ("16M", 16 << 20) };
+        if (!quick) shapes.Add(("64M", 64 << 20));
+        foreach (var (label, n) in shapes)
+        {
+            var data = Gaussian(n, 1);
+            using var buf = Upload(data);
+            // Check once against the scalar reference before timing (smaller shapes only: the reference sorts).
+            if (n <= 1 << 20)
+            {
+                var expect = (float[])data.Clone();
+                var want = Kernels.Reference.ReferenceMagnitudeSelection.Select(expect, 0.2);
+                var got = backend.SelectByMagnitude(buf, new TensorRange(0, n), 0.2);
+                if (want != got) throw new InvalidOperationException($"select {label}: expected {want}, got {got}");
+            }
+            double ms = Time(() => backend.SelectByMagnitude(buf, new TensorRange(0, n), 0.2), () => backend.Upload(MemoryMarshal.AsBytes(data.AsSpan()), buf, 0));
+            double floor = backend.Kind == BackendKind.Cpu
+                ? Time(() => TensorPrimitives.SumOfMagnitudes(data))
+                : double.NaN;
+            report(new BenchResult(backend.Name, "select", label, ms, n * 4.0 / ms / 1e6, "GB/s",
+                double.IsNaN(floor) ? null : ms / floor, double.IsNaN(floor) ? null : "× SumOfMagnitudes"));
+        }
+    }
+
+    /// <summary>A LoRA factor set of a 32-layer Llama-7B-like model, 7 projections: 224 A's and 224 B's.</summary>
+    private void SelectBatched()
+    {
+        var sizes = new List<long>();
+        int layers = quick ? 8 : 32;
+        for (int l = 0; l < layers; l++)
+        {
+            foreach (var (dOut, dIn) in new[] { (4096, 4096), (4096, 4096), (4096, 4096), (4096, 4096), (11008, 4096), (11008, 4096), (4096, 11008) })
+            {
+                sizes.Add(16L * dIn);  // A: r × d_in
+                sizes.Add(dOut * 16L); // B: d_out × r
+            }
+        }
+        long total = sizes.Sum();
+        var data = Gaussian(total, 2);
+        using var buf = Upload(data);
+        var ranges = new TensorRange[sizes.Count];
+        long off = 0;
+        for (int i = 0; i < sizes.Count; i++) { ranges[i] = new TensorRange(off, sizes[i]); off += sizes[i]; }
+        var results = new SelectionResult[sizes.Count];
+        double ms = Time(() => backend.SelectByMagnitudeBatched(buf, ranges, 0.2, results), () => backend.Upload(MemoryMarshal.AsBytes(data.AsSpan()), buf, 0));
+        // The same number of elements as one tensor, side by side.
+        double single = Time(() => backend.SelectByMagnitude(buf, new TensorRange(0, total), 0.2), () => backend.Upload(MemoryMarshal.AsBytes(data.AsSpan()), buf, 0));
+        report(new BenchResult(backend.Name, "select-batched", $"{sizes.Count} factors, {total / 1e6:0.#}M", ms, total * 4.0 / ms / 1e6, "GB/s",
+            single / ms, "of one-tensor throughput"));
+    }
+
+    private void RowSums()
+    {
+        foreach (var (rows, cols) in new[] { (16, 4096), (16, 14336), (128, 4096) })
+        {
+            int count = quick ? 64 : 224;
+            var data = Gaussian((long)rows * cols * count, 3);
+            using var buf = Upload(data);
+            using var sums = backend.Allocate(rows * 4L);
+            using var masked = backend.Allocate(rows * 4L);
+            double ms = Time(() =>
+            {
+                for (int i = 0; i < count; i++)
+                    backend.RowAbsSums(buf, (long)i * rows * cols, rows, cols, sums, 0, 0.01f, masked, 0);
+            });
+            report(new BenchResult(backend.Name, "rowsums", $"{count}× {rows}×{cols} masked", ms, data.Length * 4.0 / ms / 1e6, "GB/s", null, null));
+        }
+    }
+
+    private void Product()
+    {
+        foreach (int dOut in new[] { 4096, 14336 })
+            foreach (int r in new[] { 16, 64, 128 })
+            {
+                if (quick && dOut == 14336 && r != 16) continue;
+                const int dIn = 4096;
+                using var b = Upload(Gaussian((long)dOut * r, 4));
+                using var a = Upload(Gaussian((long)r * dIn, 5));
+                using var o = backend.Allocate((long)dOut * dIn * 4);
+                LowRankTerm[] terms = [new LowRankTerm(b, 0, a, 0, r, 2f)];
+                var tile = new ProductTile(0, dOut, o);
+                double ms = Time(() => backend.LowRankProduct(terms, dOut, dIn, tile));
+                double flops = 2.0 * dOut * r * dIn;
+                report(new BenchResult(backend.Name, "product", $"{dOut}×{r}×{dIn}", ms, flops / ms / 1e6, "GFLOP/s", null, null));
+            }
+    }
+
+    private void Convert()
+    {
+        if (backend.Kind != BackendKind.Cpu) return;
+        int n = 16 << 20;
+        var f = Gaussian(n, 6);
+        var u = new ushort[n];
+        double toBf16 = Time(() => FloatConversion.SingleToBf16(f, u));
+        double fromBf16 = Time(() => FloatConversion.Bf16ToSingle(u, f));
+        report(new BenchResult(backend.Name, "convert", "16M f32→bf16", toBf16, n * 6.0 / toBf16 / 1e6, "GB/s", null, null));
+        report(new BenchResult(backend.Name, "convert", "16M bf16→f32", fromBf16, n * 6.0 / fromBf16 / 1e6, "GB/s", null, null));
+    }
+}

@@ -1,0 +1,569 @@
+using System.Buffers;
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace CopaKernels.Kernels.Cpu;
+
+/// <summary>
+/// Family 1 on the CPU: the exact k-th smallest |x| and the keep-mask |x| ≥ t (SPEC §1).
+/// </summary>
+/// <remarks>
+/// Everything works on keys: the float bits with the sign cleared. For non-negative IEEE floats the
+/// unsigned (and, below 2^31, the signed) integer order of the bits is the numeric order, so the
+/// k-th smallest key is the k-th smallest |x|, +0 and −0 are the same key, and a key ≥ 0x7F800000
+/// is ±Inf or NaN. Two exact algorithms, picked by size:
+/// <list type="bullet">
+/// <item>Small tensors (cache-resident, e.g. LoRA factors): radix select with 11-, 11- and 9-bit
+/// digits. Pass one histograms the top digit of all keys (four interleaved L1 histograms so runs of
+/// equal digits do not serialise on one counter); the keys of the bucket holding the k-th are copied
+/// out; the last two digits are resolved on that copy.</item>
+/// <item>Large tensors: a deterministic sample brackets the k-th key in [lo, hi]; one vectorised,
+/// multi-threaded read pass counts keys below lo and copies the few keys inside the bracket; the
+/// radix select above finishes on that copy. If the bracket missed (rare), the radix select runs on
+/// the whole tensor. Either way the result is exact; the sample only decides the speed.</item>
+/// </list>
+/// The mask is one more vectorised pass (read and write). Nothing is sorted.
+/// </remarks>
+internal static unsafe class MagnitudeSelection
+{
+    private const uint AbsMask = 0x7FFF_FFFF;
+    private const uint InfKey = 0x7F80_0000;
+
+    /// <summary>Tensors at least this long take the sampled-bracket path (measured crossover; see bench).</summary>
+    internal const long LargeThreshold = 1 << 18;
+
+    private const int SampleCount = 16384;
+
+    [ThreadStatic] private static uint[]? t_scratch;
+    [ThreadStatic] private static uint[]? t_histogram;
+
+    public static SelectionResult Select(CpuBackend backend, CpuBuffer x, TensorRange range, double density, bool applyMask)
+    {
+        float* p = x.Floats(range.Offset);
+        long n = range.Length;
+        long k = SelectionResult.KFor(n, density);
+        bool finite;
+        SelectionResult r = n >= LargeThreshold
+            ? SelectLarge(backend, p, n, k, applyMask, out finite)
+            : SelectSmall(p, n, k, applyMask, out finite);
+        if (!finite) throw new NonFiniteInputException(0);
+        return r;
+    }
+
+    public static void SelectBatched(CpuBackend backend, CpuBuffer x, ReadOnlySpan<TensorRange> ranges, double density, Span<SelectionResult> results, bool applyMask)
+    {
+        int count = ranges.Length;
+        var local = new SelectionResult[count];
+        var bad = new bool[count];
+        var rangesArray = ranges.ToArray();
+        var large = new List<int>();
+        for (int i = 0; i < count; i++) if (rangesArray[i].Length >= LargeThreshold) large.Add(i);
+        // Small tensors: one tensor per task, spread over the threads (dynamic partitioning balances
+        // 16×4096 A's against 14336×16 B's).
+        var floats = x.Floats(0);
+        var f = (nint)floats;
+        System.Threading.Tasks.Parallel.For(0, count, backend.Parallel, i =>
+        {
+            var rg = rangesArray[i];
+            if (rg.Length >= LargeThreshold) return;
+            local[i] = SelectSmall((float*)f + rg.Offset, rg.Length, SelectionResult.KFor(rg.Length, density), applyMask, out var finite);
+            bad[i] = !finite;
+        });
+        // Large tensors: each uses every thread on its own.
+        foreach (var i in large)
+        {
+            var rg = rangesArray[i];
+            local[i] = SelectLarge(backend, floats + rg.Offset, rg.Length, SelectionResult.KFor(rg.Length, density), applyMask, out var finite);
+            bad[i] = !finite;
+        }
+        int first = Array.IndexOf(bad, true);
+        if (first >= 0) throw new NonFiniteInputException(first);
+        local.CopyTo(results);
+    }
+
+    // ---------------------------------------------------------------- small: radix select
+
+    private static SelectionResult SelectSmall(float* p, long n, long k, bool applyMask, out bool finite)
+    {
+        if (k == 0)
+        {
+            finite = MaxKey((uint*)p, n) < InfKey;
+            return new SelectionResult(0, 0f, n);
+        }
+        uint t = SelectKeys((uint*)p, n, k, out long less, out finite);
+        if (!finite) return default;
+        long kept = applyMask ? Mask(p, n, t) : n - less;
+        return new SelectionResult(k, BitConverter.UInt32BitsToSingle(t), kept);
+    }
+
+    /// <summary>
+    /// The k-th smallest key (1-based) of the n values at <paramref name="bits"/> (sign ignored), and
+    /// how many keys are strictly below it. <paramref name="finite"/> is false if any key is Inf/NaN.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static uint RadixSelect(uint* bits, long n, long k, out long less, out bool finite)
+    {
+        var h = t_histogram ??= new uint[4 * 2048];
+        Array.Clear(h);
+        fixed (uint* h0 = h)
+        {
+            uint* h1 = h0 + 2048, h2 = h0 + 4096, h3 = h0 + 6144;
+            long i = 0;
+            for (; i + 4 <= n; i += 4)
+            {
+                h0[(bits[i] & AbsMask) >> 20]++;
+                h1[(bits[i + 1] & AbsMask) >> 20]++;
+                h2[(bits[i + 2] & AbsMask) >> 20]++;
+                h3[(bits[i + 3] & AbsMask) >> 20]++;
+            }
+            for (; i < n; i++) h0[(bits[i] & AbsMask) >> 20]++;
+            for (int b = 0; b < 2048; b++) h0[b] += h1[b] + h2[b] + h3[b];
+            // Any key in the buckets from 0x7F8 up is Inf or NaN.
+            for (int b = (int)(InfKey >> 20); b < 2048; b++)
+                if (h0[b] != 0) { finite = false; less = 0; return 0; }
+            finite = true;
+            int b1 = FindBucket(h0, 2048, k, out long below1);
+            long m = h0[b1];
+            // Copy out the keys of bucket b1: typically a small fraction of n.
+            var scratch = Scratch(m);
+            fixed (uint* s = scratch)
+            {
+                long w = 0;
+                uint want = (uint)b1;
+                for (long j = 0; j < n; j++)
+                {
+                    uint key = bits[j] & AbsMask;
+                    s[w] = key;
+                    w += (key >> 20) == want ? 1 : 0;
+                }
+                uint result = SelectInBucket(s, m, k - below1, out long less2);
+                less = below1 + less2;
+                return result;
+            }
+        }
+    }
+
+    /// <summary>Finishes a radix select on keys that share their top digit: digits 2 (bits 19..9) and 3 (bits 8..0).</summary>
+    private static uint SelectInBucket(uint* s, long m, long k, out long less)
+    {
+        if (m <= 32)
+        {
+            var small = new Span<uint>(s, (int)m);
+            small.Sort();
+            uint v = small[(int)k - 1];
+            less = 0;
+            while (less < m && small[(int)less] < v) less++;
+            return v;
+        }
+        Span<uint> h = stackalloc uint[2048];
+        h.Clear();
+        for (long j = 0; j < m; j++) h[(int)((s[j] >> 9) & 0x7FF)]++;
+        int b2;
+        long below2;
+        fixed (uint* hp = h) b2 = FindBucket(hp, 2048, k, out below2);
+        h.Clear();
+        for (long j = 0; j < m; j++)
+            if (((s[j] >> 9) & 0x7FF) == (uint)b2) h[(int)(s[j] & 0x1FF)]++;
+        int b3;
+        long below3;
+        fixed (uint* hp = h) b3 = FindBucket(hp, 512, k - below2, out below3);
+        less = below2 + below3;
+        return (s[0] & ~0xFFFFFu) | ((uint)b2 << 9) | (uint)b3;
+    }
+
+    private static int FindBucket(uint* h, int buckets, long k, out long below)
+    {
+        long cum = 0;
+        for (int b = 0; b < buckets; b++)
+        {
+            if (cum + h[b] >= k) { below = cum; return b; }
+            cum += h[b];
+        }
+        throw new InvalidOperationException("rank beyond histogram total");
+    }
+
+    private static uint[] Scratch(long m)
+    {
+        var s = t_scratch;
+        if (s == null || s.Length < m + 1)
+        {
+            s = new uint[Math.Max(m + 1, 1024)];
+            t_scratch = s;
+        }
+        return s;
+    }
+
+    // ---------------------------------------------------------------- large: sampled bracket
+
+    /// <summary>The sampled-bracket select; tests may force the bracket to exercise its miss paths.</summary>
+    internal static SelectionResult SelectLarge(CpuBackend backend, float* p, long n, long k, bool applyMask, out bool finite,
+        (uint Lo, uint Hi)? forcedBracket = null)
+    {
+        if (k == 0)
+        {
+            finite = ParallelMaxKey(backend, (uint*)p, n) < InfKey;
+            return new SelectionResult(0, 0f, n);
+        }
+        var (lo, hi) = forcedBracket ?? Bracket((uint*)p, n, k);
+        var pass = BracketPass(backend, (uint*)p, n, lo, hi);
+        try
+        {
+            finite = pass.Counts.MaxKey < InfKey;
+            if (!finite) return default;
+            uint t;
+            long less;
+            fixed (uint* c = pass.Candidates)
+            {
+                if (!TryResolve(pass.Counts, lo, hi, c, k, out t, out less))
+                {
+                    // The sample missed (or the bracket held too many keys): exact all the same, at
+                    // the cost of a full radix select.
+                    t = RadixSelect((uint*)p, n, k, out less, out _);
+                }
+            }
+            long kept = applyMask ? ParallelMask(backend, p, n, t) : n - less;
+            return new SelectionResult(k, BitConverter.UInt32BitsToSingle(t), kept);
+        }
+        finally
+        {
+            ArrayPool<uint>.Shared.Return(pass.Candidates);
+        }
+    }
+
+    /// <summary>
+    /// The k-th smallest key of n values (sign ignored) on one thread, without modifying them: a
+    /// sampled bracket, then recursion on the keys inside it; radix select for short inputs or when
+    /// the bracket missed. <paramref name="less"/> counts the keys strictly below the result.
+    /// </summary>
+    internal static uint SelectKeys(uint* bits, long n, long k, out long less, out bool finite)
+    {
+        if (n <= SmallSelect) return RadixSelect(bits, n, k, out less, out finite);
+        var (lo, hi) = Bracket(bits, n, k);
+        var list = ArrayPool<uint>.Shared.Rent((int)(n / 4) + 16);
+        try
+        {
+            var counts = CountBracket(bits, n, lo, hi, list);
+            finite = counts.MaxKey < InfKey;
+            if (!finite) { less = 0; return 0; }
+            fixed (uint* c = list)
+                if (TryResolve(counts, lo, hi, c, k, out uint t, out less)) return t;
+            return RadixSelect(bits, n, k, out less, out _);
+        }
+        finally
+        {
+            ArrayPool<uint>.Shared.Return(list);
+        }
+    }
+
+    /// <summary>Below this many keys a radix select beats sampling.</summary>
+    private const long SmallSelect = 4096;
+
+    /// <summary>
+    /// Places the k-th key among the classes of a bracket pass (&lt; lo, = lo, strictly inside, = hi,
+    /// &gt; hi) and finishes inside; false when it is outside the bracket (or the copy overflowed).
+    /// </summary>
+    private static bool TryResolve(in ChunkCounts c, uint lo, uint hi, uint* candidates, long k, out uint t, out long less)
+    {
+        long r = k - c.Below;
+        if (r >= 1 && r <= c.EqualLo)
+        {
+            t = lo;
+            less = c.Below;
+            return true;
+        }
+        if (r > c.EqualLo && r <= c.EqualLo + c.Inside && !c.Overflow)
+        {
+            t = SelectKeys(candidates, c.Inside, r - c.EqualLo, out less, out _);
+            less += c.Below + c.EqualLo;
+            return true;
+        }
+        if (r > c.EqualLo + c.Inside && r <= c.EqualLo + c.Inside + c.EqualHi)
+        {
+            t = hi;
+            less = c.Below + c.EqualLo + c.Inside;
+            return true;
+        }
+        t = 0;
+        less = 0;
+        return false;
+    }
+
+    /// <summary>
+    /// Keys lo ≤ hi that hold the k-th smallest between them with high probability, from a
+    /// deterministic sample: one key from each of m strata, at a hashed position inside the stratum.
+    /// </summary>
+    internal static (uint Lo, uint Hi) Bracket(uint* bits, long n, long k)
+    {
+        int m = (int)Math.Min(n, Math.Clamp(n / 64, 1024, SampleCount));
+        var sample = new uint[m];
+        long stride = n / m;
+        for (int j = 0; j < m; j++)
+            sample[j] = bits[j * stride + (long)(Mix((ulong)j) % (ulong)stride)] & AbsMask;
+        double q = (double)k / n;
+        double center = q * m;
+        // ±4.5σ of the sample rank of the k-th key, plus slack for the stratification.
+        double delta = 4.5 * Math.Sqrt(m * q * (1 - q)) + 4;
+        int loIdx = (int)Math.Floor(center - delta), hiIdx = (int)Math.Ceiling(center + delta);
+        // Two order statistics of the sample, in O(m): no sort.
+        uint lo = loIdx <= 0 ? 0u : NthElement(sample, 0, m - 1, loIdx);
+        uint hi = hiIdx >= m ? InfKey - 1 : Math.Min(NthElement(sample, Math.Max(0, loIdx), m - 1, hiIdx), InfKey - 1);
+        return (lo, Math.Max(lo, hi));
+    }
+
+    /// <summary>
+    /// Rearranges a[left..right] so that a[nth] holds the value a sort would put there, everything
+    /// before it is ≤ and everything after it ≥ (Hoare quickselect, median-of-three pivots).
+    /// </summary>
+    internal static uint NthElement(uint[] a, int left, int right, int nth)
+    {
+        while (right > left)
+        {
+            int mid = left + (right - left) / 2;
+            if (a[mid] < a[left]) (a[mid], a[left]) = (a[left], a[mid]);
+            if (a[right] < a[left]) (a[right], a[left]) = (a[left], a[right]);
+            if (a[right] < a[mid]) (a[right], a[mid]) = (a[mid], a[right]);
+            uint pivot = a[mid];
+            int i = left, j = right;
+            while (i <= j)
+            {
+                while (a[i] < pivot) i++;
+                while (a[j] > pivot) j--;
+                if (i <= j)
+                {
+                    (a[i], a[j]) = (a[j], a[i]);
+                    i++;
+                    j--;
+                }
+            }
+            if (nth <= j) right = j;
+            else if (nth >= i) left = i;
+            else return a[nth];
+        }
+        return a[nth];
+    }
+
+    private static ulong Mix(ulong z)
+    {
+        z += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    /// <summary>Counts of one bracket pass; Candidates (pooled) holds the keys strictly inside unless Counts.Overflow.</summary>
+    internal sealed record BracketResult(ChunkCounts Counts, uint[] Candidates);
+
+    private static long ChunkSize(CpuBackend backend, long n) =>
+        Math.Max(1 << 16, (n / (backend.Threads * 4) + 63) & ~63L);
+
+    internal static BracketResult BracketPass(CpuBackend backend, uint* bits, long n, uint lo, uint hi)
+    {
+        long chunk = ChunkSize(backend, n);
+        int chunks = (int)((n + chunk - 1) / chunk);
+        var counts = new ChunkCounts[chunks];
+        var lists = new uint[chunks][];
+        var b = (nint)bits;
+        System.Threading.Tasks.Parallel.For(0, chunks, backend.Parallel, c =>
+        {
+            long start = c * chunk, len = Math.Min(chunk, n - start);
+            // A bracket holds a few percent of the keys; a quarter of the chunk is plenty, and
+            // running out only sends the select down the exact fallback.
+            var list = ArrayPool<uint>.Shared.Rent((int)(len / 4) + 16);
+            counts[c] = CountBracket((uint*)b + start, len, lo, hi, list);
+            lists[c] = list;
+        });
+        long inside = 0;
+        bool overflow = false;
+        foreach (var c in counts) { inside += c.Inside; overflow |= c.Overflow; }
+        var all = ArrayPool<uint>.Shared.Rent((int)Math.Min(int.MaxValue - 64, overflow ? 1 : inside + 1));
+        long w = 0;
+        for (int c = 0; c < chunks; c++)
+        {
+            if (!overflow) Array.Copy(lists[c], 0, all, w, counts[c].Inside);
+            w += counts[c].Inside;
+            ArrayPool<uint>.Shared.Return(lists[c]);
+        }
+        var total = new ChunkCounts
+        {
+            Below = counts.Sum(c => c.Below), EqualLo = counts.Sum(c => c.EqualLo), Inside = inside,
+            EqualHi = counts.Sum(c => c.EqualHi), MaxKey = counts.Max(c => c.MaxKey), Overflow = overflow,
+        };
+        return new BracketResult(total, all);
+    }
+
+    internal struct ChunkCounts
+    {
+        public long Below, EqualLo, Inside, EqualHi;
+        public uint MaxKey;
+        public bool Overflow;
+    }
+
+    /// <summary>Left-pack permutations for AVX2: entry m lists the set lanes of mask m first.</summary>
+    private static readonly int[] PackTable = BuildPackTable();
+
+    private static int[] BuildPackTable()
+    {
+        var t = new int[256 * 8];
+        for (int m = 0; m < 256; m++)
+        {
+            int w = 0;
+            for (int lane = 0; lane < 8; lane++)
+                if ((m & (1 << lane)) != 0) t[m * 8 + w++] = lane;
+        }
+        return t;
+    }
+
+    /// <summary>
+    /// One chunk of the bracket pass: counts keys below lo, equal to lo, equal to hi, and copies the
+    /// keys strictly between lo and hi (branch-free left-pack), tracking the largest key.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static ChunkCounts CountBracket(uint* bits, long n, uint lo, uint hi, uint[] list)
+    {
+        var r = new ChunkCounts();
+        long cap = list.Length - 8, w = 0, i = 0;
+        uint mx = 0;
+        // With lo == hi the "equal to hi" class must not count the same keys twice.
+        int eqHiKey = lo == hi ? -1 : (int)hi;
+        fixed (uint* dst = list)
+        fixed (int* pack = PackTable)
+        {
+            if (Avx2.IsSupported && n >= 8)
+            {
+                // Keys are below 2^31, so signed compares order them correctly.
+                var abs = Vector256.Create((int)AbsMask);
+                var vlo = Vector256.Create((int)lo);
+                var vhi = Vector256.Create((int)hi);
+                var veqHi = Vector256.Create(eqHiKey);
+                var vmax = Vector256<int>.Zero;
+                long blockEnd;
+                for (; i <= n - 8; i = blockEnd)
+                {
+                    // Blocks of 2^20 vectors keep the per-lane counters far from overflow.
+                    blockEnd = Math.Min(n - (n - i) % 8, i + 8L * (1 << 20));
+                    Vector256<int> vBelow = default, vEqLo = default, vEqHi = default;
+                    for (; i < blockEnd; i += 8)
+                    {
+                        var key = Vector256.Load((int*)(bits + i)) & abs;
+                        vmax = Vector256.Max(vmax, key);
+                        vBelow -= Vector256.LessThan(key, vlo);
+                        vEqLo -= Vector256.Equals(key, vlo);
+                        vEqHi -= Vector256.Equals(key, veqHi);
+                        var inside = Vector256.GreaterThan(key, vlo) & Vector256.LessThan(key, vhi);
+                        uint m = inside.ExtractMostSignificantBits();
+                        if (w <= cap)
+                            Avx2.PermuteVar8x32(key, Vector256.Load(pack + m * 8)).AsUInt32().Store(dst + w);
+                        w += BitOperations.PopCount(m);
+                    }
+                    r.Below += Vector256.Sum(vBelow);
+                    r.EqualLo += Vector256.Sum(vEqLo);
+                    r.EqualHi += Vector256.Sum(vEqHi);
+                }
+                for (int l = 0; l < 8; l++) mx = Math.Max(mx, (uint)vmax.GetElement(l));
+            }
+            for (; i < n; i++)
+            {
+                uint key = bits[i] & AbsMask;
+                mx = Math.Max(mx, key);
+                if (key < lo) r.Below++;
+                else if (key == lo) r.EqualLo++;
+                else if (key < hi)
+                {
+                    if (w <= cap) dst[w] = key;
+                    w++;
+                }
+                else if ((int)key == eqHiKey) r.EqualHi++;
+            }
+        }
+        r.Inside = w;
+        r.Overflow = w > cap;
+        r.MaxKey = mx;
+        return r;
+    }
+
+    // ---------------------------------------------------------------- mask and helpers
+
+    /// <summary>Zeroes every entry with key &lt; t (writing +0) and returns how many were kept.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static long Mask(float* p, long n, uint t)
+    {
+        long kept = 0, i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var abs = Vector512.Create((int)AbsMask);
+            var vt = Vector512.Create((int)t);
+            for (; i <= n - 16; i += 16)
+            {
+                var v = Vector512.Load((int*)(p + i));
+                var keep = Vector512.GreaterThanOrEqual(v & abs, vt);
+                (v & keep).Store((int*)(p + i));
+                kept += BitOperations.PopCount(keep.ExtractMostSignificantBits());
+            }
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var abs = Vector256.Create((int)AbsMask);
+            var vt = Vector256.Create((int)t);
+            for (; i <= n - 8; i += 8)
+            {
+                var v = Vector256.Load((int*)(p + i));
+                var keep = Vector256.GreaterThanOrEqual(v & abs, vt);
+                (v & keep).Store((int*)(p + i));
+                kept += BitOperations.PopCount(keep.ExtractMostSignificantBits());
+            }
+        }
+        for (; i < n; i++)
+        {
+            uint key = ((uint*)p)[i] & AbsMask;
+            if (key >= t) kept++;
+            else p[i] = 0f;
+        }
+        return kept;
+    }
+
+    private static long ParallelMask(CpuBackend backend, float* p, long n, uint t)
+    {
+        long chunk = ChunkSize(backend, n);
+        int chunks = (int)((n + chunk - 1) / chunk);
+        var kept = new long[chunks];
+        var pp = (nint)p;
+        System.Threading.Tasks.Parallel.For(0, chunks, backend.Parallel, c =>
+        {
+            long start = c * chunk;
+            kept[c] = Mask((float*)pp + start, Math.Min(chunk, n - start), t);
+        });
+        return kept.Sum();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static uint MaxKey(uint* bits, long n)
+    {
+        long i = 0;
+        uint mx = 0;
+        if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            var abs = Vector256.Create(AbsMask);
+            var vmax = Vector256<uint>.Zero;
+            for (; i <= n - 8; i += 8) vmax = Vector256.Max(vmax, Vector256.Load(bits + i) & abs);
+            for (int l = 0; l < 8; l++) mx = Math.Max(mx, vmax.GetElement(l));
+        }
+        for (; i < n; i++) mx = Math.Max(mx, bits[i] & AbsMask);
+        return mx;
+    }
+
+    private static uint ParallelMaxKey(CpuBackend backend, uint* bits, long n)
+    {
+        long chunk = ChunkSize(backend, n);
+        int chunks = (int)((n + chunk - 1) / chunk);
+        var max = new uint[chunks];
+        var b = (nint)bits;
+        System.Threading.Tasks.Parallel.For(0, chunks, backend.Parallel, c =>
+        {
+            long start = c * chunk;
+            max[c] = MaxKey((uint*)b + start, Math.Min(chunk, n - start));
+        });
+        return max.Max();
+    }
+}

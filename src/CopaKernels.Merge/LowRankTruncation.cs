@@ -1,0 +1,207 @@
+using CopaKernels.Merge.Linalg;
+
+namespace CopaKernels.Merge;
+
+/// <summary>How the kept singular values Σ_N are distributed between the two output factors.</summary>
+public enum SigmaPlacement
+{
+    /// <summary>
+    /// B' = Q_B U_N diag(√Σ_N), A' = diag(√Σ_N) V_Nᵀ Q_Aᵀ (the default). Both factors then carry the same
+    /// scale (B'ᵀB' = A'A'ᵀ = Σ_N), which keeps them comparable for further fine-tuning or merging.
+    /// </summary>
+    Split,
+
+    /// <summary>
+    /// B' = Q_B U_N Σ_N, A' = V_Nᵀ Q_Aᵀ (A' has orthonormal rows). This is the split PEFT's SVD-based
+    /// rank reduction in <c>add_weighted_adapter</c> produces (lora_B = U·diag(S), lora_A = Vh).
+    /// </summary>
+    IntoB,
+}
+
+/// <summary>The result of <see cref="LowRankTruncation.Truncate"/>.</summary>
+/// <param name="B">B', d_out × N, row-major.</param>
+/// <param name="A">A', N × d_in, row-major.</param>
+/// <param name="Rank">N, the rank of the output pair.</param>
+/// <param name="SingularValues">
+/// All R singular values of B·A, descending. At most min(d_out, d_in, R) can be nonzero; when
+/// min(d_out, d_in) &lt; R the trailing entries are exactly zero.
+/// </param>
+/// <param name="DiscardedFrobenius">
+/// √(Σ_{i≥N} σ_i²), which by Eckart–Young is ‖B·A − B'A'‖_F in exact arithmetic (the float32 rounding of
+/// the emitted factors adds about 1e-7·‖B·A‖_F on top).
+/// </param>
+/// <param name="RelativeError">
+/// ‖B·A − B'A'‖_F / ‖B·A‖_F = <paramref name="DiscardedFrobenius"/> / √(Σ σ_i²), in exact arithmetic;
+/// 0 when B·A = 0.
+/// </param>
+public sealed record TruncationResult(
+    float[] B, float[] A, int Rank, double[] SingularValues, double DiscardedFrobenius, double RelativeError);
+
+/// <summary>
+/// The exact re-rank of a low-rank product: the best rank-N approximation (Eckart–Young, Frobenius) of
+/// ΔW = B·A, computed without forming the d_out × d_in product.
+/// </summary>
+/// <remarks>
+/// <para>Algorithm, all in double. (1) Householder QR of B = Q_B R_B and of Aᵀ = Q_A R_A; with
+/// p_B = min(d_out, R) and p_A = min(d_in, R), Q_B is d_out × p_B, R_B is p_B × R, likewise for A. Then
+/// B·A = Q_B (R_B R_Aᵀ) Q_Aᵀ. (2) SVD of the small core C = R_B R_Aᵀ (p_B × p_A) = U Σ Vᵀ by one-sided
+/// Jacobi (hand-written: no suitable .NET SVD library is available here). (3) B·A = (Q_B U) Σ (Q_A V)ᵀ
+/// is an SVD of the product, so keeping the leading N triplets is the optimal truncation; Q_B and Q_A
+/// are applied to the N kept vectors implicitly from the Householder reflectors.</para>
+/// <para>Cost O((d_out + d_in)·R² + R³) time and O((d_out + d_in)·R + R²) memory. Results are
+/// deterministic (independent of thread count and scheduling): parallel loops only split work over
+/// independent columns, and the SVD fixes the order and signs of its triplets.</para>
+/// <para>Σ placement: the default <see cref="SigmaPlacement.Split"/> gives each factor √Σ_N, so B' and A'
+/// have the same scale (B'ᵀB' = A'A'ᵀ = Σ_N), which suits further fine-tuning or merging of the pair;
+/// <see cref="SigmaPlacement.IntoB"/> puts all of Σ_N into B', as PEFT's SVD-based rank reduction does.</para>
+/// <para>The product is taken exactly as given: any adapter scaling (e.g. LoRA's α/r) the caller wants
+/// folded in must already be in B or A, and the output pair reproduces B·A with scaling 1.</para>
+/// <para>Triplets with σ = 0 (N beyond the rank of B·A) are emitted as zero columns of B' and zero rows
+/// of A' under either placement. When N ≥ the numerical rank the output reproduces B·A up to rounding.</para>
+/// </remarks>
+public static class LowRankTruncation
+{
+    /// <summary>
+    /// Returns the best rank-<paramref name="newRank"/> approximation B'·A' of
+    /// <paramref name="b"/>·<paramref name="a"/>, its singular values and its truncation error.
+    /// </summary>
+    /// <param name="b">B, <paramref name="dOut"/> × <paramref name="rank"/>, row-major.</param>
+    /// <param name="a">A, <paramref name="rank"/> × <paramref name="dIn"/>, row-major.</param>
+    /// <param name="dOut">Rows of B (d_out).</param>
+    /// <param name="rank">Inner dimension R of the input pair.</param>
+    /// <param name="dIn">Columns of A (d_in).</param>
+    /// <param name="newRank">N, 0 ≤ N ≤ R. N = 0 returns empty factors.</param>
+    /// <param name="placement">How Σ_N is split between B' and A'.</param>
+    /// <exception cref="ArgumentOutOfRangeException">A dimension is not positive, or N is outside [0, R].</exception>
+    /// <exception cref="ArgumentException">A span has the wrong length or holds a NaN or infinity.</exception>
+    public static TruncationResult Truncate(ReadOnlySpan<float> b, ReadOnlySpan<float> a, int dOut, int rank, int dIn,
+        int newRank, SigmaPlacement placement = SigmaPlacement.Split)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(dOut);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rank);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(dIn);
+        if (newRank < 0 || newRank > rank)
+            throw new ArgumentOutOfRangeException(nameof(newRank), newRank,
+                $"The new rank N = {newRank} must lie in [0, R] where R = {rank} is the inner dimension of the input pair; " +
+                "a re-rank cannot raise the rank of B·A.");
+        if (!Enum.IsDefined(placement)) throw new ArgumentOutOfRangeException(nameof(placement), placement, "Unknown SigmaPlacement.");
+        long bLen = (long)dOut * rank, aLen = (long)rank * dIn;
+        if (bLen > Array.MaxLength || aLen > Array.MaxLength || (long)dOut * newRank > Array.MaxLength)
+            throw new ArgumentException("The factors are too large for one array.");
+        if (b.Length != bLen) throw new ArgumentException($"b holds {b.Length} values; d_out × R = {dOut} × {rank} = {bLen}.", nameof(b));
+        if (a.Length != aLen) throw new ArgumentException($"a holds {a.Length} values; R × d_in = {rank} × {dIn} = {aLen}.", nameof(a));
+
+        // Column-major copies: B's columns, and Aᵀ's columns (= A's rows, already contiguous).
+        var bCols = new double[bLen];
+        TransposeToDouble(b, dOut, rank, bCols, nameof(b));
+        var aCols = new double[aLen];
+        for (int i = 0; i < a.Length; i++)
+        {
+            float e = a[i];
+            if (!float.IsFinite(e)) throw new ArgumentException($"a has a non-finite value at index {i}.", nameof(a));
+            aCols[i] = e;
+        }
+
+        var qrB = Householder.Factor(bCols, dOut, rank);
+        var qrA = Householder.Factor(aCols, dIn, rank);
+        int pB = qrB.Reflectors, pA = qrA.Reflectors;
+        var core = Core(qrB.UpperR(), qrA.UpperR(), pB, pA, rank);
+        var svd = JacobiSvd.Decompose(core, pB, pA);
+        int k = svd.Count;
+
+        var singular = new double[rank];
+        Array.Copy(svd.S, singular, k);
+        (double discarded, double relative) = TailNorms(singular, newRank);
+
+        // Kept triplets with σ > 0 form a prefix (σ is sorted descending).
+        int live = 0;
+        while (live < Math.Min(newRank, k) && svd.S[live] > 0) live++;
+
+        var outB = new double[(long)dOut * live];
+        var outA = new double[(long)dIn * live];
+        for (int j = 0; j < live; j++)
+        {
+            double s = svd.S[j];
+            double fB = placement == SigmaPlacement.Split ? Math.Sqrt(s) : s;
+            double fA = placement == SigmaPlacement.Split ? Math.Sqrt(s) : 1.0;
+            var u = svd.UColumn(j);
+            var v = svd.VColumn(j);
+            for (int i = 0; i < pB; i++) outB[(long)j * dOut + i] = u[i] * fB;
+            for (int i = 0; i < pA; i++) outA[(long)j * dIn + i] = v[i] * fA;
+        }
+        qrB.ApplyQ(outB, live);
+        qrA.ApplyQ(outA, live);
+
+        // B' row-major d_out × N: transpose the live columns; columns live..N-1 stay zero.
+        var bPrime = new float[(long)dOut * newRank];
+        const int Tile = 64;
+        for (int i0 = 0; i0 < dOut; i0 += Tile)
+        {
+            int i1 = Math.Min(i0 + Tile, dOut);
+            for (int j = 0; j < live; j++)
+            {
+                long src = (long)j * dOut;
+                for (int i = i0; i < i1; i++) bPrime[(long)i * newRank + j] = (float)outB[src + i];
+            }
+        }
+        // A' row-major N × d_in: its rows are exactly the columns of Q_A·(scaled V_N).
+        var aPrime = new float[(long)newRank * dIn];
+        for (long i = 0; i < outA.Length; i++) aPrime[i] = (float)outA[i];
+
+        return new TruncationResult(bPrime, aPrime, newRank, singular, discarded, relative);
+    }
+
+    /// <summary>src (rows × cols, row-major F32) → dst column-major double, in tiles for cache reuse.</summary>
+    private static void TransposeToDouble(ReadOnlySpan<float> src, int rows, int cols, double[] dst, string name)
+    {
+        const int Tile = 32;
+        for (int i0 = 0; i0 < rows; i0 += Tile)
+        {
+            int i1 = Math.Min(i0 + Tile, rows);
+            for (int j0 = 0; j0 < cols; j0 += Tile)
+            {
+                int j1 = Math.Min(j0 + Tile, cols);
+                for (int i = i0; i < i1; i++)
+                {
+                    long row = (long)i * cols;
+                    for (int j = j0; j < j1; j++)
+                    {
+                        float e = src[(int)(row + j)];
+                        if (!float.IsFinite(e)) throw new ArgumentException($"{name} has a non-finite value at index {row + j}.", name);
+                        dst[(long)j * rows + i] = e;
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>C = R_B R_Aᵀ (p_B × p_A, row-major); both R factors are upper trapezoidal with R columns.</summary>
+    private static double[] Core(double[] rB, double[] rA, int pB, int pA, int r)
+    {
+        var c = new double[(long)pB * pA];
+        void Row(int i)
+        {
+            for (int l = 0; l < pA; l++)
+            {
+                // Both rows vanish left of their diagonal, so the sum starts at max(i, l).
+                int s = Math.Max(i, l);
+                c[(long)i * pA + l] = Householder.Dot(rB.AsSpan(i * r + s, r - s), rA.AsSpan(l * r + s, r - s));
+            }
+        }
+        if ((long)pB * pA * r < 1L << 18) { for (int i = 0; i < pB; i++) Row(i); }
+        else Parallel.For(0, pB, Row);
+        return c;
+    }
+
+    /// <summary>(√Σ_{i≥n} σ_i², that over √Σ σ_i²), summed smallest-first on σ/σ₀ so nothing overflows.</summary>
+    private static (double Discarded, double Relative) TailNorms(double[] sigma, int n)
+    {
+        double s0 = sigma.Length > 0 ? sigma[0] : 0;
+        if (s0 == 0) return (0, 0);
+        double tail = 0;
+        for (int i = sigma.Length - 1; i >= n; i--) { double x = sigma[i] / s0; tail += x * x; }
+        double total = tail;
+        for (int i = Math.Min(n, sigma.Length) - 1; i >= 0; i--) { double x = sigma[i] / s0; total += x * x; }
+        return (s0 * Math.Sqrt(tail), Math.Sqrt(tail / total));
+    }
+}

@@ -1,0 +1,195 @@
+using System.Runtime.InteropServices;
+using CopaKernels.Formats;
+using CopaKernels.Kernels;
+
+namespace CopaKernels.Merge.Methods;
+
+/// <summary>How each task's tensor is sparsified before combining.</summary>
+public enum Sparsifier
+{
+    /// <summary>Kept whole.</summary>
+    None,
+    /// <summary>Magnitude trim to density ρ (SPEC §1, exact, on the backend).</summary>
+    Trim,
+    /// <summary>DARE: each entry kept with probability ρ (counter-based stream), kept ones divided by ρ.</summary>
+    Drop,
+}
+
+/// <summary>
+/// Task arithmetic and its sparsified relatives as one configurable method (sparsifier × sign
+/// consensus × λ), as mergekit structures them: task-arithmetic, ties, dare, dare-ties,
+/// magnitude-prune (SPEC §4), in factor space or delta space.
+/// </summary>
+/// <remarks>
+/// Decisions where the SPEC is silent, written down:
+/// <list type="bullet">
+/// <item>Weights enter as y_n = w_n·x̃_n; the TIES sign is sign(Σ_n y_n) with 0 counted as +, an entry
+/// agrees when sign(y_n) equals it (zeros never agree), and the merged entry is
+/// λ·Σ_agreeing y_n / max(1, count of agreeing).</item>
+/// <item>Factor space: x^A_n = sign(w_n)·√|w_n·s_n|·A_n and x^B_n = √|w_n·s_n|·B_n (weights folded in,
+/// so the combine uses unit weights); λ multiplies the B side only, so ΔW = λ·B_m·A_m; output scale 1.</item>
+/// <item>DARE streams are named <c>PATH.lora_A</c>, <c>PATH.lora_B</c> (factor space) or <c>PATH</c>
+/// (delta space), task index 0-based; a kept entry is divided by (float)ρ.</item>
+/// </list>
+/// </remarks>
+public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool consensus, string description) : IMergeMethod
+{
+    /// <inheritdoc/>
+    public string Name { get; } = name;
+
+    /// <inheritdoc/>
+    public string Description { get; } = description;
+
+    /// <summary>How tasks are sparsified.</summary>
+    public Sparsifier Sparsifier { get; } = sparsifier;
+
+    /// <summary>Whether TIES sign election combines the tasks.</summary>
+    public bool Consensus { get; } = consensus;
+
+    /// <inheritdoc/>
+    public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options) =>
+        options.Space == MergeSpace.Factors ? MergeFactors(backend, module, options) : MergeDelta(backend, module, options);
+
+    private ModuleResult MergeFactors(IMergeBackend backend, ModuleInput m, MergeOptions o)
+    {
+        int n = m.Tasks.Count, r = m.Tasks[0].Rank;
+        foreach (var t in m.Tasks)
+            if (t.Rank != r)
+                throw new CopaInputException(null, m.Path,
+                    $"ranks differ between adapters ({string.Join(", ", m.Tasks.Select(x => x.Rank))}); factor space needs equal ranks (use space delta)");
+        var stats = new ModuleStats();
+        var xa = new List<float[]>(n);
+        var xb = new List<float[]>(n);
+        for (int task = 0; task < n; task++)
+        {
+            double ws = o.WeightOf(task) * m.Tasks[task].Scale;
+            float cb = (float)Math.Sqrt(Math.Abs(ws));
+            float ca = Math.Sign(o.WeightOf(task)) * cb;
+            xa.Add(Scaled(m.Tasks[task].A, ca));
+            xb.Add(Scaled(m.Tasks[task].B, cb));
+        }
+        Sparsify(backend, xa, $"{m.Path}.lora_A", o, stats, stats.ThresholdsA, m.Path);
+        Sparsify(backend, xb, $"{m.Path}.lora_B", o, stats, stats.ThresholdsB, m.Path);
+        var unit = Enumerable.Repeat(1.0, n).ToArray();
+        var a = Combine(xa, unit, 1.0);
+        var b = Combine(xb, unit, o.EffectiveLambda);
+        return new LowRankResult(b, a, r, 1.0, r) { Stats = stats };
+    }
+
+    private ModuleResult MergeDelta(IMergeBackend backend, ModuleInput m, MergeOptions o)
+    {
+        int n = m.Tasks.Count;
+        var stats = new ModuleStats();
+        var deltas = new List<float[]>(n);
+        for (int task = 0; task < n; task++) deltas.Add(Delta(backend, m, task));
+        Sparsify(backend, deltas, m.Path, o, stats, stats.ThresholdsA, m.Path);
+        var w = Enumerable.Range(0, n).Select(o.WeightOf).ToArray();
+        return new DenseResult(Combine(deltas, w, o.EffectiveLambda)) { Stats = stats };
+    }
+
+    /// <summary>ΔW_n = s_n·B_n·A_n on the backend (family 3, one term).</summary>
+    internal static float[] Delta(IMergeBackend backend, ModuleInput m, int task)
+    {
+        var t = m.Tasks[task];
+        using var b = backend.Allocate(Math.Max(1, t.B.LongLength) * 4);
+        using var a = backend.Allocate(Math.Max(1, t.A.LongLength) * 4);
+        using var o = backend.Allocate(Math.Max(1, (long)m.DOut * m.DIn) * 4);
+        backend.Upload(MemoryMarshal.AsBytes(t.B.AsSpan()), b, 0);
+        backend.Upload(MemoryMarshal.AsBytes(t.A.AsSpan()), a, 0);
+        LowRankTerm[] terms = [new LowRankTerm(b, 0, a, 0, t.Rank, (float)t.Scale)];
+        backend.LowRankProduct(terms, m.DOut, m.DIn, new ProductTile(0, m.DOut, o));
+        var result = new float[(long)m.DOut * m.DIn];
+        backend.Download(o, 0, MemoryMarshal.AsBytes(result.AsSpan()));
+        return result;
+    }
+
+    private static float[] Scaled(float[] x, float c)
+    {
+        var y = new float[x.Length];
+        System.Numerics.Tensors.TensorPrimitives.Multiply(x, c, y);
+        return y;
+    }
+
+    private void Sparsify(IMergeBackend backend, List<float[]> xs, string streamName, MergeOptions o, ModuleStats stats, List<float> thresholds, string path)
+    {
+        double rho = o.EffectiveDensity;
+        switch (Sparsifier)
+        {
+            case Sparsifier.None:
+                return;
+            case Sparsifier.Trim:
+            {
+                using var packed = new PackedTensors(backend, xs);
+                var sel = new SelectionResult[xs.Count];
+                try { backend.SelectByMagnitudeBatched(packed.Buffer, packed.Ranges, rho, sel); }
+                catch (NonFiniteInputException e)
+                {
+                    throw new CopaInputException(null, path, $"adapter {e.RangeIndex + 1} holds NaN or Inf in this module");
+                }
+                for (int i = 0; i < xs.Count; i++)
+                {
+                    xs[i] = packed.Download(i);
+                    thresholds.Add(sel[i].Threshold);
+                    stats.Kept += sel[i].Kept;
+                    stats.Total += xs[i].Length;
+                }
+                return;
+            }
+            case Sparsifier.Drop:
+            {
+                uint keep = CounterRandom.KeepThreshold(rho);
+                float fr = (float)rho;
+                for (int task = 0; task < xs.Count; task++)
+                {
+                    ulong key = CounterRandom.StreamKey(o.Seed, streamName, task);
+                    var x = xs[task];
+                    long kept = 0;
+                    for (long i = 0; i < x.LongLength; i++)
+                    {
+                        if (!float.IsFinite(x[i]))
+                            throw new CopaInputException(null, path, $"adapter {task + 1} holds NaN or Inf in this module");
+                        if (CounterRandom.Keep(key, i, keep)) { x[i] /= fr; kept++; }
+                        else x[i] = 0f;
+                    }
+                    stats.Kept += kept;
+                    stats.Total += x.LongLength;
+                }
+                return;
+            }
+        }
+    }
+
+    /// <summary>λ·Σ w_n x_n, or with <see cref="Consensus"/> the TIES disjoint mean over sign-agreeing entries.</summary>
+    internal float[] Combine(IReadOnlyList<float[]> xs, double[] weights, double lambda)
+    {
+        int n = xs.Count;
+        long len = xs[0].LongLength;
+        var result = new float[len];
+        var w = weights.Select(x => (float)x).ToArray();
+        float l = (float)lambda;
+        for (long i = 0; i < len; i++)
+        {
+            float total = 0;
+            for (int t = 0; t < n; t++) total += w[t] * xs[t][i];
+            if (!Consensus)
+            {
+                result[i] = l * total;
+                continue;
+            }
+            bool positive = total >= 0;
+            float sum = 0;
+            int count = 0;
+            for (int t = 0; t < n; t++)
+            {
+                float y = w[t] * xs[t][i];
+                if (y != 0 && (y > 0) == positive)
+                {
+                    sum += y;
+                    count++;
+                }
+            }
+            result[i] = l * (sum / Math.Max(1, count));
+        }
+        return result;
+    }
+}

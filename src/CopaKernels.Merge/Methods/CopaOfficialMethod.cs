@@ -1,0 +1,47 @@
+using CopaKernels.Formats;
+using CopaKernels.Kernels;
+
+namespace CopaKernels.Merge.Methods;
+
+/// <summary>
+/// CoPA as released (SPEC §3): the same trim and S with clamp 0.2, then A_m = λ Σ_n Ã_n and
+/// B_m = λ Σ_n B̃_n diag(S̃_n), a LoRA of the inputs' rank r with the first adapter's lora_alpha.
+/// The effective update (α/r)·B_m·A_m holds the cross-task terms B̃_t·Ã_s, as the released code does.
+/// </summary>
+public sealed class CopaOfficialMethod : IMergeMethod
+{
+    /// <inheritdoc/>
+    public string Name => "copa-official";
+
+    /// <inheritdoc/>
+    public string Description => "CoPA as released (RobustMerge code): clamp 0.2, A = λΣÃ, B = λΣB̃·diag(S̃), rank r";
+
+    /// <inheritdoc/>
+    public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options)
+    {
+        var first = module.Tasks[0];
+        foreach (var t in module.Tasks)
+            if (t.Rank != first.Rank || t.Alpha != first.Alpha)
+                throw new CopaInputException(null, module.Path,
+                    $"copa-official needs every adapter to share r and lora_alpha (got r = {string.Join("/", module.Tasks.Select(x => x.Rank))}, alpha = {string.Join("/", module.Tasks.Select(x => x.Alpha))})");
+        var stats = new ModuleStats();
+        var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, normalize: true, stats);
+        int r = first.Rank, dOut = module.DOut, dIn = module.DIn;
+        float lambda = (float)options.EffectiveLambda;
+        var a = new float[(long)r * dIn];
+        var b = new float[(long)dOut * r];
+        for (int task = 0; task < module.Tasks.Count; task++)
+        {
+            var at = scaled.ATrimmed[task];
+            for (long i = 0; i < a.LongLength; i++) a[i] += at[i];
+            var bt = scaled.BTrimmed[task];
+            var s = scaled.S[task].Select(x => (float)x).ToArray();
+            for (int i = 0; i < dOut; i++)
+                for (int j = 0; j < r; j++)
+                    b[(long)i * r + j] += bt[(long)i * r + j] * s[j];
+        }
+        for (long i = 0; i < a.LongLength; i++) a[i] *= lambda;
+        for (long i = 0; i < b.LongLength; i++) b[i] *= lambda;
+        return new LowRankResult(b, a, r, first.Scale, first.Alpha) { Stats = stats };
+    }
+}

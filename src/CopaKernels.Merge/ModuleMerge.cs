@@ -1,0 +1,54 @@
+namespace CopaKernels.Merge;
+
+/// <summary>One task's LoRA factors of one module, as F32 on the host.</summary>
+/// <param name="A">r × d_in, row-major.</param>
+/// <param name="B">d_out × r, row-major.</param>
+/// <param name="Rank">r.</param>
+/// <param name="Scale">s_n = α/r (or α/√r).</param>
+/// <param name="Alpha">lora_alpha (copa-official carries the first adapter's).</param>
+public sealed record TaskFactors(float[] A, float[] B, int Rank, double Scale, double Alpha);
+
+/// <summary>All tasks' factors of one module.</summary>
+/// <param name="Path">Module path (used in messages and as the DARE stream name).</param>
+/// <param name="DOut">Output dimension.</param>
+/// <param name="DIn">Input dimension.</param>
+/// <param name="Tasks">One entry per adapter, in order.</param>
+public sealed record ModuleInput(string Path, int DOut, int DIn, IReadOnlyList<TaskFactors> Tasks);
+
+/// <summary>A merged module: a low-rank pair (ΔW = Scale·B·A) or a dense ΔW.</summary>
+public abstract record ModuleResult
+{
+    /// <summary>Per-module statistics for the merge report.</summary>
+    public ModuleStats Stats { get; init; } = new();
+}
+
+/// <summary>ΔW = Scale · B · A with B d_out × Rank and A Rank × d_in (row-major F32).</summary>
+/// <param name="B">The B factor.</param>
+/// <param name="A">The A factor.</param>
+/// <param name="Rank">Inner dimension.</param>
+/// <param name="Scale">The LoRA scale the factors are meant with (1 when folded in).</param>
+/// <param name="Alpha">lora_alpha to write for this module (Rank when Scale = 1).</param>
+public sealed record LowRankResult(float[] B, float[] A, int Rank, double Scale, double Alpha) : ModuleResult;
+
+/// <summary>A dense ΔW, d_out × d_in row-major F32.</summary>
+/// <param name="Delta">The update.</param>
+public sealed record DenseResult(float[] Delta) : ModuleResult;
+
+/// <summary>What a merge reports per module.</summary>
+public sealed record ModuleStats
+{
+    /// <summary>Trim thresholds t, per task (A side or the only tensor).</summary>
+    public List<float> ThresholdsA { get; init; } = new();
+
+    /// <summary>Trim thresholds t, per task (B side).</summary>
+    public List<float> ThresholdsB { get; init; } = new();
+
+    /// <summary>Entries kept by the trims / drops, over all tensors of the module.</summary>
+    public long Kept { get; set; }
+
+    /// <summary>Entries considered by the trims / drops.</summary>
+    public long Total { get; set; }
+
+    /// <summary>CoPA rows whose trimmed |x| sum was 0 (S set to 1).</summary>
+    public int ZeroDenominatorRows { get; set; }
+}

@@ -1,0 +1,40 @@
+using System.Runtime.InteropServices;
+using CopaKernels.Kernels;
+using CopaKernels.Kernels.Cpu;
+using CopaKernels.Kernels.Reference;
+
+namespace CopaKernels.Tests.Kernels;
+
+/// <summary>The CPU selection's internal paths, forced: the sampled bracket hit, missed low, missed high.</summary>
+public unsafe class CpuSelectionPathTests
+{
+    [Theory]
+    [InlineData("hit")]
+    [InlineData("miss-low")]
+    [InlineData("miss-high")]
+    [InlineData("empty-bracket")]
+    public void LargePath_IsExact_WhateverTheBracket(string which)
+    {
+        using var backend = new CpuBackend(2);
+        foreach (var kind in new[] { "gaussian", "ties", "lora-b" })
+        {
+            var data = TestData.Make(kind, 50_000, 9);
+            var expected = (float[])data.Clone();
+            var want = ReferenceMagnitudeSelection.Select(expected, 0.2);
+            uint tk = BitConverter.SingleToUInt32Bits(want.Threshold);
+            (uint, uint) bracket = which switch
+            {
+                "hit" => (tk == 0 ? 0 : tk - 1, tk + 1),
+                "miss-low" => (tk + 1, tk + 100),        // k-th is below the bracket
+                "miss-high" => (0, tk == 0 ? 0 : tk - 1), // k-th is above the bracket
+                _ => (0x7F00_0000, 0x7F00_0000),
+            };
+            using var buf = (CpuBuffer)backend.Allocate(data.Length * 4);
+            backend.Upload(MemoryMarshal.AsBytes(data.AsSpan()), buf, 0);
+            var got = MagnitudeSelection.SelectLarge(backend, buf.Floats(0), data.Length, want.K, true, out bool finite, bracket);
+            Assert.True(finite);
+            Assert.Equal(want, got);
+            Assert.Equal(expected, buf.Span<float>(0, data.Length).ToArray());
+        }
+    }
+}

@@ -1,0 +1,203 @@
+using System.Runtime.InteropServices;
+using CopaKernels.Kernels;
+using CopaKernels.Kernels.Reference;
+
+namespace CopaKernels.Tests.Kernels;
+
+/// <summary>
+/// Families 1 and 2 against their scalar references. Abstract: every backend runs the same suite
+/// (the CPU SIMD backend now; the ILGPU backends with smaller sizes where they emulate).
+/// </summary>
+public abstract class SelectionSuite : IDisposable
+{
+    protected abstract IMergeBackend Backend { get; }
+
+    /// <summary>Largest tensor this backend's tests use.</summary>
+    protected virtual int MaxSize => 1 << 21;
+
+    public static readonly double[] Densities = [1.0, 0.9, 0.5, 0.2, 0.01, 1e-6, 1e-17];
+
+    public virtual void Dispose() => Backend.Dispose();
+
+    protected KernelBuffer Upload(float[] data, long padBefore = 0, long padAfter = 0)
+    {
+        var buf = Backend.Allocate((padBefore + data.Length + padAfter) * 4);
+        Backend.Upload(MemoryMarshal.AsBytes(data.AsSpan()), buf, padBefore * 4);
+        return buf;
+    }
+
+    protected float[] Download(KernelBuffer buf, long offset, int n)
+    {
+        var r = new float[n];
+        Backend.Download(buf, offset * 4, MemoryMarshal.AsBytes(r.AsSpan()));
+        return r;
+    }
+
+    private void CheckOne(float[] data, double density, string label)
+    {
+        var expected = (float[])data.Clone();
+        var want = ReferenceMagnitudeSelection.Select(expected, density);
+        using var buf = Upload(data, 3, 5);
+        var got = Backend.SelectByMagnitude(buf, new TensorRange(3, data.Length), density);
+        Assert.True(want.K == got.K, $"{label}: k expected {want.K}, got {got.K}");
+        Assert.True(BitConverter.SingleToUInt32Bits(want.Threshold) == BitConverter.SingleToUInt32Bits(got.Threshold),
+            $"{label}: threshold expected {TestData.Bits(want.Threshold)}, got {TestData.Bits(got.Threshold)}");
+        Assert.True(want.Kept == got.Kept, $"{label}: kept expected {want.Kept}, got {got.Kept}");
+        var after = Download(buf, 0, data.Length + 8);
+        for (int i = 0; i < data.Length; i++)
+            if (BitConverter.SingleToUInt32Bits(expected[i]) != BitConverter.SingleToUInt32Bits(after[i + 3]))
+                Assert.Fail($"{label}: mask differs at {i}: input {TestData.Bits(data[i])}, expected {TestData.Bits(expected[i])}, got {TestData.Bits(after[i + 3])}");
+        Assert.All(after.Take(3).Concat(after.Skip(3 + data.Length)), v => Assert.Equal(0f, v));
+
+        // Threshold only: same t and kept count, tensor untouched.
+        using var buf2 = Upload(data);
+        var only = Backend.SelectByMagnitude(buf2, new TensorRange(0, data.Length), density, applyMask: false);
+        Assert.Equal(got, only);
+        Assert.Equal(data.Select(BitConverter.SingleToUInt32Bits), Download(buf2, 0, data.Length).Select(BitConverter.SingleToUInt32Bits));
+    }
+
+    [Fact]
+    public void EverySize0To256_EveryKind_MatchesReference()
+    {
+        for (int n = 0; n <= 256; n++)
+            foreach (var kind in TestData.Kinds)
+                foreach (var d in new[] { 0.2, 0.5, 1e-17 })
+                    CheckOne(TestData.Make(kind, n, 1), d, $"n={n} kind={kind} density={d}");
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(31)]
+    [InlineData(33)]
+    [InlineData(127)]
+    [InlineData(1027)]
+    [InlineData(6 * 512 + 7)]
+    [InlineData(16 * 4096)]
+    [InlineData(4096 * 16 + 5)]
+    public void OddSizes_EveryKind_EveryDensity(int n)
+    {
+        foreach (var kind in TestData.Kinds)
+            foreach (var d in Densities)
+                CheckOne(TestData.Make(kind, n, 2), d, $"n={n} kind={kind} density={d}");
+    }
+
+    [Theory]
+    [InlineData(300_001)]
+    [InlineData((1 << 20) + 3)]
+    public void LargeTensors_MatchReference(int n)
+    {
+        if (n > MaxSize) return;
+        foreach (var kind in new[] { "gaussian", "ties", "lora-b", "wide", "equal" })
+            foreach (var d in new[] { 0.2, 0.5, 1e-6 })
+                CheckOne(TestData.Make(kind, n, 3), d, $"n={n} kind={kind} density={d}");
+    }
+
+    [Theory]
+    [InlineData(float.NaN)]
+    [InlineData(float.PositiveInfinity)]
+    [InlineData(float.NegativeInfinity)]
+    public void NonFinite_IsAnError_AtAnyDensity(float bad)
+    {
+        foreach (int n in new[] { 1, 100, 300_001 })
+        {
+            if (n > MaxSize) continue;
+            foreach (var d in new[] { 1.0, 0.2 })
+            {
+                var data = TestData.Make("gaussian", n, 4);
+                data[n / 2] = bad;
+                using var buf = Upload(data);
+                Assert.Throws<NonFiniteInputException>(() => Backend.SelectByMagnitude(buf, new TensorRange(0, n), d));
+            }
+        }
+    }
+
+    [Fact]
+    public void Batched_LoraFactorSet_MatchesPerTensorReference()
+    {
+        // A's of 16×256, B's of 256×16 and 448×16 with gaps between them, every kind.
+        var sizes = new List<int>();
+        for (int i = 0; i < 30; i++) sizes.Add(i % 3 == 0 ? 16 * 256 : i % 3 == 1 ? 256 * 16 : 448 * 16);
+        sizes.AddRange([0, 1, 7, 1027]);
+        var tensors = sizes.Select((n, i) => TestData.Make(TestData.Kinds[i % TestData.Kinds.Length], n, i)).ToList();
+        long total = sizes.Sum(n => (long)n + 3);
+        var all = new float[total];
+        var ranges = new TensorRange[sizes.Count];
+        long off = 0;
+        for (int i = 0; i < sizes.Count; i++)
+        {
+            tensors[i].CopyTo(all, off);
+            ranges[i] = new TensorRange(off, sizes[i]);
+            off += sizes[i] + 3;
+        }
+        foreach (var d in new[] { 0.2, 0.9 })
+        {
+            using var buf = Upload(all);
+            var results = new SelectionResult[sizes.Count];
+            Backend.SelectByMagnitudeBatched(buf, ranges, d, results);
+            var after = Download(buf, 0, (int)total);
+            for (int i = 0; i < sizes.Count; i++)
+            {
+                var expected = (float[])tensors[i].Clone();
+                var want = ReferenceMagnitudeSelection.Select(expected, d);
+                Assert.True(want == results[i], $"tensor {i} (n={sizes[i]}, density {d}): expected {want}, got {results[i]}");
+                var got = after.AsSpan((int)ranges[i].Offset, sizes[i]).ToArray();
+                Assert.Equal(expected.Select(BitConverter.SingleToUInt32Bits), got.Select(BitConverter.SingleToUInt32Bits));
+                for (int g = 0; g < 3; g++) Assert.Equal(0f, after[ranges[i].Offset + sizes[i] + g]);
+            }
+        }
+    }
+
+    [Fact]
+    public void Batched_NonFinite_NamesTheFirstBadTensor()
+    {
+        var data = TestData.Make("gaussian", 4 * 1000, 5);
+        data[2 * 1000 + 17] = float.NaN;
+        data[3 * 1000 + 1] = float.PositiveInfinity;
+        using var buf = Upload(data);
+        var ranges = Enumerable.Range(0, 4).Select(i => new TensorRange(i * 1000, 1000)).ToArray();
+        var e = Assert.Throws<NonFiniteInputException>(() => Backend.SelectByMagnitudeBatched(buf, ranges, 0.2, new SelectionResult[4]));
+        Assert.Equal(2, e.RangeIndex);
+    }
+
+    [Theory]
+    [InlineData(16, 4096)]
+    [InlineData(16, 1027)]
+    [InlineData(7, 33)]
+    [InlineData(1, 1)]
+    [InlineData(3, 0)]
+    [InlineData(64, 4099)]
+    public void RowAbsSums_PlainAndMasked_MatchReference(int rows, int cols)
+    {
+        foreach (var kind in new[] { "gaussian", "ties", "lora-b", "signed-zeros" })
+        {
+            var data = TestData.Make(kind, rows * cols, 6);
+            var sel = (float[])data.Clone();
+            float t = ReferenceMagnitudeSelection.Select(sel, 0.2).Threshold;
+            var (wantSums, wantMasked) = ReferenceRowAbsSums.Compute(data, rows, cols, t);
+            using var x = Upload(data);
+            using var sums = Backend.Allocate(rows * 4 + 4);
+            using var masked = Backend.Allocate(rows * 4 + 4);
+            Backend.RowAbsSums(x, 0, rows, cols, sums, 1);
+            var plain = Download(sums, 1, rows);
+            Backend.RowAbsSums(x, 0, rows, cols, sums, 1, t, masked, 0, applyMask: true);
+            var fusedSums = Download(sums, 1, rows);
+            var fusedMasked = Download(masked, 0, rows);
+            for (int i = 0; i < rows; i++)
+            {
+                Near(wantSums[i], plain[i], cols, $"{kind} {rows}×{cols} row {i} plain");
+                Near(wantSums[i], fusedSums[i], cols, $"{kind} {rows}×{cols} row {i} fused");
+                Near(wantMasked[i], fusedMasked[i], cols, $"{kind} {rows}×{cols} row {i} masked");
+            }
+            // applyMask zeroed exactly what the selection would.
+            var after = Download(x, 0, rows * cols);
+            Assert.Equal(sel.Select(BitConverter.SingleToUInt32Bits), after.Select(BitConverter.SingleToUInt32Bits));
+        }
+    }
+
+    private static void Near(float want, float got, int terms, string label)
+    {
+        // fp32 accumulation of non-negative terms: relative error at most ~ terms·ε, typically far less.
+        double tol = Math.Abs(want) * Math.Min(1e-3, 4e-7 * Math.Max(8, Math.Sqrt(terms) * 4)) + 1e-38;
+        Assert.True(Math.Abs(want - got) <= tol, $"{label}: expected {want:G9}, got {got:G9} (tolerance {tol:G3})");
+    }
+}

@@ -1,0 +1,224 @@
+using CopaKernels.Formats;
+using CopaKernels.Kernels.Cpu;
+using CopaKernels.Merge;
+using CopaKernels.Merge.Methods;
+using CopaKernels.Tests.Kernels;
+
+namespace CopaKernels.Tests.Merge;
+
+public class MergeMethodTests
+{
+    private static readonly CpuBackend Backend = new();
+
+    /// <summary>Small random adapters: A uniform, B Gaussian (as the paper observes), scale α/r.</summary>
+    internal static ModuleInput Module(int seed, int tasks, int dOut, int dIn, Func<int, int>? rankOf = null, bool ties = false)
+    {
+        var rng = new Random(seed);
+        var list = new List<TaskFactors>();
+        for (int t = 0; t < tasks; t++)
+        {
+            int r = rankOf?.Invoke(t) ?? 4;
+            float Value(bool gaussian) => ties
+                ? new[] { 0f, 0.5f, -0.5f, 1f, -1f }[rng.Next(5)]
+                : gaussian ? (float)TestData.Gaussian(rng) * 0.1f : (float)(rng.NextDouble() * 2 - 1) * 0.05f;
+            var a = new float[r * dIn];
+            var b = new float[dOut * r];
+            for (int i = 0; i < a.Length; i++) a[i] = Value(false);
+            for (int i = 0; i < b.Length; i++) b[i] = Value(true);
+            double alpha = 2 * r;
+            list.Add(new TaskFactors(a, b, r, alpha / r, alpha));
+        }
+        return new ModuleInput("model.layers.0.self_attn.q_proj", dOut, dIn, list);
+    }
+
+    private static void Close(double[,] want, double[,] got, string label, double tol = 2e-5)
+    {
+        double norm = 0, err = 0, maxAbs = 0;
+        foreach (var v in want) { norm += v * v; maxAbs = Math.Max(maxAbs, Math.Abs(v)); }
+        int rows = want.GetLength(0), cols = want.GetLength(1);
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < cols; j++)
+            {
+                double d = want[i, j] - got[i, j];
+                err += d * d;
+                Assert.True(Math.Abs(d) <= tol * maxAbs + 1e-30,
+                    $"{label}: element [{i},{j}] expected {want[i, j]:G9}, got {got[i, j]:G9}");
+            }
+        Assert.True(Math.Sqrt(err) <= tol * Math.Sqrt(norm) + 1e-30, $"{label}: relative Frobenius error {Math.Sqrt(err / Math.Max(norm, 1e-300)):G3}");
+    }
+
+    private static void Close(double[] want, float[] got, string label, double tol = 2e-5)
+    {
+        var w = new double[1, want.Length];
+        var g = new double[1, got.Length];
+        for (int i = 0; i < want.Length; i++) { w[0, i] = want[i]; g[0, i] = got[i]; }
+        Close(w, g, label, tol);
+    }
+
+    [Theory]
+    [InlineData(1, 1, 8, 16, 0.2, 2.0, 0.0)]
+    [InlineData(2, 3, 24, 16, 0.2, 2.0, 0.0)]
+    [InlineData(3, 4, 33, 31, 0.5, 1.0, 0.2)]
+    [InlineData(4, 2, 7, 64, 1.0, 2.0, 0.0)]
+    [InlineData(5, 5, 40, 17, 0.05, 3.0, 0.5)]
+    public void Copa_MatchesSpec(int seed, int tasks, int dOut, int dIn, double density, double lambda, double clamp)
+    {
+        var m = Module(seed, tasks, dOut, dIn);
+        var opts = new MergeOptions { Method = "copa", Density = density, Lambda = lambda, Clamp = clamp };
+        var result = Assert.IsType<LowRankResult>(MergeMethods.Get("copa").MergeModule(Backend, m, opts));
+        int total = m.Tasks.Sum(t => t.Rank);
+        Assert.Equal(total, result.Rank);
+        Assert.Equal(1.0, result.Scale);
+        Close(MergeReference.Copa(m, density, lambda, clamp, true), MergeReference.Dense(result.B, result.A, dOut, total, dIn), $"copa seed {seed}");
+        // The A factor is the stack of exact trims.
+        var aT = m.Tasks.SelectMany(t => MergeReference.Trim(t.A, density)).ToArray();
+        Assert.Equal(aT.Select(BitConverter.SingleToUInt32Bits), result.A.Select(BitConverter.SingleToUInt32Bits));
+    }
+
+    [Fact]
+    public void Copa_WithTies_ZeroRowsAndUnequalRanksUnnormalised()
+    {
+        var m = Module(6, 3, 16, 12, ties: true);
+        // A fully zero row in task 1: S = 1 and the event is counted.
+        Array.Clear(m.Tasks[1].A, 0, 12);
+        var r = MergeMethods.Get("copa").MergeModule(Backend, m, new MergeOptions { Method = "copa" });
+        Assert.True(r.Stats.ZeroDenominatorRows >= 1);
+        Close(MergeReference.Copa(m, 0.2, 2.0, 0, true), MergeReference.Dense(((LowRankResult)r).B, ((LowRankResult)r).A, 16, 12, 12), "copa ties");
+
+        var uneven = Module(7, 3, 10, 9, rankOf: t => 2 + 2 * t);
+        var e = Assert.Throws<CopaInputException>(() => MergeMethods.Get("copa").MergeModule(Backend, uneven, new MergeOptions { Method = "copa" }));
+        Assert.Contains("ranks differ", e.Message);
+        Assert.Equal(uneven.Path, e.Tensor);
+        var lr = (LowRankResult)MergeMethods.Get("copa").MergeModule(Backend, uneven, new MergeOptions { Method = "copa", Normalize = false });
+        Assert.Equal(12, lr.Rank);
+        Close(MergeReference.Copa(uneven, 0.2, 2.0, 0, false), MergeReference.Dense(lr.B, lr.A, 10, 12, 9), "copa unnormalised");
+    }
+
+    [Theory]
+    [InlineData(11, 2, 12, 20)]
+    [InlineData(12, 4, 33, 17)]
+    public void CopaOfficial_MatchesSpec(int seed, int tasks, int dOut, int dIn)
+    {
+        var m = Module(seed, tasks, dOut, dIn);
+        var r = Assert.IsType<LowRankResult>(MergeMethods.Get("copa-official").MergeModule(Backend, m, new MergeOptions { Method = "copa-official" }));
+        Assert.Equal(4, r.Rank);
+        Assert.Equal(m.Tasks[0].Alpha, r.Alpha);
+        Assert.Equal(m.Tasks[0].Scale, r.Scale);
+        var (b, a) = MergeReference.CopaOfficial(m, 0.2, 2.0);
+        Close(a, r.A, "A_m");
+        Close(b, r.B, "B_m");
+    }
+
+    [Fact]
+    public void CopaOfficial_HandWorkedExample()
+    {
+        // Worked through SPEC §3 by hand with density 0.5 (see the comments for each step).
+        // Task 1: |A1| sorted 0, .5, 1, 1, 2, 3 → k = 3, t = 1 → Ã1 = [[1,-2,3],[0,0,-1]]; S1 = [6/6, 1.5/1] = [1, 1.5].
+        //         |B1| sorted 0, 1, 2, 4 → k = 2, t = 1 → B̃1 = B1.
+        // Task 2: |A2| sorted 0, 0, .25, 1, 2, 2 → t = .25 → Ã2 = A2; S2 = [1, 1]. B̃2 = B2 (t = 1).
+        // Clamp 0.2, r = 2: index floor(1.6) = 1 → S1 = [1.5, 1.5], S2 = [1, 1]; normalised 0.6 / 0.4.
+        // λ = 2: A_m = 2(Ã1 + Ã2), B_m = 2(0.6 B̃1 + 0.4 B̃2).
+        var m = new ModuleInput("m", 2, 3,
+        [
+            new TaskFactors([1, -2, 3, 0.5f, 0, -1], [2, 0, -1, 4], 2, 1.0, 2),
+            new TaskFactors([0, 1, 0, 2, -2, 0.25f], [1, 1, 0, -3], 2, 1.0, 2),
+        ]);
+        var r = (LowRankResult)MergeMethods.Get("copa-official").MergeModule(Backend, m, new MergeOptions { Method = "copa-official", Density = 0.5 });
+        Assert.Equal(new float[] { 2, -2, 6, 4, -4, -1.5f }, r.A);
+        var wantB = new[] { 3.2, 0.8, -1.2, 2.4 };
+        for (int i = 0; i < 4; i++) Assert.True(Math.Abs(wantB[i] - r.B[i]) < 1e-6, $"B_m[{i}] expected {wantB[i]}, got {r.B[i]}");
+        Assert.Equal(1.0, r.Scale);
+    }
+
+    public static TheoryData<string, double, double, ulong> Baselines() => new()
+    {
+        { "task-arithmetic", 1.0, 1.0, 0 },
+        { "ties", 0.2, 1.0, 0 },
+        { "ties", 0.5, 0.7, 0 },
+        { "dare", 0.3, 1.0, 17 },
+        { "dare-ties", 0.5, 1.5, 3 },
+        { "magnitude-prune", 0.2, 1.0, 0 },
+    };
+
+    [Theory]
+    [MemberData(nameof(Baselines))]
+    public void Baselines_FactorSpace_MatchSpec(string method, double density, double lambda, ulong seed)
+    {
+        var m = Module(21, 3, 24, 20);
+        double[] w = [1.0, -0.5, 2.0];
+        var opts = new MergeOptions { Method = method, Density = density, Lambda = lambda, Seed = seed, Weights = w, Space = MergeSpace.Factors };
+        var r = Assert.IsType<LowRankResult>(MergeMethods.Get(method).MergeModule(Backend, m, opts));
+        var xa = new List<float[]>();
+        var xb = new List<float[]>();
+        for (int t = 0; t < 3; t++)
+        {
+            double ws = w[t] * m.Tasks[t].Scale;
+            float cb = (float)Math.Sqrt(Math.Abs(ws)), ca = Math.Sign(w[t]) * cb;
+            xa.Add(m.Tasks[t].A.Select(v => ca * v).ToArray());
+            xb.Add(m.Tasks[t].B.Select(v => cb * v).ToArray());
+        }
+        double[] ones = [1, 1, 1];
+        Close(MergeReference.Baseline(method, xa, ones, density, 1.0, seed, m.Path + ".lora_A"), r.A, $"{method} A");
+        Close(MergeReference.Baseline(method, xb, ones, density, lambda, seed, m.Path + ".lora_B"), r.B, $"{method} B");
+    }
+
+    [Theory]
+    [MemberData(nameof(Baselines))]
+    public void Baselines_DeltaSpace_MatchSpec(string method, double density, double lambda, ulong seed)
+    {
+        var m = Module(22, 3, 20, 18, rankOf: t => 2 + t);
+        double[] w = [0.5, 1.0, -1.5];
+        var opts = new MergeOptions { Method = method, Density = density, Lambda = lambda, Seed = seed, Weights = w, Space = MergeSpace.Delta };
+        var r = Assert.IsType<DenseResult>(MergeMethods.Get(method).MergeModule(Backend, m, opts));
+        var deltas = Enumerable.Range(0, 3).Select(t => ArithmeticMethod.Delta(Backend, m, t)).ToList();
+        // The kernel's ΔW_n against the dense product in double.
+        for (int t = 0; t < 3; t++)
+        {
+            var want = MergeReference.Dense(m.Tasks[t].B, m.Tasks[t].A, 20, m.Tasks[t].Rank, 18, m.Tasks[t].Scale);
+            var got = new double[20, 18];
+            for (int i = 0; i < 20 * 18; i++) got[i / 18, i % 18] = deltas[t][i];
+            Close(want, got, $"ΔW_{t}", 1e-6);
+        }
+        Close(MergeReference.Baseline(method, deltas, w, density, lambda, seed, m.Path), r.Delta, $"{method} delta");
+    }
+
+    [Fact]
+    public void Dare_SameSeed_SameResult_DifferentSeed_Differs()
+    {
+        var m = Module(23, 2, 16, 16);
+        ModuleResult Run(ulong seed) => MergeMethods.Get("dare").MergeModule(Backend, m, new MergeOptions { Method = "dare", Density = 0.5, Seed = seed });
+        var a = (LowRankResult)Run(5);
+        var b = (LowRankResult)Run(5);
+        var c = (LowRankResult)Run(6);
+        Assert.Equal(a.A, b.A);
+        Assert.NotEqual(a.A, c.A);
+    }
+
+    [Fact]
+    public void FactorSpace_NeedsEqualRanks_AndOptionsAreValidated()
+    {
+        var m = Module(24, 2, 8, 8, rankOf: t => 2 + t);
+        var e = Assert.Throws<CopaInputException>(() => MergeMethods.Get("ties").MergeModule(Backend, m, new MergeOptions { Method = "ties" }));
+        Assert.Contains("space delta", e.Message);
+        Assert.Throws<CopaInputException>(() => new MergeOptions { Method = "ties", Density = 0 }.Validate(2));
+        Assert.Throws<CopaInputException>(() => new MergeOptions { Method = "ties", Density = 1.5 }.Validate(2));
+        Assert.Throws<CopaInputException>(() => new MergeOptions { Method = "copa", Clamp = 1 }.Validate(2));
+        Assert.Throws<CopaInputException>(() => new MergeOptions { Method = "copa-official", Clamp = 0.3 }.Validate(2));
+        Assert.Throws<CopaInputException>(() => new MergeOptions { Method = "ties", Weights = [1.0] }.Validate(2));
+        Assert.Throws<CopaInputException>(() => new MergeOptions { Method = "nope" }.Validate(2));
+        new MergeOptions { Method = "copa", Density = 1, Clamp = 0.2, Weights = [1.0, 2.0] }.Validate(2);
+    }
+
+    [Fact]
+    public void NaNInAFactor_IsAnInputErrorNamingTheModule()
+    {
+        var m = Module(25, 2, 8, 8);
+        m.Tasks[1].B[3] = float.NaN;
+        foreach (var method in new[] { "copa", "ties", "dare" })
+        {
+            var e = Assert.Throws<CopaInputException>(() => MergeMethods.Get(method).MergeModule(Backend, m, new MergeOptions { Method = method }));
+            Assert.Equal(m.Path, e.Tensor);
+            Assert.Contains("adapter 2", e.Message);
+        }
+    }
+}
