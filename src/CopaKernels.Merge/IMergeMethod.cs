@@ -30,6 +30,7 @@ public static class MergeMethods
         new Methods.ArithmeticMethod("dare", Methods.Sparsifier.Drop, consensus: false, "random drop with rescale 1/ρ, then task arithmetic (Yu et al. 2024)"),
         new Methods.ArithmeticMethod("dare-ties", Methods.Sparsifier.Drop, consensus: true, "random drop with rescale 1/ρ, then TIES sign election"),
         new Methods.ArithmeticMethod("magnitude-prune", Methods.Sparsifier.Trim, consensus: false, "trim to ρ, then task arithmetic"),
+        new Methods.PcbMethod(),
     ];
 
     /// <summary>Every method name, in documentation order.</summary>
