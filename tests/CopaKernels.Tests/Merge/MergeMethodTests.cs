@@ -94,6 +94,18 @@ public class MergeMethodTests
         Close(MergeReference.Copa(uneven, 0.2, 2.0, 0, false), MergeReference.Dense(lr.B, lr.A, 10, 12, 9), "copa unnormalised");
     }
 
+    [Fact]
+    public void Copa_FullyPrunedRow_GetsScaleOne_AndIsCounted()
+    {
+        var m = Module(8, 2, 12, 16);
+        // Row 2 of task 0 is non-zero but far below every other |x|: the trim removes all of it.
+        for (int j = 0; j < 16; j++) m.Tasks[0].A[2 * 16 + j] = 1e-9f * (j + 1);
+        var r = (LowRankResult)MergeMethods.Get("copa").MergeModule(Backend, m, new MergeOptions { Method = "copa" });
+        Assert.Equal(1, r.Stats.ZeroDenominatorRows);
+        Assert.All(r.A.AsSpan(2 * 16, 16).ToArray(), v => Assert.Equal(0f, v));
+        Close(MergeReference.Copa(m, 0.2, 2.0, 0, true), MergeReference.Dense(r.B, r.A, 12, 8, 16), "copa fully pruned row");
+    }
+
     [Theory]
     [InlineData(11, 2, 12, 20)]
     [InlineData(12, 4, 33, 17)]
