@@ -4,7 +4,8 @@
 #
 #   .ci/in-pocl.sh dotnet test CopaKernels.sln -c Release
 #
-# Mounts: /proc (fresh), /dev and /sys (recursive binds), /etc/resolv.conf and /etc/hosts (read-only),
+# Mounts: /proc (fresh), /dev and /sys (recursive binds), /etc/resolv.conf, /etc/hosts and the host's
+# CA store /etc/ssl/certs (read-only; COPA_POCL_HOST_CERTS=0 to keep the root's own),
 # and at their own paths: the dotnet folder (readlink -f of `dotnet`), ~/.nuget ($NUGET_PACKAGES too,
 # if set), the work tree (this script's ../), /tmp ($TMPDIR too, if set), and each folder listed in
 # $COPA_POCL_BINDS (colon-separated). The caller's cwd must lie in one of them.
@@ -35,7 +36,7 @@ if [[ ${COPA_POCL_INNER:-} != 1 ]]; then
   (($# > 0)) || die "usage: $0 COMMAND [ARGS...]"
   [[ $EUID -eq 0 ]] || die "must run as root (mount and chroot need it)"
   if [[ ${COPA_POCL_BUILDING:-} != 1 ]]; then
-    "$here/pocl-root.sh" >&2 || die "the PoCL root $ROOT is not available (see above)"
+    COPA_POCL_QUIET=1 "$here/pocl-root.sh" >&2 || die "the PoCL root $ROOT is not available (see above)"
   fi
   [[ -x $ROOT/bin/sh ]] || die "no usable root at $ROOT (run .ci/pocl-root.sh)"
   command -v unshare >/dev/null || die "unshare (util-linux) is required"
@@ -75,8 +76,26 @@ if [[ ${COPA_POCL_INNER:-} != 1 ]]; then
 
   export COPA_POCL_INNER=1 COPA_POCL_ROOT=$ROOT COPA_POCL_CWD=$cwd COPA_POCL_DOTNET_DIR=$dotnet_dir \
     COPA_POCL_BIND_LIST=$list
-  exec unshare --mount --propagation private --pid --fork --mount-proc --kill-child=SIGTERM -- \
-    /bin/bash "$here/in-pocl.sh" "$@"
+  # unshare --fork ignores SIGINT/SIGTERM while it waits, so this shell stays in front and passes a
+  # signal on to the namespace's PID 1 (the inner half below); --kill-child covers unshare dying.
+  unshare --mount --propagation private --pid --fork --mount-proc --kill-child=SIGTERM -- \
+    /bin/bash "$here/in-pocl.sh" "$@" 0<&0 &
+  upid=$!
+  got=0
+  forward() { got=$1; pkill -TERM -P "$upid" 2>/dev/null || kill -TERM "$upid" 2>/dev/null || true; }
+  trap 'forward 2' INT
+  trap 'forward 15' TERM
+  trap 'forward 1' HUP
+  trap 'forward 3' QUIT
+  while :; do
+    set +e
+    wait "$upid"
+    status=$?
+    set -e
+    kill -0 "$upid" 2>/dev/null || break   # wait was only interrupted by a signal
+  done
+  ((got == 0)) || exit $((128 + got))
+  exit "$status"
 fi
 
 # ---- Inside: PID 1 of the new namespaces. ----
@@ -104,7 +123,8 @@ stop_all() { # stops every other process of this PID namespace: TERM, up to 5 s,
 }
 cleanup() {
   local i
-  trap - EXIT INT TERM HUP QUIT
+  trap '' INT TERM HUP QUIT
+  trap - EXIT
   stop_all
   for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
     umount -R "${mounted[i]}" 2>/dev/null || umount -l "${mounted[i]}" 2>/dev/null \
@@ -145,6 +165,13 @@ for f in /etc/resolv.conf /etc/hosts; do
     mount -o remount,bind,ro "$ROOT$f" 2>/dev/null || true
   fi
 done
+# The host's trust store, so that NuGet over HTTPS trusts what the host trusts (a TLS-inspecting
+# proxy's CA from /usr/local/share/ca-certificates, say). COPA_POCL_HOST_CERTS=0 keeps the root's own.
+if [[ ${COPA_POCL_HOST_CERTS:-1} != 0 && -f /etc/ssl/certs/ca-certificates.crt ]]; then
+  ensure_dir /etc/ssl/certs
+  do_mount /etc/ssl/certs --bind /etc/ssl/certs
+  mount -o remount,bind,ro "$ROOT/etc/ssl/certs" 2>/dev/null || true
+fi
 # Same-path binds, parents before children.
 while read -r b; do
   [[ -n $b ]] || continue

@@ -3,6 +3,7 @@
 # ILGPU kernels; Debian 12's PoCL 3.1 cannot) for .ci/in-pocl.sh to chroot into.
 #
 #   .ci/pocl-root.sh          build the root if it is missing, incomplete or outdated; else a no-op
+#                             (COPA_POCL_QUIET=1: say nothing when the root is already ready)
 #
 # Root:  $COPA_POCL_ROOT, default /var/cache/copakernels/trixie-pocl (outside the clone, so it
 #        survives across clones and CI runs on the same machine).
@@ -35,7 +36,7 @@ is_ready() { # $1: a root directory
 }
 
 if is_ready "$ROOT"; then
-  log "cached root $ROOT is ready ($(sed -n 2p "$ROOT/$STAMP_NAME"))"
+  [[ ${COPA_POCL_QUIET:-} == 1 ]] || log "cached root $ROOT is ready ($(sed -n 2p "$ROOT/$STAMP_NAME"))"
   exit 0
 fi
 
@@ -162,10 +163,10 @@ rm -rf "$new"/var/lib/apt/lists/* "$new"/var/cache/apt/*.bin
 [[ -f $new/etc/OpenCL/vendors/pocl.icd ]] || fail "no PoCL ICD (/etc/OpenCL/vendors/pocl.icd) in the root"
 pocl_version=$(in_new dpkg-query -W -f '${Version}' libpocl2t64 2>/dev/null || in_new dpkg-query -W -f '${Version}' pocl-opencl-icd)
 log "checking OpenCL and dotnet inside the root"
-COPA_POCL_ROOT=$new COPA_POCL_BUILDING=1 "$here/in-pocl.sh" clinfo -l >>"$buildlog" 2>&1 \
+(cd /tmp && COPA_POCL_ROOT=$new COPA_POCL_BUILDING=1 "$here/in-pocl.sh" clinfo -l) >>"$buildlog" 2>&1 \
   || fail "clinfo -l failed inside the root"
 grep -qi 'platform.*portable computing language' "$buildlog" || fail "clinfo lists no PoCL platform"
-COPA_POCL_ROOT=$new COPA_POCL_BUILDING=1 "$here/in-pocl.sh" dotnet --info >>"$buildlog" 2>&1 \
+(cd /tmp && COPA_POCL_ROOT=$new COPA_POCL_BUILDING=1 "$here/in-pocl.sh" dotnet --info) >>"$buildlog" 2>&1 \
   || fail "dotnet --info failed inside the root"
 
 elapsed=$(( $(date +%s) - start ))

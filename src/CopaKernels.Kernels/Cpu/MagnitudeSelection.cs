@@ -420,7 +420,7 @@ internal static unsafe class MagnitudeSelection
     /// keys strictly between lo and hi (branch-free left-pack), tracking the largest key.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static ChunkCounts CountBracket(uint* bits, long n, uint lo, uint hi, uint[] list)
+    internal static ChunkCounts CountBracket(uint* bits, long n, uint lo, uint hi, uint[] list)
     {
         var r = new ChunkCounts();
         long cap = list.Length - 8, w = 0, i = 0;

@@ -79,12 +79,35 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
     private ModuleResult MergeDelta(IMergeBackend backend, ModuleInput m, MergeOptions o)
     {
         int n = m.Tasks.Count;
+        // Plain task arithmetic is a sum of products: λ Σ w_n s_n B_n A_n is exactly the LoRA pair
+        // [λ w_1 s_1 B_1 | …] · [A_1; …] of rank Σ r_n, which an adapter output or an exact re-rank
+        // can use without ever forming the dense matrix.
+        if (Sparsifier == Sparsifier.None && !Consensus) return Concatenated(m, o);
         var stats = new ModuleStats();
         var deltas = new List<float[]>(n);
         for (int task = 0; task < n; task++) deltas.Add(Delta(backend, m, task));
         Sparsify(backend, deltas, m.Path, o, stats, stats.ThresholdsA, m.Path);
         var w = Enumerable.Range(0, n).Select(o.WeightOf).ToArray();
         return new DenseResult(Combine(deltas, w, o.EffectiveLambda)) { Stats = stats };
+    }
+
+    private static LowRankResult Concatenated(ModuleInput m, MergeOptions o)
+    {
+        int total = m.Tasks.Sum(t => t.Rank), dOut = m.DOut, dIn = m.DIn;
+        var b = new float[(long)dOut * total];
+        var a = new float[(long)total * dIn];
+        int col = 0;
+        for (int task = 0; task < m.Tasks.Count; task++)
+        {
+            var t = m.Tasks[task];
+            float c = (float)(o.EffectiveLambda * o.WeightOf(task) * t.Scale);
+            for (int i = 0; i < dOut; i++)
+                for (int j = 0; j < t.Rank; j++)
+                    b[(long)i * total + col + j] = c * t.B[(long)i * t.Rank + j];
+            Array.Copy(t.A, 0, a, (long)col * dIn, (long)t.Rank * dIn);
+            col += t.Rank;
+        }
+        return new LowRankResult(b, a, total, 1.0, total) { Stats = new ModuleStats() };
     }
 
     /// <summary>ΔW_n = s_n·B_n·A_n on the backend (family 3, one term).</summary>
