@@ -15,27 +15,27 @@ internal static class InspectCommand
         var cmd = new Command("inspect", "Show the tensors, metadata and totals of a safetensors file, sharded model or LoRA adapter (reads headers only)") { path };
         cmd.SetAction(parse =>
         {
-            Run(parse.GetValue(path)!, Terminal.For(stdout));
+            Run(parse.GetValue(path)!, Terminal.For(stdout), stdout);
             return Program.ExitOk;
         });
         return cmd;
     }
 
-    public static void Run(string path, IAnsiConsole console)
+    public static void Run(string path, IAnsiConsole console, TextWriter stdout)
     {
         if (!File.Exists(path) && !Directory.Exists(path))
             throw new CopaInputException(path, null, "no such file or folder");
         if (Directory.Exists(path) && File.Exists(Path.Combine(path, AdapterConfig.FileName)))
         {
             using var adapter = LoraAdapter.Open(path);
-            ShowAdapter(adapter, console);
+            ShowAdapter(adapter, console, stdout);
             return;
         }
         using var model = ShardedModel.Open(path);
-        ShowModel(model, console);
+        ShowModel(model, console, stdout);
     }
 
-    private static void ShowAdapter(LoraAdapter a, IAnsiConsole console)
+    private static void ShowAdapter(LoraAdapter a, IAnsiConsole console, TextWriter stdout)
     {
         var c = a.Config;
         console.MarkupLine($"[bold]LoRA adapter[/] {Markup.Escape(a.Folder)}");
@@ -51,23 +51,21 @@ internal static class InspectCommand
         if (a.AdapterName != null) info.AddRow("adapter name", Markup.Escape(a.AdapterName));
         console.Write(info);
 
-        var table = new Table().Border(TableBorder.Simple)
-            .AddColumn("module").AddColumn(new TableColumn("d_out × d_in").RightAligned()).AddColumn(new TableColumn("r").RightAligned())
-            .AddColumn(new TableColumn("alpha").RightAligned()).AddColumn(new TableColumn("scale").RightAligned()).AddColumn("dtype").AddColumn(new TableColumn("size").RightAligned());
+        var table = new TextTable(("module", false), ("d_out × d_in", true), ("r", true), ("alpha", true), ("scale", true), ("dtype", false), ("size", true));
         long bytes = 0, parameters = 0;
         foreach (var m in a.Modules)
         {
             long size = m.A.ByteLength + m.B.ByteLength;
             bytes += size;
             parameters += m.A.ElementCount + m.B.ElementCount;
-            table.AddRow(Markup.Escape(m.Path), $"{m.DOut} × {m.DIn}", m.Rank.ToString(), m.Alpha.ToString("G"), m.Scale.ToString("G6"),
+            table.Add(m.Path, $"{m.DOut} × {m.DIn}", m.Rank.ToString(), m.Alpha.ToString("G"), m.Scale.ToString("G6"),
                 m.A.DType == m.B.DType ? m.A.DType.ToString() : $"{m.A.DType}/{m.B.DType}", Terminal.Bytes(size));
         }
-        console.Write(table);
+        table.Write(stdout);
         console.MarkupLine($"{a.Modules.Count} modules, {parameters:N0} parameters, {Terminal.Bytes(bytes)}");
     }
 
-    private static void ShowModel(ShardedModel model, IAnsiConsole console)
+    private static void ShowModel(ShardedModel model, IAnsiConsole console, TextWriter stdout)
     {
         bool sharded = model.IndexPath != null;
         console.MarkupLine($"[bold]{(sharded ? "Sharded safetensors model" : "safetensors file")}[/] {Markup.Escape(model.Path)}");
@@ -87,20 +85,20 @@ internal static class InspectCommand
             console.MarkupLine("[bold]metadata[/]");
             console.Write(grid);
         }
-        var table = new Table().Border(TableBorder.Simple).AddColumn("tensor").AddColumn("dtype").AddColumn("shape").AddColumn(new TableColumn("size").RightAligned());
-        if (sharded) table.AddColumn("shard");
+        var table = sharded
+            ? new TextTable(("tensor", false), ("dtype", false), ("shape", false), ("size", true), ("shard", false))
+            : new TextTable(("tensor", false), ("dtype", false), ("shape", false), ("size", true));
         var byType = new SortedDictionary<string, (int Count, long Bytes, long Elements)>(StringComparer.Ordinal);
         foreach (var s in model.Shards)
             foreach (var t in s.Tensors)
             {
-                var row = new List<string> { Markup.Escape(t.Name), t.DType.ToString(), Markup.Escape(t.ShapeText), Terminal.Bytes(t.ByteLength) };
-                if (sharded) row.Add(Markup.Escape(Path.GetFileName(s.Path)));
-                table.AddRow(row.ToArray());
+                if (sharded) table.Add(t.Name, t.DType.ToString(), t.ShapeText, Terminal.Bytes(t.ByteLength), Path.GetFileName(s.Path));
+                else table.Add(t.Name, t.DType.ToString(), t.ShapeText, Terminal.Bytes(t.ByteLength));
                 var key = t.DType.ToString();
                 byType.TryGetValue(key, out var acc);
                 byType[key] = (acc.Count + 1, acc.Bytes + t.ByteLength, acc.Elements + t.ElementCount);
             }
-        console.Write(table);
+        table.Write(stdout);
         int count = byType.Values.Sum(v => v.Count);
         long total = byType.Values.Sum(v => v.Bytes);
         long elements = byType.Values.Sum(v => v.Elements);
