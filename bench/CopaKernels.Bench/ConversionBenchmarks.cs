@@ -1,19 +1,13 @@
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Running;
 using CopaKernels.Formats.Numerics;
 
 namespace CopaKernels.Bench;
 
 /// <summary>F32 ⇄ BF16/F16 conversion, the first and last step of every merge of a BF16 model.</summary>
-[Config(typeof(Config))]
+[Config(typeof(ThroughputConfig))]
 public class ConversionBenchmarks : IBytesPerOp
 {
-    private sealed class Config : ManualConfig
-    {
-        public Config() => AddColumn(new GbPerSecondColumn());
-    }
-
     // 16M + 7 elements: a tail that no vector width divides.
     [Params(16 * 1024 * 1024 + 7)]
     public int N;

@@ -1,7 +1,6 @@
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Running;
 using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
@@ -14,14 +13,9 @@ namespace CopaKernels.Bench;
 /// sums in one pass) that CoPA's complementary scale uses, against TensorPrimitives.SumOfMagnitudes
 /// row by row (the baseline).
 /// </summary>
-[Config(typeof(Config))]
+[Config(typeof(ThroughputConfig))]
 public class RowAbsSumsBenchmarks : IBytesPerOp
 {
-    private sealed class Config : ManualConfig
-    {
-        public Config() => AddColumn(new GbPerSecondColumn());
-    }
-
     [Params("16x4096", "16x14336", "128x4096")]
     public string Shape = "16x4096";
 

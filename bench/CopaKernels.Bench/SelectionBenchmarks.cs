@@ -1,7 +1,6 @@
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Running;
 using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
@@ -15,14 +14,9 @@ namespace CopaKernels.Bench;
 /// column is the acceptance number (target: select with mask ≤ 3× the baseline on 16M;
 /// the mask's time is RestoreThenTrim − RestoreOnly).
 /// </summary>
-[Config(typeof(Config))]
+[Config(typeof(ThroughputConfig))]
 public class SelectionBenchmarks : IBytesPerOp
 {
-    private sealed class Config : ManualConfig
-    {
-        public Config() => AddColumn(new GbPerSecondColumn());
-    }
-
     [Params("16x4096", "4096x16", "14336x16", "1M", "16M", "64M")]
     public string Shape = "16M";
 
@@ -92,14 +86,9 @@ public class SelectionBenchmarks : IBytesPerOp
 /// Target: the batch at ≥ 50% of the single-tensor throughput (threshold only, so calls need no restore;
 /// `copa bench` measures the same with the mask).
 /// </summary>
-[Config(typeof(Config))]
+[Config(typeof(ThroughputConfig))]
 public class BatchedSelectionBenchmarks : IBytesPerOp
 {
-    private sealed class Config : ManualConfig
-    {
-        public Config() => AddColumn(new GbPerSecondColumn());
-    }
-
     private readonly CpuBackend _backend = new();
     private float[] _data = [];
     private KernelBuffer? _buffer;
