@@ -42,6 +42,10 @@ fi
 
 [[ $EUID -eq 0 ]] || die "must run as root (debootstrap and chroot need it)"
 [[ $ROOT == /* && $ROOT != / ]] || die "COPA_POCL_ROOT must be an absolute path other than /: '$ROOT'"
+# in-pocl.sh binds /tmp, the work tree and ~/.nuget into the root; the root cannot lie inside them.
+for b in /tmp "$(cd "$here/.." && pwd -P)" "${HOME:-/root}/.nuget"; do
+  [[ $ROOT != "$b"/* ]] || die "COPA_POCL_ROOT=$ROOT lies inside $b, which in-pocl.sh binds into the root; choose another place"
+done
 
 start=$(date +%s)
 mkdir -p "$(dirname "$ROOT")"

@@ -24,6 +24,7 @@ public static class Program
     {
         var root = new RootCommand("copa: merge LoRA adapters (CoPA-Merging, TIES, DARE, PCB, ...) with SIMD CPU and GPU kernels");
         root.Subcommands.Add(InspectCommand.Create(stdout));
+        root.Subcommands.Add(DevicesCommand.Create(stdout));
         root.Subcommands.Add(BenchCommand.Create(stdout));
 
         var parse = root.Parse(args);

@@ -115,3 +115,42 @@ public class InspectCommandTests
         Assert.Contains("20000 tensors", output);
     }
 }
+
+public class DevicesAndBenchCommandTests
+{
+    [Fact]
+    public void Devices_ListsTheCpuWithItsSimdWidth()
+    {
+        var (code, output, err) = CliRunner.Run("devices");
+        Assert.True(code == 0, err);
+        Assert.Contains("cpu", output);
+        Assert.Contains(CopaKernels.Kernels.Cpu.CpuBackend.SimdWidth, output);
+        Assert.Contains("threads", output);
+    }
+
+    [Theory]
+    [InlineData("--ops", "nope", "unknown --ops value 'nope'")]
+    [InlineData("--device", "tpu", "unknown device 'tpu'")]
+    [InlineData("--device", "cuda", "not part of this build")]
+    [InlineData("--threads", "-1", "--threads must be 0 or more")]
+    public void Bench_BadArguments_ExitTwo(string option, string value, string expected)
+    {
+        var (code, _, err) = CliRunner.Run("bench", option, value);
+        Assert.Equal(2, code);
+        Assert.Contains(expected, err);
+    }
+
+    [Fact]
+    public void Bench_Convert_RunsAndWritesJson()
+    {
+        using var dir = new TempDir();
+        var json = dir.File("bench.json");
+        var (code, output, err) = CliRunner.Run("bench", "--ops", "convert", "--quick", "--json", json);
+        Assert.True(code == 0, err);
+        Assert.Contains("f32→bf16", output);
+        using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(json));
+        var results = doc.RootElement.GetProperty("results");
+        Assert.Equal(2, results.GetArrayLength());
+        Assert.True(results[0].GetProperty("Ms").GetDouble() > 0);
+    }
+}
