@@ -74,6 +74,8 @@ if [[ ${COPA_POCL_INNER:-} != 1 ]]; then
     done <<<"$leftovers"
   fi
 
+  [[ -e /dev/fd/0 ]] || exec 0</dev/null   # a closed stdin would break the 0<&0 below
+
   export COPA_POCL_INNER=1 COPA_POCL_ROOT=$ROOT COPA_POCL_CWD=$cwd COPA_POCL_DOTNET_DIR=$dotnet_dir \
     COPA_POCL_BIND_LIST=$list
   # unshare --fork ignores SIGINT/SIGTERM while it waits, so this shell stays in front and passes a
