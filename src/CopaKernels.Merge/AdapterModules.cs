@@ -1,0 +1,55 @@
+using CopaKernels.Formats;
+using CopaKernels.Formats.Peft;
+
+namespace CopaKernels.Merge;
+
+/// <summary>
+/// Lines up the modules of N adapters for a merge: every adapter must target the same modules with
+/// the same d_out × d_in (checked from headers alone, before any heavy read), then each module's
+/// factors are read as F32 into a <see cref="ModuleInput"/>.
+/// </summary>
+public static class AdapterModules
+{
+    /// <summary>
+    /// The module paths shared by every adapter, in order; throws <see cref="CopaInputException"/>
+    /// naming the adapter and module when the sets or the shapes differ.
+    /// </summary>
+    public static IReadOnlyList<string> Plan(IReadOnlyList<LoraAdapter> adapters)
+    {
+        if (adapters.Count == 0) throw new CopaInputException(null, null, "at least one adapter is needed");
+        var first = adapters[0].Modules.ToDictionary(m => m.Path, StringComparer.Ordinal);
+        for (int n = 1; n < adapters.Count; n++)
+        {
+            var other = adapters[n].Modules.ToDictionary(m => m.Path, StringComparer.Ordinal);
+            foreach (var (path, m) in first)
+            {
+                if (!other.TryGetValue(path, out var o))
+                    throw new CopaInputException(adapters[n].Folder, path, $"module is in {adapters[0].Folder} but not in this adapter; every adapter must target the same modules");
+                if (o.DOut != m.DOut || o.DIn != m.DIn)
+                    throw new CopaInputException(adapters[n].Folder, path, $"module is {o.DOut} × {o.DIn} here but {m.DOut} × {m.DIn} in {adapters[0].Folder}");
+            }
+            foreach (var path in other.Keys)
+                if (!first.ContainsKey(path))
+                    throw new CopaInputException(adapters[n].Folder, path, $"module is not in {adapters[0].Folder}; every adapter must target the same modules");
+        }
+        return adapters[0].Modules.Select(m => m.Path).ToList();
+    }
+
+    /// <summary>Reads one module of every adapter as F32.</summary>
+    public static ModuleInput Load(IReadOnlyList<LoraAdapter> adapters, string path)
+    {
+        var tasks = new List<TaskFactors>(adapters.Count);
+        int dOut = 0, dIn = 0;
+        foreach (var adapter in adapters)
+        {
+            var m = adapter.Modules.FirstOrDefault(x => x.Path == path)
+                ?? throw new CopaInputException(adapter.Folder, path, "module not found in this adapter");
+            dOut = checked((int)m.DOut);
+            dIn = checked((int)m.DIn);
+            var a = adapter.Weights.ReadSingles(m.A);
+            var b = adapter.Weights.ReadSingles(m.B);
+            tasks.Add(new TaskFactors(a, b, m.Rank, m.Scale, m.Alpha));
+        }
+        return new ModuleInput(path, dOut, dIn, tasks);
+    }
+}

@@ -1,0 +1,70 @@
+using CopaKernels.Formats;
+using CopaKernels.Formats.Peft;
+using CopaKernels.Formats.Safetensors;
+using CopaKernels.Kernels.Cpu;
+using CopaKernels.Merge;
+using CopaKernels.Tests.Formats;
+
+namespace CopaKernels.Tests.Merge;
+
+public class AdapterModulesTests
+{
+    [Fact]
+    public void RealAdapterFolders_LoadAndMerge()
+    {
+        using var dir = new TempDir();
+        var folders = Enumerable.Range(0, 3).Select(i => TestAdapters.Write(Path.Combine(dir.Path, $"a{i}"), r: 4, alpha: 8, dtype: DType.BF16, seed: i + 1)).ToList();
+        var adapters = folders.Select(LoraAdapter.Open).ToList();
+        try
+        {
+            var paths = AdapterModules.Plan(adapters);
+            Assert.Equal(TestAdapters.SmallModules.Length, paths.Count);
+            using var backend = new CpuBackend();
+            foreach (var path in paths)
+            {
+                var m = AdapterModules.Load(adapters, path);
+                Assert.Equal(3, m.Tasks.Count);
+                var spec = TestAdapters.SmallModules.Single(s => s.Path == path);
+                Assert.Equal((spec.DOut, spec.DIn), (m.DOut, m.DIn));
+                Assert.All(m.Tasks, t => Assert.Equal(2.0, t.Scale));
+                // The BF16 values arrive widened exactly.
+                var raw = new byte[adapters[1].Modules.Single(x => x.Path == path).A.ByteLength];
+                adapters[1].Weights.ReadBytes(adapters[1].Modules.Single(x => x.Path == path).A, 0, raw);
+                Assert.Equal((uint)BitConverter.ToUInt16(raw, 0) << 16, BitConverter.SingleToUInt32Bits(m.Tasks[1].A[0]));
+                var r = (LowRankResult)MergeMethods.Get("copa").MergeModule(backend, m, new MergeOptions { Method = "copa" });
+                Assert.Equal(12, r.Rank);
+            }
+        }
+        finally
+        {
+            foreach (var a in adapters) a.Dispose();
+        }
+    }
+
+    [Fact]
+    public void DifferentModuleSetsOrShapes_AreRejectedNamingAdapterAndModule()
+    {
+        using var dir = new TempDir();
+        var a0 = TestAdapters.Write(Path.Combine(dir.Path, "a0"));
+        var cfg = AdapterWriter.MakeConfig(4, 8, ["q_proj"], null);
+        var a1 = TestAdapters.WriteRaw(Path.Combine(dir.Path, "a1"), cfg,
+        [
+            new("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", DType.F32, [4, 16]),
+            new("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", DType.F32, [24, 4]),
+        ]);
+        var a2 = TestAdapters.WriteRaw(Path.Combine(dir.Path, "a2"), cfg,
+        [
+            new("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", DType.F32, [4, 16]),
+            new("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", DType.F32, [20, 4]),
+        ]);
+        using var x0 = LoraAdapter.Open(a0);
+        using var x1 = LoraAdapter.Open(a1);
+        using var x2 = LoraAdapter.Open(a2);
+        var e = Assert.Throws<CopaInputException>(() => AdapterModules.Plan([x0, x1]));
+        Assert.Equal(a1, e.FilePath);
+        Assert.Contains("not in this adapter", e.Message);
+        var e2 = Assert.Throws<CopaInputException>(() => AdapterModules.Plan([x1, x2]));
+        Assert.Equal("model.layers.0.self_attn.q_proj", e2.Tensor);
+        Assert.Contains("20 × 16 here but 24 × 16", e2.Message);
+    }
+}
