@@ -126,24 +126,37 @@ internal static unsafe class MagnitudeSelection
             finite = true;
             int b1 = FindBucket(h0, 2048, k, out long below1);
             long m = h0[b1];
-            // Copy out the keys of bucket b1: typically a small fraction of n.
-            var scratch = Scratch(m);
-            fixed (uint* s = scratch)
+            // Copy out the keys of bucket b1: typically a small fraction of n. Small copies reuse a
+            // per-thread buffer; big ones (the rare fallback on a huge tensor) are pooled and returned,
+            // so no thread keeps hundreds of megabytes alive after the call.
+            bool pooled = m + 1 > ThreadScratchLimit;
+            var scratch = pooled ? ArrayPool<uint>.Shared.Rent((int)(m + 1)) : Scratch(m);
+            try
             {
-                long w = 0;
-                uint want = (uint)b1;
-                for (long j = 0; j < n; j++)
+                fixed (uint* s = scratch)
                 {
-                    uint key = bits[j] & AbsMask;
-                    s[w] = key;
-                    w += (key >> 20) == want ? 1 : 0;
+                    long w = 0;
+                    uint want = (uint)b1;
+                    for (long j = 0; j < n; j++)
+                    {
+                        uint key = bits[j] & AbsMask;
+                        s[w] = key;
+                        w += (key >> 20) == want ? 1 : 0;
+                    }
+                    uint result = SelectInBucket(s, m, k - below1, out long less2);
+                    less = below1 + less2;
+                    return result;
                 }
-                uint result = SelectInBucket(s, m, k - below1, out long less2);
-                less = below1 + less2;
-                return result;
+            }
+            finally
+            {
+                if (pooled) ArrayPool<uint>.Shared.Return(scratch);
             }
         }
     }
+
+    /// <summary>Largest bucket copy kept in the per-thread scratch buffer (4 MiB).</summary>
+    private const long ThreadScratchLimit = 1 << 20;
 
     /// <summary>Finishes a radix select on keys that share their top digit: digits 2 (bits 19..9) and 3 (bits 8..0).</summary>
     private static uint SelectInBucket(uint* s, long m, long k, out long less)

@@ -37,4 +37,23 @@ public unsafe class CpuSelectionPathTests
             Assert.Equal(expected, buf.Span<float>(0, data.Length).ToArray());
         }
     }
+
+    [Fact]
+    public void RadixSelect_OnAHugeSingleBucket_UsesPooledScratch_AndIsExact()
+    {
+        // 1.5M keys in one top-level bucket: the copy-out exceeds the per-thread scratch limit.
+        var rng = new Random(11);
+        var data = new float[1_500_000];
+        for (int i = 0; i < data.Length; i++) data[i] = 1f + (float)rng.NextDouble() * 1e-3f;
+        var sorted = data.Select(MathF.Abs).ToArray();
+        Array.Sort(sorted);
+        long k = 1_000_003;
+        fixed (float* p = data)
+        {
+            uint t = MagnitudeSelection.RadixSelect((uint*)p, data.Length, k, out long less, out bool finite);
+            Assert.True(finite);
+            Assert.Equal(BitConverter.SingleToUInt32Bits(sorted[k - 1]), t);
+            Assert.Equal(Array.FindIndex(sorted, v => v >= sorted[k - 1]), (int)less);
+        }
+    }
 }
