@@ -15,11 +15,7 @@ internal static class CopaScaling
     public static Result Compute(IMergeBackend backend, ModuleInput m, double density, double clamp, bool normalize, ModuleStats stats)
     {
         int n = m.Tasks.Count;
-        if (normalize)
-            foreach (var t in m.Tasks)
-                if (t.Rank != m.Tasks[0].Rank)
-                    throw new CopaInputException(null, m.Path,
-                        $"ranks differ between adapters ({string.Join(", ", m.Tasks.Select(x => x.Rank))}); CoPA's cross-task normalisation needs equal ranks (or normalize: false)");
+        if (normalize) ModuleOps.RequireEqualRanks(m, "CoPA's cross-task normalisation needs equal ranks (or normalize: false)");
 
         // Step 1: B is trimmed in place; A only gets its threshold here, because its row sums need
         // the untrimmed values: the fused row-sum kernel then sums, masks and zeroes in one pass.
@@ -34,7 +30,7 @@ internal static class CopaScaling
         }
         catch (NonFiniteInputException e)
         {
-            throw new CopaInputException(null, m.Path, $"adapter {e.RangeIndex + 1} holds NaN or Inf in this module's LoRA factors");
+            throw ModuleOps.NonFinite(m.Path, e.RangeIndex);
         }
 
         int maxRank = m.Tasks.Max(t => t.Rank);

@@ -368,25 +368,36 @@ internal static unsafe class MagnitudeSelection
     /// <summary>Counts of one bracket pass; Candidates (pooled) holds the keys strictly inside unless Counts.Overflow.</summary>
     internal sealed record BracketResult(ChunkCounts Counts, uint[] Candidates);
 
-    private static long ChunkSize(CpuBackend backend, long n) =>
-        Math.Max(1 << 16, (n / (backend.Threads * 4) + 63) & ~63L);
+    /// <summary>
+    /// Runs <paramref name="body"/>(start, length) over n elements cut into chunks (about four per
+    /// thread, at least 64K elements, multiples of 64) on the backend's threads; returns the results
+    /// in chunk order, so every combination of them is independent of the thread count.
+    /// </summary>
+    private static T[] ForEachChunk<T>(CpuBackend backend, long n, Func<long, long, T> body)
+    {
+        long chunk = Math.Max(1 << 16, (n / (backend.Threads * 4) + 63) & ~63L);
+        var results = new T[(int)((n + chunk - 1) / chunk)];
+        System.Threading.Tasks.Parallel.For(0, results.Length, backend.Parallel, c =>
+        {
+            long start = c * chunk;
+            results[c] = body(start, Math.Min(chunk, n - start));
+        });
+        return results;
+    }
 
     internal static BracketResult BracketPass(CpuBackend backend, uint* bits, long n, uint lo, uint hi)
     {
-        long chunk = ChunkSize(backend, n);
-        int chunks = (int)((n + chunk - 1) / chunk);
-        var counts = new ChunkCounts[chunks];
-        var lists = new uint[chunks][];
         var b = (nint)bits;
-        System.Threading.Tasks.Parallel.For(0, chunks, backend.Parallel, c =>
+        var parts = ForEachChunk(backend, n, (start, len) =>
         {
-            long start = c * chunk, len = Math.Min(chunk, n - start);
             // A bracket holds a few percent of the keys; a quarter of the chunk is plenty, and
             // running out only sends the select down the exact fallback.
             var list = ArrayPool<uint>.Shared.Rent((int)(len / 4) + 16);
-            counts[c] = CountBracket((uint*)b + start, len, lo, hi, list);
-            lists[c] = list;
+            return (Counts: CountBracket((uint*)b + start, len, lo, hi, list), List: list);
         });
+        int chunks = parts.Length;
+        var counts = parts.Select(x => x.Counts).ToArray();
+        var lists = parts.Select(x => x.List).ToArray();
         long inside = 0;
         bool overflow = false;
         foreach (var c in counts) { inside += c.Inside; overflow |= c.Overflow; }
@@ -538,16 +549,8 @@ internal static unsafe class MagnitudeSelection
 
     private static long ParallelMask(CpuBackend backend, float* p, long n, uint t)
     {
-        long chunk = ChunkSize(backend, n);
-        int chunks = (int)((n + chunk - 1) / chunk);
-        var kept = new long[chunks];
         var pp = (nint)p;
-        System.Threading.Tasks.Parallel.For(0, chunks, backend.Parallel, c =>
-        {
-            long start = c * chunk;
-            kept[c] = Mask((float*)pp + start, Math.Min(chunk, n - start), t);
-        });
-        return kept.Sum();
+        return ForEachChunk(backend, n, (start, len) => Mask((float*)pp + start, len, t)).Sum();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -568,15 +571,7 @@ internal static unsafe class MagnitudeSelection
 
     private static uint ParallelMaxKey(CpuBackend backend, uint* bits, long n)
     {
-        long chunk = ChunkSize(backend, n);
-        int chunks = (int)((n + chunk - 1) / chunk);
-        var max = new uint[chunks];
         var b = (nint)bits;
-        System.Threading.Tasks.Parallel.For(0, chunks, backend.Parallel, c =>
-        {
-            long start = c * chunk;
-            max[c] = MaxKey((uint*)b + start, Math.Min(chunk, n - start));
-        });
-        return max.Max();
+        return ForEachChunk(backend, n, (start, len) => MaxKey((uint*)b + start, len)).Max();
     }
 }

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using CopaKernels.Formats;
 using CopaKernels.Kernels;
 
@@ -52,22 +51,9 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
 
     private ModuleResult MergeFactors(IMergeBackend backend, ModuleInput m, MergeOptions o)
     {
-        int n = m.Tasks.Count, r = m.Tasks[0].Rank;
-        foreach (var t in m.Tasks)
-            if (t.Rank != r)
-                throw new CopaInputException(null, m.Path,
-                    $"ranks differ between adapters ({string.Join(", ", m.Tasks.Select(x => x.Rank))}); factor space needs equal ranks (use space delta)");
+        int n = m.Tasks.Count;
+        var (xa, xb, r) = ModuleOps.WeightedFactors(m, o);
         var stats = new ModuleStats();
-        var xa = new List<float[]>(n);
-        var xb = new List<float[]>(n);
-        for (int task = 0; task < n; task++)
-        {
-            double ws = o.WeightOf(task) * m.Tasks[task].Scale;
-            float cb = (float)Math.Sqrt(Math.Abs(ws));
-            float ca = Math.Sign(o.WeightOf(task)) * cb;
-            xa.Add(Scaled(m.Tasks[task].A, ca));
-            xb.Add(Scaled(m.Tasks[task].B, cb));
-        }
         Sparsify(backend, xa, $"{m.Path}.lora_A", o, stats, stats.ThresholdsA, m.Path);
         Sparsify(backend, xb, $"{m.Path}.lora_B", o, stats, stats.ThresholdsB, m.Path);
         var unit = Enumerable.Repeat(1.0, n).ToArray();
@@ -85,53 +71,15 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         if (Sparsifier == Sparsifier.None && !Consensus) return Concatenated(m, o);
         var stats = new ModuleStats();
         var deltas = new List<float[]>(n);
-        for (int task = 0; task < n; task++) deltas.Add(Delta(backend, m, task));
+        for (int task = 0; task < n; task++) deltas.Add(ModuleOps.Delta(backend, m, task));
         Sparsify(backend, deltas, m.Path, o, stats, stats.ThresholdsA, m.Path);
         var w = Enumerable.Range(0, n).Select(o.WeightOf).ToArray();
         return new DenseResult(Combine(deltas, w, o.EffectiveLambda)) { Stats = stats };
     }
 
-    private static LowRankResult Concatenated(ModuleInput m, MergeOptions o)
-    {
-        int total = m.Tasks.Sum(t => t.Rank), dOut = m.DOut, dIn = m.DIn;
-        var b = new float[(long)dOut * total];
-        var a = new float[(long)total * dIn];
-        int col = 0;
-        for (int task = 0; task < m.Tasks.Count; task++)
-        {
-            var t = m.Tasks[task];
-            float c = (float)(o.EffectiveLambda * o.WeightOf(task) * t.Scale);
-            for (int i = 0; i < dOut; i++)
-                for (int j = 0; j < t.Rank; j++)
-                    b[(long)i * total + col + j] = c * t.B[(long)i * t.Rank + j];
-            Array.Copy(t.A, 0, a, (long)col * dIn, (long)t.Rank * dIn);
-            col += t.Rank;
-        }
-        return new LowRankResult(b, a, total, 1.0, total) { Stats = new ModuleStats() };
-    }
-
-    /// <summary>ΔW_n = s_n·B_n·A_n on the backend (family 3, one term).</summary>
-    internal static float[] Delta(IMergeBackend backend, ModuleInput m, int task)
-    {
-        var t = m.Tasks[task];
-        using var b = backend.Allocate(Math.Max(1, t.B.LongLength) * 4);
-        using var a = backend.Allocate(Math.Max(1, t.A.LongLength) * 4);
-        using var o = backend.Allocate(Math.Max(1, (long)m.DOut * m.DIn) * 4);
-        backend.Upload(MemoryMarshal.AsBytes(t.B.AsSpan()), b, 0);
-        backend.Upload(MemoryMarshal.AsBytes(t.A.AsSpan()), a, 0);
-        LowRankTerm[] terms = [new LowRankTerm(b, 0, a, 0, t.Rank, (float)t.Scale)];
-        backend.LowRankProduct(terms, m.DOut, m.DIn, new ProductTile(0, m.DOut, o));
-        var result = new float[(long)m.DOut * m.DIn];
-        backend.Download(o, 0, MemoryMarshal.AsBytes(result.AsSpan()));
-        return result;
-    }
-
-    private static float[] Scaled(float[] x, float c)
-    {
-        var y = new float[x.Length];
-        System.Numerics.Tensors.TensorPrimitives.Multiply(x, c, y);
-        return y;
-    }
+    private static LowRankResult Concatenated(ModuleInput m, MergeOptions o) =>
+        ModuleOps.Concatenate(m, m.Tasks.Select(t => t.B).ToList(), m.Tasks.Select(t => t.A).ToList(),
+            (task, _) => o.EffectiveLambda * o.WeightOf(task) * m.Tasks[task].Scale, new ModuleStats());
 
     private void Sparsify(IMergeBackend backend, List<float[]> xs, string streamName, MergeOptions o, ModuleStats stats, List<float> thresholds, string path)
     {
@@ -147,7 +95,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
                 try { backend.SelectByMagnitudeBatched(packed.Buffer, packed.Ranges, rho, sel); }
                 catch (NonFiniteInputException e)
                 {
-                    throw new CopaInputException(null, path, $"adapter {e.RangeIndex + 1} holds NaN or Inf in this module");
+                    throw ModuleOps.NonFinite(path, e.RangeIndex);
                 }
                 for (int i = 0; i < xs.Count; i++)
                 {
@@ -170,7 +118,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
                     for (long i = 0; i < x.LongLength; i++)
                     {
                         if (!float.IsFinite(x[i]))
-                            throw new CopaInputException(null, path, $"adapter {task + 1} holds NaN or Inf in this module");
+                            throw ModuleOps.NonFinite(path, task);
                         if (CounterRandom.Keep(key, i, keep)) { x[i] /= fr; kept++; }
                         else x[i] = 0f;
                     }

@@ -33,36 +33,17 @@ public sealed class PcbMethod : IMergeMethod
             var deltas = new List<float[]>(n);
             for (int t = 0; t < n; t++)
             {
-                var d = ArithmeticMethod.Delta(backend, m, t);
-                Scale(d, (float)o.WeightOf(t));
+                var d = ModuleOps.Delta(backend, m, t);
+                System.Numerics.Tensors.TensorPrimitives.Multiply(d, (float)o.WeightOf(t), d);
                 deltas.Add(d);
             }
             return new DenseResult(Merge(deltas, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path));
         }
-        int r = m.Tasks[0].Rank;
-        foreach (var t in m.Tasks)
-            if (t.Rank != r)
-                throw new CopaInputException(null, m.Path,
-                    $"ranks differ between adapters ({string.Join(", ", m.Tasks.Select(x => x.Rank))}); factor space needs equal ranks (use space delta)");
-        var xa = new List<float[]>(n);
-        var xb = new List<float[]>(n);
-        for (int t = 0; t < n; t++)
-        {
-            double ws = o.WeightOf(t) * m.Tasks[t].Scale;
-            float cb = (float)Math.Sqrt(Math.Abs(ws)), ca = Math.Sign(o.WeightOf(t)) * cb;
-            var a = (float[])m.Tasks[t].A.Clone();
-            var b = (float[])m.Tasks[t].B.Clone();
-            Scale(a, ca);
-            Scale(b, cb);
-            xa.Add(a);
-            xb.Add(b);
-        }
+        var (xa, xb, r) = ModuleOps.WeightedFactors(m, o);
         var am = Merge(xa, o.EffectivePcbRatio, 1f, m.Path);
         var bm = Merge(xb, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path);
         return new LowRankResult(bm, am, r, 1.0, r);
     }
-
-    private static void Scale(float[] x, float c) => System.Numerics.Tensors.TensorPrimitives.Multiply(x, c, x);
 
     /// <summary>SPEC §4 pcb steps 1–5 over N same-length tensors.</summary>
     internal static float[] Merge(IReadOnlyList<float[]> xs, double q, float lambda, string path)
@@ -77,7 +58,7 @@ public sealed class PcbMethod : IMergeMethod
             var x = xs[t];
             for (int i = 0; i < d; i++)
             {
-                if (!float.IsFinite(x[i])) throw new CopaInputException(null, path, $"adapter {t + 1} holds NaN or Inf in this module");
+                if (!float.IsFinite(x[i])) throw ModuleOps.NonFinite(path, t);
                 sumAll[i] += x[i];
             }
         }

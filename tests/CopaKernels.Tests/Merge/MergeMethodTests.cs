@@ -193,7 +193,7 @@ public class MergeMethodTests
             for (int i = 0; i < merged.Length; i++) merged[i] = (float)dense[i / 18, i % 18];
         }
         else merged = Assert.IsType<DenseResult>(result).Delta;
-        var deltas = Enumerable.Range(0, 3).Select(t => ArithmeticMethod.Delta(Backend, m, t)).ToList();
+        var deltas = Enumerable.Range(0, 3).Select(t => ModuleOps.Delta(Backend, m, t)).ToList();
         // The kernel's ΔW_n against the dense product in double.
         for (int t = 0; t < 3; t++)
         {
