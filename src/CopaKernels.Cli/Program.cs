@@ -26,6 +26,8 @@ public static class Program
         root.Subcommands.Add(InspectCommand.Create(stdout));
         root.Subcommands.Add(DevicesCommand.Create(stdout));
         root.Subcommands.Add(BenchCommand.Create(stdout));
+        root.Subcommands.Add(MergeCommand.Create(stdout, stderr));
+        root.Subcommands.Add(DemoCommand.Create(stdout, stderr));
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

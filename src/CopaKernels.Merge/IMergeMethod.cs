@@ -16,6 +16,37 @@ public interface IMergeMethod
 
     /// <summary>Merges one module. Input problems throw <see cref="Formats.CopaInputException"/> naming the module.</summary>
     ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options);
+
+    /// <summary>
+    /// What <see cref="MergeModule"/> will return for a module whose adapters have these ranks, decided
+    /// from headers alone so a job is checked before any heavy read. Throws
+    /// <see cref="Formats.CopaInputException"/> (naming <paramref name="path"/>) when the ranks or
+    /// alphas cannot be merged by this method with these options.
+    /// </summary>
+    ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options);
+}
+
+/// <summary>The shape of a merged module, known before merging.</summary>
+/// <param name="Rank">Inner dimension of the low-rank result, or 0 for a dense ΔW.</param>
+public readonly record struct ResultForm(int Rank)
+{
+    /// <summary>A dense d_out × d_in ΔW.</summary>
+    public static ResultForm Dense => new(0);
+
+    /// <summary>A low-rank pair of inner dimension <paramref name="rank"/>.</summary>
+    public static ResultForm LowRank(int rank) => new(rank);
+
+    /// <summary>Whether the result is dense.</summary>
+    public bool IsDense => Rank == 0;
+
+    /// <summary>The common rank; throws naming the module when the adapters' ranks differ.</summary>
+    internal static int EqualRanks(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, string why)
+    {
+        int r = tasks[0].Rank;
+        if (tasks.Any(t => t.Rank != r))
+            throw new Formats.CopaInputException(null, path, $"ranks differ between adapters ({string.Join(", ", tasks.Select(t => t.Rank))}); {why}");
+        return r;
+    }
 }
 
 /// <summary>The registry of methods (SPEC §2–§4).</summary>

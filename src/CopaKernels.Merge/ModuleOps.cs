@@ -12,6 +12,9 @@ internal static class ModuleOps
     public static CopaInputException NonFinite(string path, int task) =>
         new(null, path, $"adapter {task + 1} holds NaN or Inf in this module");
 
+    /// <summary>Why factor-space merges need one rank.</summary>
+    public const string FactorSpaceRanks = "factor space needs equal ranks (use space delta)";
+
     /// <summary>The common rank r; throws naming the module when the adapters' ranks differ.</summary>
     public static int RequireEqualRanks(ModuleInput m, string why)
     {
@@ -29,7 +32,7 @@ internal static class ModuleOps
     /// </summary>
     public static (List<float[]> A, List<float[]> B, int Rank) WeightedFactors(ModuleInput m, MergeOptions o)
     {
-        int r = RequireEqualRanks(m, "factor space needs equal ranks (use space delta)");
+        int r = RequireEqualRanks(m, FactorSpaceRanks);
         var xa = new List<float[]>(m.Tasks.Count);
         var xb = new List<float[]>(m.Tasks.Count);
         for (int task = 0; task < m.Tasks.Count; task++)

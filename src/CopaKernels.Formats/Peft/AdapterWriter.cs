@@ -19,14 +19,13 @@ public sealed record AdapterModuleSpec(string Path, long DOut, long DIn, int Ran
 public sealed class AdapterWriter : IDisposable
 {
     private readonly string _folder;
-    private readonly JsonObject _config;
 
     /// <summary>Declares the modules and opens the weights file.</summary>
     public AdapterWriter(string folder, JsonObject config, IEnumerable<AdapterModuleSpec> modules, DType dtype,
         IReadOnlyDictionary<string, string>? metadata = null)
     {
         _folder = folder;
-        _config = config;
+        Config = config;
         var specs = new List<TensorSpec>();
         foreach (var m in modules)
         {
@@ -36,26 +35,35 @@ public sealed class AdapterWriter : IDisposable
         Weights = new SafetensorsWriter(Path.Combine(folder, LoraAdapter.WeightsFileName), specs, metadata);
     }
 
+    /// <summary>The adapter_config.json content, written at <see cref="Commit"/> (so it may be completed while the weights stream).</summary>
+    public JsonObject Config { get; set; }
+
     /// <summary>The weights writer (append factor data in its <see cref="SafetensorsWriter.Layout"/> order).</summary>
     public SafetensorsWriter Weights { get; }
 
     /// <summary>
     /// A LoRA config in PEFT's shape. Fields of <paramref name="template"/> (e.g. the first input
     /// adapter's config) are kept, then r, lora_alpha and the rest are set; rank_pattern and
-    /// alpha_pattern are cleared because the written ranks and alphas are uniform.
+    /// alpha_pattern are replaced by the given ones (module path → value, for the modules whose rank or
+    /// alpha differs from <paramref name="r"/> / <paramref name="loraAlpha"/>; empty by default).
     /// </summary>
     public static JsonObject MakeConfig(int r, double loraAlpha, IEnumerable<string> targetModules, string? baseModel,
-        JsonObject? template = null, bool useRsLora = false)
+        JsonObject? template = null, bool useRsLora = false,
+        IReadOnlyDictionary<string, int>? rankPattern = null, IReadOnlyDictionary<string, double>? alphaPattern = null)
     {
         var c = template?.DeepClone().AsObject() ?? new JsonObject();
         c["peft_type"] = "LORA";
         c["task_type"] ??= "CAUSAL_LM";
         c["r"] = r;
-        c["lora_alpha"] = loraAlpha == Math.Floor(loraAlpha) && Math.Abs(loraAlpha) < 1e15 ? JsonValue.Create((long)loraAlpha) : JsonValue.Create(loraAlpha);
+        c["lora_alpha"] = Number(loraAlpha);
         c["use_rslora"] = useRsLora;
         c["target_modules"] = new JsonArray(targetModules.Distinct().Order(StringComparer.Ordinal).Select(t => (JsonNode)t!).ToArray());
-        c["rank_pattern"] = new JsonObject();
-        c["alpha_pattern"] = new JsonObject();
+        var rp = new JsonObject();
+        foreach (var (k, v) in (rankPattern ?? new Dictionary<string, int>()).OrderBy(kv => kv.Key, StringComparer.Ordinal)) rp[k] = v;
+        var ap = new JsonObject();
+        foreach (var (k, v) in (alphaPattern ?? new Dictionary<string, double>()).OrderBy(kv => kv.Key, StringComparer.Ordinal)) ap[k] = Number(v);
+        c["rank_pattern"] = rp;
+        c["alpha_pattern"] = ap;
         c["use_dora"] = false;
         c["bias"] = "none";
         c["lora_dropout"] ??= 0.0;
@@ -65,11 +73,14 @@ public sealed class AdapterWriter : IDisposable
         return c;
     }
 
+    private static JsonNode Number(double v) =>
+        v == Math.Floor(v) && Math.Abs(v) < 1e15 ? JsonValue.Create((long)v) : JsonValue.Create(v);
+
     /// <summary>Writes the config and completes the weights file.</summary>
     public void Commit()
     {
         File.WriteAllText(Path.Combine(_folder, AdapterConfig.FileName),
-            _config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+            Config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         Weights.Commit();
     }
 

@@ -13,6 +13,7 @@ public sealed class ShardedWriter : IDisposable
     private readonly IReadOnlyList<IReadOnlyList<TensorSpec>> _plan;
     private readonly IReadOnlyDictionary<string, string>? _metadata;
     private readonly IReadOnlyDictionary<string, string>? _indexMetadata;
+    private readonly IReadOnlyList<string> _names;
     private readonly List<IReadOnlyList<TensorInfo>> _layouts = new();
     private readonly Dictionary<string, int> _weightMap = new(StringComparer.Ordinal);
     private SafetensorsWriter? _current;
@@ -23,12 +24,28 @@ public sealed class ShardedWriter : IDisposable
     /// <param name="shards">Tensors of each shard.</param>
     /// <param name="metadata">Extra <c>__metadata__</c> strings for every shard.</param>
     /// <param name="indexMetadata">Extra entries of the index's metadata object (raw JSON values), beside total_size.</param>
+    /// <param name="shardNames">
+    /// File names of the shards, one per entry of <paramref name="shards"/> (e.g. mirroring a base model's);
+    /// by default Hugging Face's <c>model-0000i-of-0000n.safetensors</c> (see <see cref="ShardName"/>).
+    /// </param>
     public ShardedWriter(string folder, IReadOnlyList<IReadOnlyList<TensorSpec>> shards,
-        IReadOnlyDictionary<string, string>? metadata = null, IReadOnlyDictionary<string, string>? indexMetadata = null)
+        IReadOnlyDictionary<string, string>? metadata = null, IReadOnlyDictionary<string, string>? indexMetadata = null,
+        IReadOnlyList<string>? shardNames = null)
     {
         _folder = folder;
-        _plan = shards.Where(s => s.Count > 0).ToList();
-        if (_plan.Count == 0) _plan = [Array.Empty<TensorSpec>()];
+        if (shardNames != null)
+        {
+            if (shardNames.Count != shards.Count) throw new ArgumentException($"{shardNames.Count} shard names for {shards.Count} shards");
+            if (shardNames.Distinct(StringComparer.Ordinal).Count() != shardNames.Count) throw new ArgumentException("shard names repeat");
+            if (shardNames.Any(n => n.Length == 0 || n != Path.GetFileName(n) || n == ShardedModel.IndexFileName))
+                throw new ArgumentException("a shard name must be a plain file name");
+        }
+        var keep = Enumerable.Range(0, shards.Count).Where(i => shards[i].Count > 0).ToList();
+        _plan = keep.Select(i => shards[i]).ToList();
+        if (_plan.Count == 0) { _plan = [Array.Empty<TensorSpec>()]; keep = [-1]; }
+        _names = shardNames != null && keep[0] >= 0
+            ? keep.Select(i => shardNames[i]).ToList()
+            : Enumerable.Range(0, _plan.Count).Select(i => ShardName(i, _plan.Count)).ToList();
         _metadata = metadata;
         _indexMetadata = indexMetadata;
         for (int i = 0; i < _plan.Count; i++)
@@ -87,14 +104,17 @@ public sealed class ShardedWriter : IDisposable
         return _current!;
     }
 
-    /// <summary>Completes the last shard and writes the index (when there is more than one shard).</summary>
+    /// <summary>
+    /// Completes the last shard and writes the index: when there is more than one shard, or one shard
+    /// under a name other than <c>model.safetensors</c> (which loaders only find through an index).
+    /// </summary>
     public void Commit()
     {
         while (_shard < _plan.Count - 1) OpenNext();
         _current?.Commit();
         _current?.Dispose();
         _current = null;
-        if (_plan.Count > 1) WriteIndex();
+        if (_plan.Count > 1 || _names[0] != ShardName(0, 1)) WriteIndex();
     }
 
     /// <inheritdoc/>
@@ -108,7 +128,7 @@ public sealed class ShardedWriter : IDisposable
             _current.Dispose();
         }
         _shard++;
-        _current = new SafetensorsWriter(Path.Combine(_folder, ShardName(_shard, _plan.Count)), _plan[_shard], _metadata);
+        _current = new SafetensorsWriter(Path.Combine(_folder, _names[_shard]), _plan[_shard], _metadata);
     }
 
     private void WriteIndex()
@@ -126,7 +146,7 @@ public sealed class ShardedWriter : IDisposable
                     if (k != "total_size") { w.WritePropertyName(k); w.WriteRawValue(v); }
             w.WriteEndObject();
             w.WriteStartObject("weight_map");
-            foreach (var (k, v) in _weightMap.OrderBy(kv => kv.Key, StringComparer.Ordinal)) w.WriteString(k, ShardName(v, _plan.Count));
+            foreach (var (k, v) in _weightMap.OrderBy(kv => kv.Key, StringComparer.Ordinal)) w.WriteString(k, _names[v]);
             w.WriteEndObject();
             w.WriteEndObject();
         }

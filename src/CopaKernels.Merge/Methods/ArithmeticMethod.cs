@@ -46,6 +46,14 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
     public bool Consensus { get; } = consensus;
 
     /// <inheritdoc/>
+    public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options)
+    {
+        if (options.Space == MergeSpace.Factors)
+            return ResultForm.LowRank(ResultForm.EqualRanks(path, tasks, ModuleOps.FactorSpaceRanks));
+        return Sparsifier == Sparsifier.None && !Consensus ? ResultForm.LowRank(tasks.Sum(t => t.Rank)) : ResultForm.Dense;
+    }
+
+    /// <inheritdoc/>
     public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options) =>
         options.Space == MergeSpace.Factors ? MergeFactors(backend, module, options) : MergeDelta(backend, module, options);
 

@@ -15,6 +15,13 @@ public sealed class CopaMethod : IMergeMethod
     public string Description => "CoPA-Merging, paper Algorithm 1: trim, complementary scaling, λ-sum (rank Σ r_n, exact)";
 
     /// <inheritdoc/>
+    public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options)
+    {
+        if (options.Normalize) ResultForm.EqualRanks(path, tasks, "CoPA's cross-task normalisation needs one rank (or set normalize: false)");
+        return ResultForm.LowRank(tasks.Sum(t => t.Rank));
+    }
+
+    /// <inheritdoc/>
     public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options)
     {
         var stats = new ModuleStats();

@@ -17,13 +17,22 @@ public sealed class CopaOfficialMethod : IMergeMethod
     public string Description => "CoPA as released (RobustMerge code): clamp 0.2, A = λΣÃ, B = λΣB̃·diag(S̃), rank r";
 
     /// <inheritdoc/>
+    public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options)
+    {
+        if (tasks.Any(t => t.Rank != tasks[0].Rank || t.Alpha != tasks[0].Alpha))
+            throw new CopaInputException(null, path, SharedRankMessage(tasks));
+        return ResultForm.LowRank(tasks[0].Rank);
+    }
+
+    private static string SharedRankMessage(IEnumerable<(int Rank, double Alpha)> tasks) =>
+        $"copa-official needs every adapter to share r and lora_alpha (got r = {string.Join("/", tasks.Select(x => x.Rank))}, alpha = {string.Join("/", tasks.Select(x => x.Alpha))})";
+
+    /// <inheritdoc/>
     public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options)
     {
         var first = module.Tasks[0];
-        foreach (var t in module.Tasks)
-            if (t.Rank != first.Rank || t.Alpha != first.Alpha)
-                throw new CopaInputException(null, module.Path,
-                    $"copa-official needs every adapter to share r and lora_alpha (got r = {string.Join("/", module.Tasks.Select(x => x.Rank))}, alpha = {string.Join("/", module.Tasks.Select(x => x.Alpha))})");
+        if (module.Tasks.Any(t => t.Rank != first.Rank || t.Alpha != first.Alpha))
+            throw new CopaInputException(null, module.Path, SharedRankMessage(module.Tasks.Select(t => (t.Rank, t.Alpha))));
         var stats = new ModuleStats();
         var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, normalize: true, stats);
         int r = first.Rank, dOut = module.DOut, dIn = module.DIn;

@@ -25,6 +25,10 @@ public sealed class PcbMethod : IMergeMethod
     public string Description => "Parameter Competition Balancing: intra/inter-task balancing, top-q weights (Du et al. 2024)";
 
     /// <inheritdoc/>
+    public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options) =>
+        options.Space == MergeSpace.Delta ? ResultForm.Dense : ResultForm.LowRank(ResultForm.EqualRanks(path, tasks, ModuleOps.FactorSpaceRanks));
+
+    /// <inheritdoc/>
     public ModuleResult MergeModule(IMergeBackend backend, ModuleInput m, MergeOptions o)
     {
         int n = m.Tasks.Count;

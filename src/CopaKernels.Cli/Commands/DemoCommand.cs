@@ -1,0 +1,120 @@
+using System.CommandLine;
+using System.Diagnostics;
+using CopaKernels.Cli.Demo;
+using CopaKernels.Formats;
+using CopaKernels.Merge;
+using CopaKernels.Merge.Streaming;
+
+namespace CopaKernels.Cli.Commands;
+
+/// <summary>
+/// <c>copa demo</c>: writes a synthetic Llama-shaped base model (sharded BF16) and a few PEFT adapters,
+/// then merges them with CoPA into an adapter and into a full model, on the chosen device. No downloads.
+/// </summary>
+internal static class DemoCommand
+{
+    /// <summary>Marks a folder as the demo's own, so a second run may replace it.</summary>
+    private const string Marker = ".copa-demo";
+
+    public static Command Create(TextWriter stdout, TextWriter stderr)
+    {
+        var dir = new Option<string>("--dir") { Description = "folder for the demo's models and outputs", DefaultValueFactory = _ => "copa-demo" };
+        var device = new Option<string>("--device") { Description = "auto|cpu|cuda|opencl|cuda:N|opencl:N", DefaultValueFactory = _ => "auto" };
+        var threads = new Option<int>("--threads") { Description = "CPU threads (0 = all cores)", DefaultValueFactory = _ => 0 };
+        var preset = new Option<string>("--preset") { Description = "model shape: tiny (20M parameters) or llama-7b", DefaultValueFactory = _ => "tiny" };
+        var layers = new Option<int?>("--layers") { Description = "override the preset's layer count" };
+        var adapters = new Option<int?>("--adapters") { Description = "number of adapters (default 3; 8 for llama-7b)" };
+        var rank = new Option<int?>("--rank") { Description = "LoRA rank of the adapters (default 8; 16 for llama-7b)" };
+        var noBase = new Option<bool>("--no-base") { Description = "write adapters only (no base model, no model merge)" };
+        var generateOnly = new Option<bool>("--generate-only") { Description = "write the inputs, do not merge (for benchmarks)" };
+        var quiet = new Option<bool>("--quiet") { Description = "no progress" };
+        var cmd = new Command("demo", "Generate a synthetic Llama-shaped base model and PEFT adapters, then merge them with CoPA (no downloads)")
+        {
+            dir, device, threads, preset, layers, adapters, rank, noBase, generateOnly, quiet,
+        };
+        cmd.SetAction(parse =>
+        {
+            var shape = parse.GetValue(preset) switch
+            {
+                "tiny" => LlamaShape.Tiny,
+                "llama-7b" => LlamaShape.Llama7B,
+                var p => throw new CopaInputException(null, null, $"unknown preset '{p}' (expected tiny, llama-7b)"),
+            };
+            if (parse.GetValue(layers) is { } l)
+                shape = l > 0 ? shape with { Layers = l } : throw new CopaInputException(null, null, "--layers must be positive");
+            bool big = shape.Name != "tiny";
+            int n = parse.GetValue(adapters) ?? (big ? 8 : 3);
+            int r = parse.GetValue(rank) ?? (big ? 16 : 8);
+            if (n < 1 || n > 64) throw new CopaInputException(null, null, "--adapters must be in 1..64");
+            if (r < 1 || r > 1024) throw new CopaInputException(null, null, "--rank must be in 1..1024");
+            return Run(parse.GetValue(dir)!, shape, n, r, !parse.GetValue(noBase), parse.GetValue(generateOnly),
+                parse.GetValue(device)!, parse.GetValue(threads), parse.GetValue(quiet), stdout, stderr);
+        });
+        return cmd;
+    }
+
+    private static int Run(string dir, LlamaShape shape, int count, int rank, bool withBase, bool generateOnly,
+        string device, int threads, bool quiet, TextWriter stdout, TextWriter stderr)
+    {
+        dir = Path.GetFullPath(dir);
+        Prepare(dir);
+        var clock = Stopwatch.StartNew();
+        var basePath = Path.Combine(dir, "base");
+        if (withBase)
+        {
+            long total = shape.Tensors.Sum(t => t.Shape.Aggregate(1L, (a, b) => a * b)) * 2;
+            ConsoleProgress.Run(stderr, quiet, "writing base", p =>
+            {
+                p?.Start(total, 1);
+                SyntheticModel.WriteBase(basePath, shape, 1, b => p?.Advance(b, null));
+                p?.Advance(0, "base");
+                return 0;
+            });
+            stdout.WriteLine($"base model:  {basePath} ({shape.Name}, {shape.Layers} layers, BF16, {Terminal.Bytes(DirSize(basePath))})");
+        }
+        var adapterDirs = new List<string>();
+        for (int i = 0; i < count; i++)
+        {
+            var a = Path.Combine(dir, "adapters", $"task-{i + 1}");
+            SyntheticModel.WriteAdapter(a, shape, rank, 2.0 * rank, (ulong)(100 + i), withBase ? basePath : null);
+            adapterDirs.Add(a);
+        }
+        stdout.WriteLine($"adapters:    {count} × rank {rank} on q,k,v,o,gate,up,down in {Path.Combine(dir, "adapters")} ({Terminal.Bytes(adapterDirs.Sum(DirSize))})");
+        stdout.WriteLine($"generated in {clock.Elapsed.TotalSeconds:0.0} s");
+        if (generateOnly) return Program.ExitOk;
+
+        var options = new MergeOptions { Method = "copa" };
+        stdout.WriteLine();
+        MergeCommand.Run(new MergeRequest { Options = options, Adapters = adapterDirs, Output = Path.Combine(dir, "merged-adapter") },
+            device, threads, quiet, stdout, stderr);
+        if (withBase)
+        {
+            stdout.WriteLine();
+            MergeCommand.Run(new MergeRequest
+            {
+                Options = options, Adapters = adapterDirs, Output = Path.Combine(dir, "merged-model"),
+                Mode = OutputMode.Model, Base = basePath,
+            }, device, threads, quiet, stdout, stderr);
+        }
+        stdout.WriteLine();
+        stdout.WriteLine($"done. Look inside with: copa inspect {Path.Combine(dir, "merged-adapter")}");
+        return Program.ExitOk;
+    }
+
+    /// <summary>Creates the demo folder; replaces an earlier demo's folder, never anything else.</summary>
+    private static void Prepare(string dir)
+    {
+        if (File.Exists(dir)) throw new CopaInputException(dir, null, "demo folder is a file");
+        if (Directory.Exists(dir) && Directory.EnumerateFileSystemEntries(dir).Any())
+        {
+            if (!File.Exists(Path.Combine(dir, Marker)))
+                throw new CopaInputException(dir, null, "folder exists, is not empty and is not an earlier demo; choose another --dir");
+            Directory.Delete(dir, recursive: true);
+        }
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(Path.Combine(dir, Marker), "written by 'copa demo'; the next 'copa demo' run here replaces this folder\n");
+    }
+
+    private static long DirSize(string dir) =>
+        Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length);
+}

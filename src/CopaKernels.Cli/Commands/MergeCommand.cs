@@ -1,0 +1,163 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using CopaKernels.Formats;
+using CopaKernels.Formats.Safetensors;
+using CopaKernels.Merge;
+using CopaKernels.Merge.Streaming;
+
+namespace CopaKernels.Cli.Commands;
+
+/// <summary><c>copa merge</c>: plan (headers only), then stream the merge with a memory bound (SPEC §7).</summary>
+internal static class MergeCommand
+{
+    public static Command Create(TextWriter stdout, TextWriter stderr)
+    {
+        var config = new Option<string?>("--config") { Description = "YAML file with the same settings (flags override it)" };
+        var method = new Option<string?>("--method") { Description = string.Join("|", MergeMethods.Names) };
+        var adapter = new Option<string[]>("--adapter") { Description = "PEFT adapter folder (repeatable, in order)", AllowMultipleArgumentsPerToken = true };
+        var weight = new Option<double[]>("--weight") { Description = "weight w_n of each adapter (repeatable, in order; default 1)", AllowMultipleArgumentsPerToken = true };
+        var output = new Option<string?>("--out") { Description = "output folder (must not exist or be empty)" };
+        var mode = new Option<string?>("--output") { Description = "adapter|model|delta (default adapter)" };
+        var baseModel = new Option<string?>("--base") { Description = "base model folder, index.json or .safetensors (needed for --output model)" };
+        var rank = new Option<string?>("--rank") { Description = "sum (the exact merged rank) or N (exact re-rank to N)" };
+        var space = new Option<string?>("--space") { Description = "factors|delta: where the baselines operate (default factors)" };
+        var density = new Option<double?>("--density") { Description = "ρ, the fraction kept by trims and DARE (default 0.2)" };
+        var lambda = new Option<double?>("--lambda") { Description = "λ (default 2 for copa, copa-official; 1 otherwise)" };
+        var clamp = new Option<double?>("--clamp") { Description = "CoPA clamp c in [0, 1) (default 0; copa-official fixes 0.2)" };
+        var normalize = new Option<bool?>("--normalize") { Description = "CoPA cross-task normalisation (default true)" };
+        var pcbRatio = new Option<double?>("--pcb-ratio") { Description = "PCB ratio q (default 0.1)" };
+        var seed = new Option<ulong?>("--seed") { Description = "DARE seed (default 0)" };
+        var device = new Option<string?>("--device") { Description = "auto|cpu|cuda|opencl|cuda:N|opencl:N (default auto)" };
+        var threads = new Option<int?>("--threads") { Description = "CPU threads (default all cores)" };
+        var maxMemory = new Option<string?>("--max-memory") { Description = "working-memory budget, e.g. 512MiB, 2GiB (default 2GiB)" };
+        var outDtype = new Option<string?>("--out-dtype") { Description = "bf16|f16|f32 (default: base dtype / adapters' dtype / f32 for delta)" };
+        var shardSize = new Option<string?>("--shard-size") { Description = "max shard size, e.g. 5GB (default: mirror the base; 5GB for delta)" };
+        var quiet = new Option<bool>("--quiet") { Description = "no plan, progress or summary; errors only" };
+        var cmd = new Command("merge", "Merge LoRA adapters into an adapter, a full model or dense deltas, streaming with bounded memory")
+        {
+            config, method, adapter, weight, output, mode, baseModel, rank, space, density, lambda, clamp, normalize, pcbRatio,
+            seed, device, threads, maxMemory, outDtype, shardSize, quiet,
+        };
+        cmd.SetAction(parse =>
+        {
+            var file = parse.GetValue(config) is { } c ? MergeConfigFile.Load(c) : null;
+            string? Text(Option<string?> o, string key) => parse.GetResult(o) != null ? parse.GetValue(o) : file?.Text(key);
+            T? Value<T>(Option<T?> o, Func<MergeConfigFile, T?> fromFile) where T : struct =>
+                parse.GetResult(o) != null ? parse.GetValue(o) : file != null ? fromFile(file) : null;
+
+            var adapters = parse.GetResult(adapter) != null ? parse.GetValue(adapter)!.ToList() : file?.Adapters ?? [];
+            var weights = parse.GetResult(weight) != null ? parse.GetValue(weight)!.ToList() : file?.Weights;
+            var methodName = Text(method, "method") ?? throw Usage("--method is required (" + string.Join(", ", MergeMethods.Names) + ")");
+            var outPath = (parse.GetResult(output) != null ? parse.GetValue(output) : file?.PathValue("out"))
+                ?? throw Usage("--out is required (the output folder)");
+            bool isQuiet = parse.GetValue(quiet) || (file?.Bool("quiet") ?? false);
+
+            var request = new MergeRequest
+            {
+                Options = new MergeOptions
+                {
+                    Method = methodName,
+                    Density = Value(density, f => f.Double("density")),
+                    Lambda = Value(lambda, f => f.Double("lambda")),
+                    Clamp = Value(clamp, f => f.Double("clamp")),
+                    Normalize = Value(normalize, f => f.Bool("normalize")) ?? true,
+                    PcbRatio = Value(pcbRatio, f => f.Double("pcb-ratio")),
+                    Seed = Value(seed, f => f.Long("seed") is { } s ? (s >= 0 ? (ulong)s : throw Usage("seed must be 0 or more")) : null) ?? 0,
+                    Space = ParseSpace(Text(space, "space")),
+                    Weights = weights,
+                },
+                Adapters = adapters,
+                Output = outPath,
+                Mode = ParseMode(Text(mode, "output")),
+                Base = parse.GetResult(baseModel) != null ? parse.GetValue(baseModel) : file?.PathValue("base"),
+                Rank = ParseRank(Text(rank, "rank")),
+                OutDType = Text(outDtype, "out-dtype") is { } d ? ParseDType(d) : null,
+                ShardSize = Text(shardSize, "shard-size") is { } ss ? MemorySize.Parse(ss, "shard-size") : null,
+                MaxMemory = Text(maxMemory, "max-memory") is { } mm ? MemorySize.Parse(mm, "max-memory") : MergeRequest.DefaultMaxMemory,
+            };
+            int threadCount = Value(threads, f => f.Long("threads") is { } t ? (int)t : null) ?? 0;
+            if (threadCount < 0) throw Usage("--threads must be 0 or more");
+            var deviceSpec = Text(device, "device") ?? "auto";
+            return Run(request, deviceSpec, threadCount, isQuiet, stdout, stderr);
+        });
+        return cmd;
+    }
+
+    /// <summary>Plans and runs a merge, printing the plan and a summary unless quiet.</summary>
+    public static int Run(MergeRequest request, string deviceSpec, int threads, bool quiet, TextWriter stdout, TextWriter stderr)
+    {
+        var clock = Stopwatch.StartNew();
+        using var plan = MergePlanner.Plan(request);
+        double planSeconds = clock.Elapsed.TotalSeconds;
+        using var backend = Backends.Create(deviceSpec, threads);
+        if (!quiet) PrintPlan(plan, backend.Name, stdout);
+
+        using var cts = new CancellationTokenSource();
+        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
+        Console.CancelKeyPress += onCancel;
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; cts.Cancel(); });
+        try
+        {
+            var report = ConsoleProgress.Run(stderr, quiet, "merging",
+                progress => MergeRunner.Run(plan, backend, progress, planSeconds, cts.Token));
+            if (!quiet) PrintSummary(report, stdout);
+            return Program.ExitOk;
+        }
+        finally
+        {
+            Console.CancelKeyPress -= onCancel;
+        }
+    }
+
+    private static void PrintPlan(MergePlan plan, string device, TextWriter o)
+    {
+        var r = plan.Request;
+        o.WriteLine($"plan: {r.Options.Method} over {plan.Adapters.Count} adapters, {plan.Modules.Count} modules");
+        o.WriteLine($"  output:  {r.Mode.ToString().ToLowerInvariant()} → {Path.GetFullPath(r.Output)} ({Terminal.Bytes(plan.OutputBytes)}{(plan.OutDType is { } d ? ", " + d : "")})");
+        if (plan.Base != null) o.WriteLine($"  base:    {plan.Base.Path} ({plan.Base.Shards.Count} shards, {plan.Base.Names.Count} tensors)");
+        var ranks = plan.Modules.Select(m => m.OutRank).Distinct().Order().ToList();
+        if (ranks.Count > 0 && ranks[0] > 0) o.WriteLine($"  rank:    {string.Join(", ", ranks)}{(r.Rank == null ? " (exact)" : " (re-ranked)")}");
+        o.WriteLine($"  memory:  about {Terminal.Bytes(plan.EstimatedPeakBytes)} of working memory, budget {Terminal.Bytes(r.MaxMemory)}{(plan.Prefetch ? ", reading ahead" : "")}");
+        o.WriteLine($"  device:  {device}");
+    }
+
+    private static void PrintSummary(MergeReport report, TextWriter o)
+    {
+        double total = report.TimingsSeconds["stream_total"];
+        o.WriteLine($"merged {report.Summary.Modules} modules into {report.Output.Path} ({Terminal.Bytes(report.Output.DataBytes)}) in {total:0.00} s, " +
+                    $"{report.Output.DataBytes / Math.Max(total, 1e-9) / 1e6:0.0} MB/s, peak RSS {Terminal.Bytes(report.Memory.PeakRss)}");
+        if (report.Summary.Considered > 0)
+            o.WriteLine($"  kept {100.0 * report.Summary.Kept / report.Summary.Considered:0.00}% of {report.Summary.Considered:N0} factor entries" +
+                        (report.Summary.ZeroDenominatorRows > 0 ? $"; {report.Summary.ZeroDenominatorRows} rows had S set to 1 (empty after the trim)" : ""));
+        o.WriteLine($"  report: {Path.Combine(report.Output.Path, MergeReport.FileName)}");
+    }
+
+    private static CopaInputException Usage(string message) => new(null, null, message);
+
+    private static MergeSpace ParseSpace(string? s) => s?.ToLowerInvariant() switch
+    {
+        null or "factors" => MergeSpace.Factors,
+        "delta" => MergeSpace.Delta,
+        _ => throw Usage($"space '{s}' must be factors or delta"),
+    };
+
+    private static OutputMode ParseMode(string? s) => s?.ToLowerInvariant() switch
+    {
+        null or "adapter" => OutputMode.Adapter,
+        "model" => OutputMode.Model,
+        "delta" => OutputMode.Delta,
+        _ => throw Usage($"output '{s}' must be adapter, model or delta"),
+    };
+
+    private static int? ParseRank(string? s)
+    {
+        if (s == null || s.Equals("sum", StringComparison.OrdinalIgnoreCase)) return null;
+        if (int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0) return n;
+        throw Usage($"rank '{s}' must be 'sum' or a positive integer");
+    }
+
+    private static DType ParseDType(string s) =>
+        DTypes.TryParseUser(s, out var d) && d.IsMergeFloat() ? d : throw Usage($"out-dtype '{s}' must be bf16, f16 or f32");
+}

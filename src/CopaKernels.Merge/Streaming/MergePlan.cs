@@ -1,0 +1,99 @@
+using CopaKernels.Formats;
+using CopaKernels.Formats.Peft;
+using CopaKernels.Formats.Safetensors;
+
+namespace CopaKernels.Merge.Streaming;
+
+/// <summary>One module of a planned merge: what is read, what comes out, and where it goes.</summary>
+/// <param name="Path">Module path (e.g. <c>model.layers.3.self_attn.q_proj</c>).</param>
+/// <param name="DOut">d_out.</param>
+/// <param name="DIn">d_in.</param>
+/// <param name="Ranks">r_n of each adapter, in order.</param>
+/// <param name="Form">The method's result (low-rank of some rank, or dense).</param>
+/// <param name="OutRank">Rank written (adapter output) or used for the product: <see cref="Form"/>'s rank, or the re-rank N.</param>
+/// <param name="TensorName">
+/// The output tensor this module becomes in model and delta output: the base weight's name
+/// (<c>Path.weight</c>); unused for adapter output.
+/// </param>
+/// <param name="Transposed">fan_in_fan_out: the base weight (and the written ΔW) is stored d_in × d_out.</param>
+/// <param name="WorkingBytes">Estimated peak working memory of merging this module (inputs, method, result).</param>
+public sealed record PlannedModule(
+    string Path, int DOut, int DIn, IReadOnlyList<int> Ranks, ResultForm Form, int OutRank, string TensorName,
+    bool Transposed, long WorkingBytes)
+{
+    /// <summary>Bytes of the F32 factors read for this module (all adapters).</summary>
+    public long InputBytes => Ranks.Sum(r => (long)r * (DIn + DOut)) * sizeof(float);
+
+    /// <summary>Rows of the written weight (d_in when transposed).</summary>
+    public int ProductRows => Transposed ? DIn : DOut;
+
+    /// <summary>Columns of the written weight.</summary>
+    public int ProductCols => Transposed ? DOut : DIn;
+}
+
+/// <summary>
+/// A checked merge job, built from headers alone (<see cref="MergePlanner.Plan"/>): open inputs, the
+/// module list in write order, the output layout and the memory plan. Nothing has been written yet.
+/// </summary>
+public sealed class MergePlan : IDisposable
+{
+    internal MergePlan(MergeRequest request, IMergeMethod method, IReadOnlyList<LoraAdapter> adapters, ShardedModel? baseModel)
+    {
+        Request = request;
+        Method = method;
+        Adapters = adapters;
+        Base = baseModel;
+    }
+
+    /// <summary>The request, as given.</summary>
+    public MergeRequest Request { get; }
+
+    /// <summary>The merge method.</summary>
+    public IMergeMethod Method { get; }
+
+    /// <summary>The input adapters, open for reading.</summary>
+    public IReadOnlyList<LoraAdapter> Adapters { get; }
+
+    /// <summary>The base model, open for reading (model output, or when given).</summary>
+    public ShardedModel? Base { get; }
+
+    /// <summary>Every merged module, in the order the output needs them.</summary>
+    public IReadOnlyList<PlannedModule> Modules { get; internal set; } = [];
+
+    /// <summary>Stored type of the merged tensors (adapter and delta output; model output: null = base dtype per tensor).</summary>
+    public DType? OutDType { get; internal set; }
+
+    /// <summary>Output shards (model and delta output): tensors of each shard and the file names.</summary>
+    public IReadOnlyList<IReadOnlyList<TensorSpec>> Shards { get; internal set; } = [];
+
+    /// <summary>File names of <see cref="Shards"/>, or null for Hugging Face's default names.</summary>
+    public IReadOnlyList<string>? ShardNames { get; internal set; }
+
+    /// <summary>Total bytes of tensor data the output will hold.</summary>
+    public long OutputBytes { get; internal set; }
+
+    /// <summary>Rows per product tile (model and delta output of low-rank results).</summary>
+    public int TileRowsFor(PlannedModule m) => (int)Math.Clamp(TileBytes / Math.Max(1L, (long)m.ProductCols * TileBytesPerElement), 1, m.ProductRows);
+
+    /// <summary>The working-memory budget for one product tile (all its host and backend buffers).</summary>
+    public long TileBytes { get; internal set; }
+
+    /// <summary>Bytes one output element costs across the tile's buffers (base in, output out, host and backend copies).</summary>
+    internal int TileBytesPerElement { get; set; } = 16;
+
+    /// <summary>Whether the next module's factors are read while the current one computes (it fits the budget twice).</summary>
+    public bool Prefetch { get; internal set; }
+
+    /// <summary>Estimated peak working memory of the whole job (excluding the .NET runtime itself).</summary>
+    public long EstimatedPeakBytes { get; internal set; }
+
+    /// <summary>Total bytes of the input files (adapters' weights, base shards).</summary>
+    public long InputFileBytes => Adapters.Sum(a => a.Weights.FileLength) + (Base?.Shards.Sum(s => s.FileLength) ?? 0);
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        foreach (var a in Adapters) a.Dispose();
+        Base?.Dispose();
+    }
+}

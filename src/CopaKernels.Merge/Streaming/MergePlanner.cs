@@ -1,0 +1,281 @@
+using CopaKernels.Formats;
+using CopaKernels.Formats.Peft;
+using CopaKernels.Formats.Safetensors;
+
+namespace CopaKernels.Merge.Streaming;
+
+/// <summary>
+/// Checks a whole merge job from headers alone, before any heavy read: parameters, adapters (key sets,
+/// shapes, ranks, dtypes), the base model mapping, the output folder, disk space and the memory budget.
+/// Every problem is a <see cref="CopaInputException"/> naming the file and, where there is one, the tensor.
+/// </summary>
+public static class MergePlanner
+{
+    /// <summary>Smallest accepted <see cref="MergeRequest.MaxMemory"/>.</summary>
+    public const long MinMaxMemory = 16L << 20;
+
+    /// <summary>Largest product tile worth having: bigger tiles add memory, not speed.</summary>
+    internal const long MaxTileBytes = 64L << 20;
+
+    /// <summary>Chunk buffers for copying and converting untouched tensors.</summary>
+    internal const long CopyBufferBytes = 8L << 20;
+
+    /// <summary>Plans <paramref name="request"/>; the returned plan owns the opened inputs.</summary>
+    public static MergePlan Plan(MergeRequest request)
+    {
+        var o = request.Options;
+        if (request.Adapters.Count == 0) throw new CopaInputException(null, null, "no adapter given (--adapter DIR, repeatable)");
+        o.Validate(request.Adapters.Count);
+        var method = MergeMethods.Get(o.Method);
+        if (request.Rank is <= 0) throw new CopaInputException(null, null, $"rank {request.Rank} must be 'sum' or a positive integer");
+        if (request.OutDType is { } od && !od.IsMergeFloat()) throw new CopaInputException(null, null, $"out-dtype {od} must be bf16, f16 or f32");
+        if (request.MaxMemory < MinMaxMemory)
+            throw new CopaInputException(null, null, $"max-memory {MemorySize.Format(request.MaxMemory)} is below the minimum {MemorySize.Format(MinMaxMemory)}");
+        if (request.ShardSize is <= 0) throw new CopaInputException(null, null, "shard-size must be positive");
+        if (request.Mode == OutputMode.Model && request.Base == null)
+            throw new CopaInputException(null, null, "--output model needs --base (the base model folder, index or file)");
+        if (request.Mode == OutputMode.Adapter && request.ShardSize != null)
+            throw new CopaInputException(null, null, "--shard-size applies to model and delta output; an adapter is one file");
+        CheckOutputPath(request);
+
+        var adapters = new List<LoraAdapter>();
+        ShardedModel? baseModel = null;
+        try
+        {
+            foreach (var dir in request.Adapters) adapters.Add(LoraAdapter.Open(dir));
+            if (request.Base != null) baseModel = OpenBase(request.Base);
+            var plan = new MergePlan(request, method, adapters, baseModel);
+            Fill(plan);
+            return plan;
+        }
+        catch
+        {
+            foreach (var a in adapters) a.Dispose();
+            baseModel?.Dispose();
+            throw;
+        }
+    }
+
+    private static ShardedModel OpenBase(string path)
+    {
+        if (!File.Exists(path) && !Directory.Exists(path)) throw new CopaInputException(path, null, "base model not found");
+        return ShardedModel.Open(path);
+    }
+
+    private static void Fill(MergePlan plan)
+    {
+        var request = plan.Request;
+        var adapters = plan.Adapters;
+        var paths = AdapterModules.Plan(adapters);
+        bool fanInFanOut = adapters[0].Config.FanInFanOut;
+        foreach (var a in adapters)
+            if (a.Config.FanInFanOut != fanInFanOut)
+                throw new CopaInputException(Path.Combine(a.Folder, AdapterConfig.FileName), null,
+                    $"fan_in_fan_out is {a.Config.FanInFanOut.ToString().ToLowerInvariant()} here but {fanInFanOut.ToString().ToLowerInvariant()} in {adapters[0].Folder}; adapters of one base must agree");
+
+        var modules = new Dictionary<string, PlannedModule>(StringComparer.Ordinal);
+        foreach (var path in paths)
+        {
+            var per = adapters.Select(a => a.Modules.First(m => m.Path == path)).ToList();
+            var form = plan.Method.Plan(path, per.Select(m => (m.Rank, m.Alpha)).ToList(), request.Options);
+            var first = per[0];
+            int dOut = checked((int)first.DOut), dIn = checked((int)first.DIn);
+            int outRank = form.Rank;
+            if (request.Rank is { } n)
+            {
+                if (form.IsDense)
+                    throw new CopaInputException(adapters[0].Folder, path,
+                        $"{plan.Method.Name} in {request.Options.Space.ToString().ToLowerInvariant()} space gives a dense ΔW; --rank needs a low-rank result (use --space factors, or drop --rank)");
+                if (n > form.Rank)
+                    throw new CopaInputException(adapters[0].Folder, path,
+                        $"--rank {n} is above the merged rank {form.Rank} of this module; an exact re-rank cannot raise the rank (use --rank sum)");
+                outRank = n;
+            }
+            else if (form.IsDense && request.Mode == OutputMode.Adapter)
+                throw new CopaInputException(adapters[0].Folder, path,
+                    $"{plan.Method.Name} in delta space gives a dense ΔW, which an adapter cannot hold exactly; use --output model or delta, or --space factors");
+            modules[path] = new PlannedModule(path, dOut, dIn, per.Select(m => m.Rank).ToList(), form, outRank, first.BaseTensor,
+                fanInFanOut, 0);
+            modules[path] = modules[path] with { WorkingBytes = Working(modules[path], adapters.Count, request.Rank != null) };
+        }
+
+        if (plan.Base != null) CheckBase(plan, modules.Values);
+
+        switch (request.Mode)
+        {
+            case OutputMode.Adapter:
+                PlanAdapter(plan, modules);
+                break;
+            case OutputMode.Model:
+                PlanModel(plan, modules);
+                break;
+            default:
+                PlanDelta(plan, modules);
+                break;
+        }
+        PlanMemory(plan);
+        CheckDiskSpace(plan);
+    }
+
+    /// <summary>Working memory of one module (see README "Memory"): inputs, the method's copies, the result.</summary>
+    private static long Working(PlannedModule m, int tasks, bool rerank)
+    {
+        long input = m.InputBytes;
+        if (m.Form.IsDense)
+            // N dense task deltas, their packed copy on the backend, the combined result and its scratch.
+            return (2L * tasks + 3) * m.DOut * (long)m.DIn * sizeof(float) + 2 * input;
+        long result = (long)m.Form.Rank * (m.DIn + m.DOut) * sizeof(float);
+        // Trimmed copies, packed backend buffers and downloads each hold about one copy of the inputs.
+        long w = 5 * input + 2 * result;
+        if (rerank) w += 2 * (long)m.Form.Rank * (m.DIn + m.DOut) * sizeof(double) + 2L * m.Form.Rank * m.Form.Rank * sizeof(double);
+        return w;
+    }
+
+    private static void CheckBase(MergePlan plan, IEnumerable<PlannedModule> modules)
+    {
+        var b = plan.Base!;
+        var adapterFile = plan.Adapters[0].Weights.Path;
+        foreach (var m in modules)
+        {
+            if (!b.TryGet(m.TensorName, out var file, out var info))
+                throw new CopaInputException(adapterFile, LoraAdapter.KeyA(m.Path),
+                    $"targets base tensor '{m.TensorName}', which is not in the base model {b.Path}");
+            long rows = m.Transposed ? m.DIn : m.DOut, cols = m.Transposed ? m.DOut : m.DIn;
+            if (info.Shape.Length != 2 || info.Shape[0] != rows || info.Shape[1] != cols)
+                throw new CopaInputException(file.Path, m.TensorName,
+                    $"base weight is {info.ShapeText} but the adapters' module is {m.DOut} × {m.DIn}" + (m.Transposed ? " (fan_in_fan_out: expected transposed)" : ""));
+            if (!info.DType.IsMergeFloat())
+                throw new CopaInputException(file.Path, m.TensorName, $"base weight dtype {info.DType} cannot take a merged update (F32, F16 or BF16 needed)");
+        }
+    }
+
+    private static void PlanAdapter(MergePlan plan, Dictionary<string, PlannedModule> modules)
+    {
+        var dtypes = plan.Adapters.SelectMany(a => a.Modules.SelectMany(m => new[] { m.A.DType, m.B.DType })).Distinct().ToList();
+        plan.OutDType = plan.Request.OutDType ?? (dtypes.Count == 1 ? dtypes[0] : DType.F32);
+        var specs = modules.Values.Select(m => new AdapterModuleSpec(m.Path, m.DOut, m.DIn, m.OutRank)).ToList();
+        var layout = SafetensorsWriter.PlanLayout(specs.SelectMany(s => new[]
+        {
+            new TensorSpec(LoraAdapter.KeyA(s.Path), plan.OutDType.Value, [s.Rank, s.DIn]),
+            new TensorSpec(LoraAdapter.KeyB(s.Path), plan.OutDType.Value, [s.DOut, s.Rank]),
+        }));
+        plan.Modules = layout.Select(t => ModulePathOf(t.Name)).Distinct().Select(p => modules[p]).ToList();
+        plan.OutputBytes = layout.Count == 0 ? 0 : layout[^1].End;
+    }
+
+    /// <summary>The module path of an adapter key <c>base_model.model.PATH.lora_X.weight</c>.</summary>
+    internal static string ModulePathOf(string key) => key[LoraAdapter.KeyPrefix.Length..^".lora_A.weight".Length];
+
+    private static void PlanModel(MergePlan plan, Dictionary<string, PlannedModule> modules)
+    {
+        var b = plan.Base!;
+        var request = plan.Request;
+        DType Out(TensorInfo t) => request.OutDType is { } d && t.DType.IsMergeFloat() ? d : t.DType;
+        plan.OutDType = request.OutDType;
+        var perShard = b.Shards.Select(s => (IReadOnlyList<TensorSpec>)s.Tensors.Select(t => new TensorSpec(t.Name, Out(t), t.Shape)).ToList()).ToList();
+        if (request.ShardSize is { } size)
+        {
+            plan.Shards = ShardedWriter.PlanBySize(perShard.SelectMany(s => s), size);
+            plan.ShardNames = null;
+        }
+        else
+        {
+            plan.Shards = perShard;
+            plan.ShardNames = b.Shards.Select(s => Path.GetFileName(s.Path)).ToList();
+        }
+        OrderByWrites(plan, modules);
+    }
+
+    private static void PlanDelta(MergePlan plan, Dictionary<string, PlannedModule> modules)
+    {
+        var dtype = plan.Request.OutDType ?? DType.F32;
+        plan.OutDType = dtype;
+        var specs = modules.Values
+            .Select(m => new TensorSpec(m.TensorName, dtype, [m.ProductRows, m.ProductCols]))
+            .OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
+        plan.Shards = ShardedWriter.PlanBySize(specs, plan.Request.ShardSize ?? MergeRequest.DefaultDeltaShardSize);
+        plan.ShardNames = null;
+        OrderByWrites(plan, modules);
+    }
+
+    /// <summary>Modules in the order their tensors are written (shard by shard, each in its layout order).</summary>
+    private static void OrderByWrites(MergePlan plan, Dictionary<string, PlannedModule> modules)
+    {
+        var byTensor = modules.Values.ToDictionary(m => m.TensorName, StringComparer.Ordinal);
+        var order = new List<PlannedModule>();
+        long bytes = 0;
+        foreach (var shard in plan.Shards)
+        {
+            var layout = SafetensorsWriter.PlanLayout(shard);
+            foreach (var t in layout)
+                if (byTensor.TryGetValue(t.Name, out var m)) order.Add(m);
+            bytes += layout.Count == 0 ? 0 : layout[^1].End;
+        }
+        plan.Modules = order;
+        plan.OutputBytes = bytes;
+    }
+
+    private static void PlanMemory(MergePlan plan)
+    {
+        long budget = plan.Request.MaxMemory;
+        var worst = plan.Modules.MaxBy(m => m.WorkingBytes);
+        long working = worst?.WorkingBytes ?? 0;
+        long maxInput = plan.Modules.Count == 0 ? 0 : plan.Modules.Max(m => m.InputBytes);
+        bool tiled = plan.Request.Mode != OutputMode.Adapter;
+        long widest = plan.Modules.Count == 0 ? 1 : plan.Modules.Max(m => (long)m.ProductCols);
+        long minTile = tiled ? widest * plan.TileBytesPerElement : 0;
+        long fixedBytes = CopyBufferBytes + minTile;
+        if (worst != null && working + fixedBytes > budget)
+            throw new CopaInputException(plan.Adapters[0].Folder, worst.Path,
+                $"merging this module needs about {MemorySize.Format(working + fixedBytes)} of working memory" +
+                (worst.Form.IsDense ? $" ({plan.Adapters.Count} dense {worst.DOut} × {worst.DIn} task deltas)" : "") +
+                $", above --max-memory {MemorySize.Format(budget)}; raise --max-memory" + (worst.Form.IsDense ? " or use --space factors" : ""));
+        plan.Prefetch = working + maxInput + fixedBytes <= budget;
+        long rest = budget - working - (plan.Prefetch ? maxInput : 0) - CopyBufferBytes;
+        plan.TileBytes = tiled ? Math.Clamp(rest, minTile, MaxTileBytes) : 0;
+        plan.EstimatedPeakBytes = working + (plan.Prefetch ? maxInput : 0) + plan.TileBytes + CopyBufferBytes;
+    }
+
+    private static void CheckOutputPath(MergeRequest request)
+    {
+        var output = Full(request.Output);
+        var inputs = request.Adapters.Select(a => (Path: a, Folder: true)).ToList();
+        if (request.Base != null) inputs.Add((request.Base, Directory.Exists(request.Base)));
+        foreach (var (path, folder) in inputs)
+        {
+            var input = Full(path);
+            if (Same(output, input) || (folder && Inside(output, input)))
+                throw new CopaInputException(request.Output, null, $"output must not be an input or lie inside one ({path})");
+            if (Inside(input, output))
+                throw new CopaInputException(request.Output, null, $"output must not contain an input ({path})");
+        }
+        if (File.Exists(output)) throw new CopaInputException(request.Output, null, "output path is a file");
+        if (Directory.Exists(output) && Directory.EnumerateFileSystemEntries(output).Any())
+            throw new CopaInputException(request.Output, null, "output folder exists and is not empty");
+    }
+
+    private static void CheckDiskSpace(MergePlan plan)
+    {
+        try
+        {
+            var parent = Path.GetDirectoryName(Full(plan.Request.Output))!;
+            while (!Directory.Exists(parent) && Path.GetDirectoryName(parent) is { } up) parent = up;
+            long free = new DriveInfo(parent).AvailableFreeSpace;
+            long need = plan.OutputBytes + (1L << 20);
+            if (free < need)
+                throw new CopaInputException(plan.Request.Output, null,
+                    $"the output needs about {MemorySize.Format(need)} but only {MemorySize.Format(free)} is free there");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            // Free space unknown (unusual file system): the write itself will report a full disk.
+        }
+    }
+
+    private static string Full(string p) => Path.GetFullPath(p.TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
+
+    private static bool Same(string a, string b) => string.Equals(a, b, StringComparison.Ordinal);
+
+    private static bool Inside(string child, string parent) =>
+        child.StartsWith(parent.TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar, StringComparison.Ordinal);
+}

@@ -1,0 +1,305 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using CopaKernels.Formats;
+using CopaKernels.Formats.Peft;
+using CopaKernels.Formats.Safetensors;
+using CopaKernels.Kernels;
+
+namespace CopaKernels.Merge.Streaming;
+
+/// <summary>
+/// Runs a <see cref="MergePlan"/>: streams module by module (read → merge on the backend → write),
+/// everything under a temporary folder beside the output that is moved into place only after the
+/// last byte and the report are written. A failure or cancellation removes the temporary folder;
+/// inputs are only ever opened for reading.
+/// </summary>
+public sealed class MergeRunner
+{
+    private readonly MergePlan _plan;
+    private readonly IMergeBackend _backend;
+    private readonly IMergeProgress? _progress;
+    private readonly CancellationToken _ct;
+    private readonly List<MergeReport.ModuleReport> _reports = new();
+    private readonly Stopwatch _compute = new();
+    private double _maxTruncationError;
+
+    private MergeRunner(MergePlan plan, IMergeBackend backend, IMergeProgress? progress, CancellationToken ct)
+    {
+        _plan = plan;
+        _backend = backend;
+        _progress = progress;
+        _ct = ct;
+    }
+
+    /// <summary>Test hook: called with each output tensor's name before it is written (failure injection).</summary>
+    internal static Action<string>? BeforeTensor { get; set; }
+
+    /// <summary>Runs the plan and returns the report that was written beside the output.</summary>
+    /// <param name="plan">A plan from <see cref="MergePlanner.Plan"/>.</param>
+    /// <param name="backend">Where the kernels run.</param>
+    /// <param name="progress">Progress sink, or null.</param>
+    /// <param name="planSeconds">Time the planning took, for the report.</param>
+    /// <param name="ct">Cancellation (Ctrl-C): the output is then not created.</param>
+    public static MergeReport Run(MergePlan plan, IMergeBackend backend, IMergeProgress? progress = null,
+        double planSeconds = 0, CancellationToken ct = default)
+    {
+        var runner = new MergeRunner(plan, backend, progress, ct);
+        return runner.Execute(planSeconds);
+    }
+
+    private MergeReport Execute(double planSeconds)
+    {
+        var total = Stopwatch.StartNew();
+        using var folder = AtomicFolder.Create(_plan.Request.Output);
+        int tensors;
+        switch (_plan.Request.Mode)
+        {
+            case OutputMode.Adapter:
+                tensors = WriteAdapter(folder.TempPath);
+                break;
+            default:
+                tensors = WriteSharded(folder.TempPath);
+                break;
+        }
+        _ct.ThrowIfCancellationRequested();
+        total.Stop();
+        var report = MakeReport(tensors, planSeconds, total.Elapsed.TotalSeconds);
+        File.WriteAllText(Path.Combine(folder.TempPath, MergeReport.FileName), report.ToJson() + "\n");
+        folder.Commit();
+        return report;
+    }
+
+    // ---- adapter output ----
+
+    private int WriteAdapter(string dir)
+    {
+        var adapters = _plan.Adapters;
+        var specs = _plan.Modules.Select(m => new AdapterModuleSpec(m.Path, m.DOut, m.DIn, m.OutRank));
+        var first = adapters[0].Config;
+        using var writer = new AdapterWriter(dir, new JsonObject(), specs, _plan.OutDType!.Value, Provenance());
+        _progress?.Start(writer.Weights.DataLength, writer.Weights.Layout.Count);
+        var written = new List<(string Path, int Rank, double Scale, double Alpha)>();
+        using (var feed = new ModuleFeed(_plan, _ct))
+        {
+            foreach (var m in _plan.Modules)
+            {
+                var r = (LowRankResult)Merge(feed, m);
+                // The layout is sorted by name, so a module's lora_A and lora_B are next to each other.
+                for (int k = 0; k < 2; k++)
+                {
+                    var t = writer.Weights.Current!;
+                    bool isA = t.Name == LoraAdapter.KeyA(m.Path);
+                    if (!isA && t.Name != LoraAdapter.KeyB(m.Path))
+                        throw new InvalidOperationException($"{t.Name} is next in the layout, not a factor of {m.Path}");
+                    BeforeTensor?.Invoke(t.Name);
+                    writer.Weights.AppendSingles(t.Name, isA ? r.A : r.B);
+                    _progress?.Advance(t.ByteLength, t.Name);
+                }
+                written.Add((m.Path, r.Rank, r.Scale, r.Alpha));
+            }
+        }
+        writer.Config = AdapterConfigFor(written, first);
+        writer.Commit();
+        return writer.Weights.Layout.Count;
+    }
+
+    /// <summary>
+    /// The written config: the most common (rank, alpha) as r / lora_alpha, the others in
+    /// rank_pattern / alpha_pattern keyed by module path. Each module's alpha is the one that makes
+    /// PEFT's scale (α/r, or α/√r with rsLoRA) equal the merged result's scale exactly.
+    /// </summary>
+    private JsonObject AdapterConfigFor(List<(string Path, int Rank, double Scale, double Alpha)> written, AdapterConfig first)
+    {
+        // rsLoRA is kept only when every module still carries the input's α/√r scaling (copa-official).
+        bool rs = first.UseRsLora && written.Count > 0 && written.All(w => Close(w.Scale, w.Alpha / Math.Sqrt(w.Rank)) && w.Scale != 1);
+        var alphas = written.Select(w =>
+        {
+            double denom = rs ? Math.Sqrt(w.Rank) : w.Rank;
+            return (w.Path, w.Rank, Alpha: Close(w.Scale, w.Alpha / denom) ? w.Alpha : w.Scale * denom);
+        }).ToList();
+        var (r, alpha) = alphas.Count == 0 ? (first.R, first.LoraAlpha)
+            : alphas.GroupBy(x => (x.Rank, x.Alpha)).OrderByDescending(g => g.Count()).ThenBy(g => g.Key.Rank).First().Key;
+        var rankPattern = alphas.Where(x => x.Rank != r).ToDictionary(x => x.Path, x => x.Rank);
+        var alphaPattern = alphas.Where(x => x.Alpha != alpha).ToDictionary(x => x.Path, x => x.Alpha);
+        var targets = _plan.Modules.Select(m => m.Path[(m.Path.LastIndexOf('.') + 1)..]);
+        return AdapterWriter.MakeConfig(r, alpha, targets, first.BaseModelNameOrPath, first.Raw, rs, rankPattern, alphaPattern);
+    }
+
+    private static bool Close(double a, double b) => Math.Abs(a - b) <= 1e-12 * Math.Max(Math.Abs(a), Math.Abs(b));
+
+    // ---- model and delta output ----
+
+    private int WriteSharded(string dir)
+    {
+        bool model = _plan.Request.Mode == OutputMode.Model;
+        var byTensor = _plan.Modules.ToDictionary(m => m.TensorName, StringComparer.Ordinal);
+        var baseModel = _plan.Base;
+        var meta = new Dictionary<string, string>(StringComparer.Ordinal);
+        if (model && baseModel!.Shards[0].Metadata is { } bm)
+            foreach (var (k, v) in bm) meta[k] = v;
+        meta.TryAdd("format", "pt");
+        foreach (var (k, v) in Provenance()) meta[k] = v;
+        var indexMeta = model ? baseModel!.IndexMetadata.Where(kv => kv.Key != "total_size").ToDictionary() : null;
+        using var writer = new ShardedWriter(dir, _plan.Shards, meta, indexMeta, _plan.ShardNames);
+        var order = writer.WriteOrder.ToList();
+        _progress?.Start(writer.TotalSize, order.Count);
+        var tiles = new TileWriter(_backend, _progress, _ct);
+        using (var feed = new ModuleFeed(_plan, _ct))
+        {
+            foreach (var t in order)
+            {
+                _ct.ThrowIfCancellationRequested();
+                BeforeTensor?.Invoke(t.Name);
+                var w = writer.For(t.Name);
+                SafetensorsFile? file = null;
+                TensorInfo? source = null;
+                if (model && !baseModel!.TryGet(t.Name, out file, out source))
+                    throw new InvalidOperationException($"{t.Name} planned but not in the base");
+                if (byTensor.TryGetValue(t.Name, out var m))
+                {
+                    var result = Merge(feed, m);
+                    int rows = _plan.TileRowsFor(m);
+                    if (result is LowRankResult lr) tiles.LowRank(w, t, m, lr, file, source, rows);
+                    else tiles.Dense(w, t, m, ((DenseResult)result).Delta, file, source, rows);
+                }
+                else tiles.Copy(w, t, file!, source!);
+                _progress?.Advance(0, t.Name);
+            }
+        }
+        writer.Commit();
+        if (model) CopySideFiles(dir);
+        return order.Count;
+    }
+
+    /// <summary>
+    /// A merged model must load like its base: copy the base folder's configuration and tokenizer
+    /// files. Weights in other formats (.bin, .pt, .gguf, ...) are left out: they would be stale.
+    /// </summary>
+    private void CopySideFiles(string dir)
+    {
+        var b = _plan.Base!;
+        var folder = Directory.Exists(b.Path) ? b.Path : Path.GetDirectoryName(Path.GetFullPath(b.IndexPath ?? b.Shards[0].Path))!;
+        if (!Directory.Exists(b.Path) && b.IndexPath == null) return; // a lone .safetensors file: nothing beside it is ours to copy
+        string[] skip = [".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".index.json"];
+        foreach (var f in Directory.EnumerateFiles(folder))
+        {
+            var name = Path.GetFileName(f);
+            if (skip.Any(s => name.EndsWith(s, StringComparison.OrdinalIgnoreCase)) || name.StartsWith('.')) continue;
+            if (name == MergeReport.FileName) continue;
+            File.Copy(f, Path.Combine(dir, name));
+        }
+    }
+
+    // ---- shared ----
+
+    private ModuleResult Merge(ModuleFeed feed, PlannedModule m)
+    {
+        var input = feed.Take(m);
+        _ct.ThrowIfCancellationRequested();
+        var sw = Stopwatch.StartNew();
+        _compute.Start();
+        var result = _plan.Method.MergeModule(_backend, input, _plan.Request.Options);
+        double? truncation = null;
+        if (_plan.Request.Rank is { } n && result is LowRankResult lr)
+        {
+            // Fold the LoRA scale into B so the re-ranked pair reproduces the update with scale 1.
+            var b = lr.Scale == 1.0 ? lr.B : ModuleOps.Scaled(lr.B, (float)lr.Scale);
+            var t = LowRankTruncation.Truncate(b, lr.A, m.DOut, lr.Rank, m.DIn, n);
+            truncation = t.RelativeError;
+            _maxTruncationError = Math.Max(_maxTruncationError, t.RelativeError);
+            result = new LowRankResult(t.B, t.A, n, 1.0, n) { Stats = lr.Stats };
+        }
+        _compute.Stop();
+        var s = result.Stats;
+        _reports.Add(new MergeReport.ModuleReport(m.Path, m.DOut, m.DIn, m.Ranks,
+            result is LowRankResult l ? l.Rank : 0, result is DenseResult, s.ThresholdsA, s.ThresholdsB, s.Kept, s.Total,
+            s.ZeroDenominatorRows, truncation, sw.Elapsed.TotalSeconds));
+        return result;
+    }
+
+    /// <summary>Provenance in every written safetensors file's <c>__metadata__</c> (strings only, as the format requires).</summary>
+    private Dictionary<string, string> Provenance()
+    {
+        var o = _plan.Request.Options;
+        var info = new JsonObject
+        {
+            ["tool"] = ToolName,
+            ["method"] = o.Method,
+            ["parameters"] = JsonSerializer.SerializeToNode(Parameters()),
+            ["adapters"] = new JsonArray(_plan.Adapters.Select(a => (JsonNode)new JsonObject
+            {
+                ["path"] = Path.GetFullPath(a.Folder),
+                ["bytes"] = a.Weights.FileLength,
+            }).ToArray()),
+        };
+        if (_plan.Base is { } b) info["base"] = Path.GetFullPath(b.Path);
+        return new Dictionary<string, string> { ["copa_merge"] = info.ToJsonString() };
+    }
+
+    private SortedDictionary<string, object?> Parameters()
+    {
+        var o = _plan.Request.Options;
+        var p = new SortedDictionary<string, object?>(StringComparer.Ordinal)
+        {
+            ["density"] = o.EffectiveDensity,
+            ["lambda"] = o.EffectiveLambda,
+            ["space"] = o.Space.ToString().ToLowerInvariant(),
+            ["weights"] = Enumerable.Range(0, _plan.Adapters.Count).Select(o.WeightOf).ToArray(),
+            ["rank"] = _plan.Request.Rank is { } r ? r : "sum",
+        };
+        if (o.Method is "copa" or "copa-official")
+        {
+            p["clamp"] = o.EffectiveClamp;
+            p["normalize"] = o.Normalize;
+        }
+        if (o.Method == "pcb") p["pcb_ratio"] = o.EffectivePcbRatio;
+        if (o.Method.StartsWith("dare", StringComparison.Ordinal)) p["seed"] = o.Seed;
+        return p;
+    }
+
+    private static string ToolName =>
+        "copa " + (typeof(MergeRunner).Assembly.GetName().Version?.ToString(3) ?? "0.0.0");
+
+    private MergeReport MakeReport(int tensors, double planSeconds, double totalSeconds)
+    {
+        var r = _plan.Request;
+        return new MergeReport
+        {
+            Tool = ToolName,
+            FinishedUtc = DateTime.UtcNow,
+            Method = r.Options.Method,
+            Parameters = Parameters(),
+            Adapters = _plan.Adapters.Select(a => new MergeReport.InputFile(Path.GetFullPath(a.Weights.Path), a.Weights.FileLength)).ToList(),
+            Base = _plan.Base?.Shards.Select(s => new MergeReport.InputFile(Path.GetFullPath(s.Path), s.FileLength)).ToList(),
+            Output = new MergeReport.OutputInfo(Path.GetFullPath(r.Output), r.Mode.ToString().ToLowerInvariant(),
+                _plan.OutDType?.ToString(), _plan.OutputBytes, tensors,
+                r.Mode == OutputMode.Adapter && _plan.Modules.Select(m => m.OutRank).Distinct().Count() == 1 ? _plan.Modules[0].OutRank : null),
+            Device = _backend.Name,
+            TimingsSeconds = new SortedDictionary<string, double>(StringComparer.Ordinal)
+            {
+                ["plan"] = Math.Round(planSeconds, 4),
+                ["merge_compute"] = Math.Round(_compute.Elapsed.TotalSeconds, 4),
+                ["stream_total"] = Math.Round(totalSeconds, 4),
+            },
+            Memory = new MergeReport.MemoryInfo(r.MaxMemory, _plan.EstimatedPeakBytes, PeakRss(), _plan.TileBytes, _plan.Prefetch),
+            Summary = new MergeReport.Totals(_reports.Count, _reports.Sum(x => x.Kept), _reports.Sum(x => x.Considered),
+                _reports.Sum(x => x.ZeroDenominatorRows), _maxTruncationError),
+            Modules = _reports,
+        };
+    }
+
+    /// <summary>The process's peak resident set (VmHWM) in bytes, or the working set where /proc is absent.</summary>
+    public static long PeakRss()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/status"))
+                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+                    return long.Parse(line[6..].Trim().Split(' ')[0]) * 1024;
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return Process.GetCurrentProcess().PeakWorkingSet64;
+    }
+}

@@ -1,0 +1,49 @@
+namespace CopaKernels.Merge.Streaming;
+
+/// <summary>
+/// Hands out the planned modules' factors in order. With prefetch on, the next module is read (file
+/// reads and F32 conversion) on a worker thread while the caller computes the current one, so adapter
+/// I/O overlaps compute; the backend itself is only ever used from the caller's thread.
+/// </summary>
+internal sealed class ModuleFeed : IDisposable
+{
+    private readonly MergePlan _plan;
+    private readonly CancellationToken _ct;
+    private Task<ModuleInput>? _next;
+    private int _index;
+
+    public ModuleFeed(MergePlan plan, CancellationToken ct)
+    {
+        _plan = plan;
+        _ct = ct;
+    }
+
+    /// <summary>The factors of <paramref name="module"/>, which must be the next planned module.</summary>
+    public ModuleInput Take(PlannedModule module)
+    {
+        if (_index >= _plan.Modules.Count || !ReferenceEquals(_plan.Modules[_index], module))
+            throw new InvalidOperationException($"module {module.Path} requested out of plan order");
+        var current = _next != null ? _next.GetAwaiter().GetResult() : Load(_index);
+        _next = null;
+        _index++;
+        if (_plan.Prefetch && _index < _plan.Modules.Count)
+        {
+            int i = _index;
+            _next = Task.Run(() => Load(i), _ct);
+        }
+        return current;
+    }
+
+    private ModuleInput Load(int i)
+    {
+        _ct.ThrowIfCancellationRequested();
+        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Path);
+    }
+
+    public void Dispose()
+    {
+        // Let a read in flight finish before the caller closes the files it reads.
+        try { _next?.Wait(); }
+        catch (AggregateException) { }
+    }
+}

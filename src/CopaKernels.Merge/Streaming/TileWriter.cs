@@ -1,0 +1,159 @@
+using System.Buffers;
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using CopaKernels.Formats.Numerics;
+using CopaKernels.Formats.Safetensors;
+using CopaKernels.Kernels;
+
+namespace CopaKernels.Merge.Streaming;
+
+/// <summary>
+/// Writes one merged weight (W + ΔW, or ΔW alone) in row tiles, so a weight of any size passes through
+/// a bounded amount of memory: for a low-rank ΔW the backend computes each tile with the base tile
+/// added and the output dtype rounded in its epilogue (family 3/4); a dense ΔW is added on the host.
+/// Untouched tensors are copied byte for byte, or converted when the output dtype differs.
+/// </summary>
+internal sealed class TileWriter(IMergeBackend backend, IMergeProgress? progress, CancellationToken ct)
+{
+    /// <summary>
+    /// Writes <paramref name="target"/> (rows × cols of the written orientation) as
+    /// <c>[base +] Scale·B·A</c>, <paramref name="rowsPerTile"/> rows at a time.
+    /// </summary>
+    public void LowRank(SafetensorsWriter writer, TensorInfo target, PlannedModule m, LowRankResult r,
+        SafetensorsFile? baseFile, TensorInfo? baseTensor, int rowsPerTile)
+    {
+        int rows = m.ProductRows, cols = m.ProductCols, rank = r.Rank;
+        // ΔWᵀ = Aᵀ·Bᵀ: a transposed (fan_in_fan_out) weight is the same product with the factors' roles swapped.
+        var left = m.Transposed ? Transpose(r.A, rank, m.DIn) : r.B;    // rows × rank
+        var right = m.Transposed ? Transpose(r.B, m.DOut, rank) : r.A;  // rank × cols
+        var outType = Storage(target.DType);
+        var baseType = baseTensor is null ? StorageType.F32 : Storage(baseTensor.DType);
+        int tile = Math.Min(rowsPerTile, rows);
+        long tileElems = (long)tile * cols;
+
+        using var bBuf = backend.Allocate(Math.Max(1, left.LongLength) * sizeof(float));
+        using var aBuf = backend.Allocate(Math.Max(1, right.LongLength) * sizeof(float));
+        backend.Upload(MemoryMarshal.AsBytes(left.AsSpan()), bBuf, 0);
+        backend.Upload(MemoryMarshal.AsBytes(right.AsSpan()), aBuf, 0);
+        using var outBuf = backend.Allocate(tileElems * outType.Size());
+        using var baseBuf = baseTensor is null ? null : backend.Allocate(tileElems * baseType.Size());
+        var host = ArrayPool<byte>.Shared.Rent(checked((int)(tileElems * Math.Max(outType.Size(), baseType.Size()))));
+        try
+        {
+            LowRankTerm[] terms = [new LowRankTerm(bBuf, 0, aBuf, 0, rank, (float)r.Scale)];
+            for (int r0 = 0; r0 < rows; r0 += tile)
+            {
+                ct.ThrowIfCancellationRequested();
+                int n = Math.Min(tile, rows - r0);
+                if (baseTensor is not null)
+                {
+                    var inBytes = host.AsSpan(0, checked(n * cols * baseType.Size()));
+                    baseFile!.ReadBytes(baseTensor, (long)r0 * cols * baseType.Size(), inBytes);
+                    backend.Upload(inBytes, baseBuf!, 0);
+                }
+                backend.LowRankProduct(terms, rows, cols,
+                    new ProductTile(r0, n, outBuf, 0, outType, baseBuf, 0, baseType));
+                var outBytes = host.AsSpan(0, checked(n * cols * outType.Size()));
+                backend.Download(outBuf, 0, outBytes);
+                writer.Append(target.Name, outBytes);
+                progress?.Advance(outBytes.Length, null);
+            }
+        }
+        finally { ArrayPool<byte>.Shared.Return(host); }
+    }
+
+    /// <summary>Writes <c>[base +] ΔW</c> for a dense ΔW (d_out × d_in, F32), in row tiles on the host.</summary>
+    public void Dense(SafetensorsWriter writer, TensorInfo target, PlannedModule m, float[] delta,
+        SafetensorsFile? baseFile, TensorInfo? baseTensor, int rowsPerTile)
+    {
+        int rows = m.ProductRows, cols = m.ProductCols;
+        int tile = Math.Min(rowsPerTile, rows);
+        var acc = ArrayPool<float>.Shared.Rent(checked(tile * cols));
+        var bytes = ArrayPool<byte>.Shared.Rent(checked(tile * cols * sizeof(float)));
+        try
+        {
+            for (int r0 = 0; r0 < rows; r0 += tile)
+            {
+                ct.ThrowIfCancellationRequested();
+                int n = Math.Min(tile, rows - r0);
+                var values = acc.AsSpan(0, n * cols);
+                if (m.Transposed)
+                    for (int i = 0; i < n; i++)
+                        for (int j = 0; j < cols; j++)
+                            values[i * cols + j] = delta[(long)j * m.DIn + r0 + i];
+                else
+                    delta.AsSpan(checked(r0 * cols), n * cols).CopyTo(values);
+                if (baseTensor is not null)
+                {
+                    int size = baseTensor.DType.Bits() / 8;
+                    var raw = bytes.AsSpan(0, n * cols * size);
+                    baseFile!.ReadBytes(baseTensor, (long)r0 * cols * size, raw);
+                    var w = ArrayPool<float>.Shared.Rent(n * cols);
+                    try
+                    {
+                        ElementCodec.Decode(baseTensor.DType, raw, w.AsSpan(0, n * cols));
+                        // W + ΔW in F32, rounded once on output (SPEC: results are rounded once).
+                        TensorPrimitives.Add(w.AsSpan(0, n * cols), values, values);
+                    }
+                    finally { ArrayPool<float>.Shared.Return(w); }
+                }
+                writer.AppendSingles(target.Name, values);
+                progress?.Advance((long)n * cols * (target.DType.Bits() / 8), null);
+            }
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(acc);
+            ArrayPool<byte>.Shared.Return(bytes);
+        }
+    }
+
+    /// <summary>Copies an untouched tensor byte for byte, or converts it when <paramref name="target"/>'s dtype differs.</summary>
+    public void Copy(SafetensorsWriter writer, TensorInfo target, SafetensorsFile file, TensorInfo source)
+    {
+        if (target.DType == source.DType)
+        {
+            writer.AppendFrom(target.Name, file, source);
+            progress?.Advance(source.ByteLength, null);
+            return;
+        }
+        const int chunk = 1 << 20;
+        int inSize = source.DType.Bits() / 8;
+        var raw = ArrayPool<byte>.Shared.Rent(chunk * inSize);
+        var values = ArrayPool<float>.Shared.Rent(chunk);
+        try
+        {
+            for (long done = 0; done < source.ElementCount; done += chunk)
+            {
+                ct.ThrowIfCancellationRequested();
+                int n = (int)Math.Min(chunk, source.ElementCount - done);
+                file.ReadBytes(source, done * inSize, raw.AsSpan(0, n * inSize));
+                ElementCodec.Decode(source.DType, raw.AsSpan(0, n * inSize), values.AsSpan(0, n));
+                writer.AppendSingles(target.Name, values.AsSpan(0, n));
+                progress?.Advance((long)n * (target.DType.Bits() / 8), null);
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(raw);
+            ArrayPool<float>.Shared.Return(values);
+        }
+    }
+
+    internal static StorageType Storage(DType d) => d switch
+    {
+        DType.F32 => StorageType.F32,
+        DType.BF16 => StorageType.BF16,
+        DType.F16 => StorageType.F16,
+        _ => throw new ArgumentOutOfRangeException(nameof(d), d, "not a merge dtype"),
+    };
+
+    private static float[] Transpose(float[] x, int rows, int cols)
+    {
+        var t = new float[x.LongLength];
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < cols; j++)
+                t[(long)j * rows + i] = x[(long)i * cols + j];
+        return t;
+    }
+}

@@ -1,0 +1,253 @@
+using System.Text.Json.Nodes;
+using CopaKernels.Formats.Peft;
+using CopaKernels.Formats.Safetensors;
+using CopaKernels.Merge.Streaming;
+using CopaKernels.Tests.Formats;
+using CopaKernels.Tests.Merge;
+
+namespace CopaKernels.Tests.Cli;
+
+/// <summary><c>copa merge</c>'s contract: YAML config with flag overrides, and one clear line + exit 2 for every bad input.</summary>
+public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<StreamingFixture>
+{
+    private string[] Args(string output, params string[] extra)
+    {
+        var args = new List<string> { "merge", "--out", output, "--quiet" };
+        foreach (var a in fx.Adapters) args.AddRange(["--adapter", a]);
+        args.AddRange(extra);
+        return args.ToArray();
+    }
+
+    private static void AssertInvalid((int Code, string Out, string Err) r, string output, params string[] fragments)
+    {
+        Assert.True(r.Code == 2, $"exit {r.Code}: {r.Err}");
+        var lines = r.Err.Trim().Split('\n');
+        Assert.Single(lines);
+        Assert.StartsWith("error: ", lines[0]);
+        foreach (var f in fragments) Assert.Contains(f, lines[0]);
+        Assert.False(Directory.Exists(output) && Directory.EnumerateFileSystemEntries(output).Any(), "output was written");
+    }
+
+    public static TheoryData<string[], string[]> BadFlags() => new()
+    {
+        { ["--method", "copa", "--density", "1.5"], ["density 1.5"] },
+        { ["--method", "copa", "--density", "0"], ["density 0"] },
+        { ["--method", "copa", "--clamp", "1"], ["clamp 1"] },
+        { ["--method", "copa-official", "--clamp", "0.3"], ["copa-official fixes clamp"] },
+        { ["--method", "copa", "--rank", "0"], ["rank '0'"] },
+        { ["--method", "copa", "--rank", "many"], ["rank 'many'"] },
+        { ["--method", "merge-all"], ["unknown method 'merge-all'"] },
+        { ["--method", "copa", "--max-memory", "lots"], ["max-memory 'lots'"] },
+        { ["--method", "copa", "--max-memory", "1MiB"], ["below the minimum"] },
+        { ["--method", "copa", "--out-dtype", "int8"], ["out-dtype 'int8'"] },
+        { ["--method", "copa", "--output", "weights"], ["output 'weights'"] },
+        { ["--method", "copa", "--space", "dense"], ["space 'dense'"] },
+        { ["--method", "copa", "--weight", "1"], ["1 weights for 3 adapters"] },
+        { ["--method", "pcb", "--pcb-ratio", "2"], ["pcb-ratio 2"] },
+        { ["--method", "copa", "--output", "model"], ["--output model needs --base"] },
+        { ["--method", "copa", "--shard-size", "1GB"], ["--shard-size applies to model and delta"] },
+        { ["--method", "ties", "--space", "delta"], ["dense ΔW", "use --output model or delta"] },
+        { ["--method", "copa", "--rank", "100"], ["--rank 100 is above the merged rank 12"] },
+        { ["--method", "copa", "--device", "tpu"], ["unknown device 'tpu'"] },
+        { ["--method", "copa", "--bogus"], ["--bogus"] },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadFlags))]
+    public void BadParameter_OneLine_Exit2_NoOutput(string[] extra, string[] fragments)
+    {
+        var output = fx.NewOutput("bad");
+        AssertInvalid(CliRunner.Run(Args(output, extra)), output, fragments);
+    }
+
+    [Fact]
+    public void MissingAdapter_NamesTheFolder()
+    {
+        var output = fx.NewOutput("missing");
+        var missing = Path.Combine(fx.Root, "no-such-adapter");
+        AssertInvalid(CliRunner.Run(Args(output, "--method", "copa", "--adapter", missing)), output, missing, "not found");
+    }
+
+    [Fact]
+    public void MissingBase_NamesThePath()
+    {
+        var output = fx.NewOutput("nobase");
+        var missing = Path.Combine(fx.Root, "no-such-base");
+        AssertInvalid(CliRunner.Run(Args(output, "--method", "copa", "--output", "model", "--base", missing)), output, missing, "base model not found");
+    }
+
+    [Fact]
+    public void OutputNotEmpty_OrInsideAnInput_IsRefused()
+    {
+        var output = fx.NewOutput("full");
+        Directory.CreateDirectory(output);
+        File.WriteAllText(Path.Combine(output, "keep.txt"), "mine");
+        var r = CliRunner.Run(Args(output, "--method", "copa"));
+        Assert.Equal(2, r.Code);
+        Assert.Contains("not empty", r.Err);
+        Assert.Equal("mine", File.ReadAllText(Path.Combine(output, "keep.txt")));
+
+        var inside = Path.Combine(fx.Adapters[0], "merged");
+        AssertInvalid(CliRunner.Run(Args(inside, "--method", "copa")), inside, "must not be an input or lie inside one");
+    }
+
+    [Fact]
+    public void AdapterForAnotherModel_NamesTheBaseTensorAndShapes()
+    {
+        using var dir = new TempDir();
+        var output = Path.Combine(dir.Path, "out");
+        // Same module names, wrong d_in: the base weight's shape does not match.
+        var other = Path.Combine(dir.Path, "other");
+        var cfg = AdapterWriter.MakeConfig(4, 8, ["q_proj"], null);
+        TestAdapters.WriteRaw(other, cfg,
+        [
+            new TensorSpec(LoraAdapter.KeyA("model.layers.0.self_attn.q_proj"), DType.F32, [4, 65]),
+            new TensorSpec(LoraAdapter.KeyB("model.layers.0.self_attn.q_proj"), DType.F32, [64, 4]),
+        ]);
+        var r = CliRunner.Run("merge", "--method", "copa", "--adapter", other, "--output", "model", "--base", fx.Base, "--out", output);
+        AssertInvalid(r, output, "model.layers.0.self_attn.q_proj.weight", "[64, 64]", "64 × 65");
+    }
+
+    [Fact]
+    public void UnmatchedModule_NamesTheAdapterTensor()
+    {
+        using var dir = new TempDir();
+        var output = Path.Combine(dir.Path, "out");
+        var other = Path.Combine(dir.Path, "other");
+        TestAdapters.WriteRaw(other, AdapterWriter.MakeConfig(4, 8, ["x_proj"], null),
+        [
+            new TensorSpec(LoraAdapter.KeyA("model.layers.0.self_attn.x_proj"), DType.F32, [4, 64]),
+            new TensorSpec(LoraAdapter.KeyB("model.layers.0.self_attn.x_proj"), DType.F32, [64, 4]),
+        ]);
+        var r = CliRunner.Run("merge", "--method", "copa", "--adapter", other, "--output", "model", "--base", fx.Base, "--out", output);
+        AssertInvalid(r, output, "model.layers.0.self_attn.x_proj.lora_A.weight", "not in the base model");
+    }
+
+    [Fact]
+    public void AdaptersWithDifferentModules_OrRanks_AreRefusedBeforeAnyWrite()
+    {
+        using var dir = new TempDir();
+        var output = Path.Combine(dir.Path, "out");
+        var a = TestAdapters.Write(Path.Combine(dir.Path, "a"), r: 4);
+        var b = TestAdapters.Write(Path.Combine(dir.Path, "b"), r: 6);
+        AssertInvalid(CliRunner.Run("merge", "--method", "copa", "--adapter", a, "--adapter", b, "--out", output), output, "ranks differ", "normalize");
+        AssertInvalid(CliRunner.Run("merge", "--method", "copa", "--adapter", a, "--adapter", fx.Adapters[0], "--out", output), output, "model.layers.0.", " here but ");
+        // Unequal ranks are fine without the normalisation: rank Σ r = 10.
+        var ok = CliRunner.Run("merge", "--method", "copa", "--normalize", "false", "--adapter", a, "--adapter", b, "--out", output, "--quiet");
+        Assert.True(ok.Code == 0, ok.Err);
+        using var merged = LoraAdapter.Open(output);
+        Assert.All(merged.Modules, m => Assert.Equal(10, m.Rank));
+    }
+
+    [Fact]
+    public void DenseModuleAboveTheBudget_IsRefusedAtPlanTime()
+    {
+        using var dir = new TempDir();
+        var output = Path.Combine(dir.Path, "out");
+        var adapters = Enumerable.Range(0, 2).Select(i => Path.Combine(dir.Path, $"a{i}")).ToList();
+        foreach (var a in adapters)
+            TestAdapters.WriteRaw(a, AdapterWriter.MakeConfig(2, 2, ["up_proj"], null),
+            [
+                new TensorSpec(LoraAdapter.KeyA("model.layers.0.mlp.up_proj"), DType.BF16, [2, 2048]),
+                new TensorSpec(LoraAdapter.KeyB("model.layers.0.mlp.up_proj"), DType.BF16, [2048, 2]),
+            ]);
+        var args = new List<string> { "merge", "--method", "ties", "--space", "delta", "--output", "delta", "--max-memory", "64MiB", "--out", output };
+        foreach (var a in adapters) args.AddRange(["--adapter", a]);
+        AssertInvalid(CliRunner.Run(args.ToArray()), output, "model.layers.0.mlp.up_proj", "above --max-memory 64 MiB", "--space factors");
+    }
+
+    [Fact]
+    public void Yaml_Config_WithFlagOverrides_AndRelativePaths()
+    {
+        using var dir = new TempDir();
+        var yaml = Path.Combine(fx.Root, $"merge-{Guid.NewGuid():N}.yaml");
+        var rel = fx.Adapters.Select(a => Path.GetRelativePath(fx.Root, a)).ToList();
+        File.WriteAllText(yaml, $"""
+            # a mergekit-style config
+            method: ties
+            adapters:
+              - path: {rel[0]}
+                weight: 1.0
+              - path: {rel[1]}
+                weight: 0.5
+              - path: {rel[2]}
+                weight: 0.25
+            density: 0.3
+            lambda: 1.5
+            out_dtype: f32
+            quiet: true
+            out: out-from-yaml-{Guid.NewGuid():N}
+            """);
+        var output = Path.Combine(dir.Path, "flag-wins");
+        var (code, _, err) = CliRunner.Run("merge", "--config", yaml, "--density", "0.4", "--out", output);
+        Assert.True(code == 0, err);
+        var report = MergeReport.FromJson(File.ReadAllText(Path.Combine(output, MergeReport.FileName)));
+        Assert.Equal("ties", report.Method);
+        Assert.Equal(0.4, Convert.ToDouble(report.Parameters["density"]!.ToString()));
+        Assert.Equal(1.5, Convert.ToDouble(report.Parameters["lambda"]!.ToString()));
+        Assert.Equal("[1,0.5,0.25]", report.Parameters["weights"]!.ToString()!.Replace(" ", "").Replace("\n", "").Replace("\r", ""));
+        Assert.Equal("F32", report.Output.Dtype);
+    }
+
+    public static TheoryData<string, string[]> BadYaml() => new()
+    {
+        { "method: copa\nadapters: [a, b\n", ["not valid YAML", "line"] },
+        { "method: copa\ndensty: 0.5\n", ["unknown setting 'densty'", "line 2"] },
+        { "method: copa\ndensity: lots\n", ["density must be a number"] },
+        { "- copa\n", ["must be a mapping"] },
+        { "method: copa\nadapters: {a: 1}\n", ["adapters must be a list"] },
+        { "method: copa\nmethod: ties\n", ["Duplicate key", "line 2"] },
+        { "", ["empty"] },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadYaml))]
+    public void Yaml_Errors_NameTheFileAndLine(string text, string[] fragments)
+    {
+        using var dir = new TempDir();
+        var yaml = Path.Combine(dir.Path, "merge.yaml");
+        File.WriteAllText(yaml, text);
+        var output = Path.Combine(dir.Path, "out");
+        AssertInvalid(CliRunner.Run("merge", "--config", yaml, "--out", output), output, [yaml, .. fragments]);
+    }
+
+    [Fact]
+    public void MissingConfigFile_NamesIt()
+    {
+        var output = fx.NewOutput("nocfg");
+        var yaml = Path.Combine(fx.Root, "absent.yaml");
+        AssertInvalid(CliRunner.Run("merge", "--config", yaml, "--out", output), output, yaml, "config file not found");
+    }
+
+    [Fact]
+    public void Plain_Run_PrintsPlanAndSummary()
+    {
+        var output = fx.NewOutput("plain");
+        var args = Args(output, "--method", "copa").Where(a => a != "--quiet").ToArray();
+        var (code, stdout, err) = CliRunner.Run(args);
+        Assert.True(code == 0, err);
+        Assert.Contains("plan: copa over 3 adapters, 14 modules", stdout);
+        Assert.Contains("merge_report.json", stdout);
+        Assert.Contains("merging:", err);
+    }
+
+    [Fact]
+    public void Demo_Runs_EndToEnd()
+    {
+        using var dir = new TempDir();
+        var demo = Path.Combine(dir.Path, "demo");
+        var (code, stdout, err) = CliRunner.Run("demo", "--dir", demo, "--quiet", "--layers", "1");
+        Assert.True(code == 0, err);
+        Assert.True(File.Exists(Path.Combine(demo, "merged-adapter", MergeReport.FileName)));
+        Assert.True(File.Exists(Path.Combine(demo, "merged-model", MergeReport.FileName)));
+        Assert.Contains("done.", stdout);
+        // A second run replaces its own folder; a foreign folder is never touched.
+        Assert.Equal(0, CliRunner.Run("demo", "--dir", demo, "--quiet", "--layers", "1", "--generate-only", "--no-base").Code);
+        var foreign = Path.Combine(dir.Path, "foreign");
+        Directory.CreateDirectory(foreign);
+        File.WriteAllText(Path.Combine(foreign, "notes.txt"), "x");
+        var r = CliRunner.Run("demo", "--dir", foreign, "--quiet");
+        Assert.Equal(2, r.Code);
+        Assert.True(File.Exists(Path.Combine(foreign, "notes.txt")));
+    }
+}
