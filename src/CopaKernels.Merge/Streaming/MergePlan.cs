@@ -78,8 +78,11 @@ public sealed class MergePlan : IDisposable
     /// <summary>The working-memory budget for one product tile (all its host and backend buffers).</summary>
     public long TileBytes { get; internal set; }
 
-    /// <summary>Bytes one output element costs across the tile's buffers (base in, output out, host and backend copies).</summary>
-    internal int TileBytesPerElement { get; set; } = 16;
+    /// <summary>
+    /// Bytes one output element of a tile costs at most: the base tile on the host and the backend (4 + 4),
+    /// the backend's output (4), and up to four host output buffers in the write queue (16).
+    /// </summary>
+    internal int TileBytesPerElement { get; set; } = 28;
 
     /// <summary>Whether the next module's factors are read while the current one computes (it fits the budget twice).</summary>
     public bool Prefetch { get; internal set; }

@@ -12,13 +12,13 @@ namespace CopaKernels.Merge.Streaming;
 public static class MergePlanner
 {
     /// <summary>Smallest accepted <see cref="MergeRequest.MaxMemory"/>.</summary>
-    public const long MinMaxMemory = 16L << 20;
+    public const long MinMaxMemory = 64L << 20;
 
     /// <summary>Largest product tile worth having: bigger tiles add memory, not speed.</summary>
     internal const long MaxTileBytes = 64L << 20;
 
-    /// <summary>Chunk buffers for copying and converting untouched tensors.</summary>
-    internal const long CopyBufferBytes = 8L << 20;
+    /// <summary>Chunk buffers for copying and converting untouched tensors: the queue's and the one being filled, 4 MiB each.</summary>
+    internal const long CopyBufferBytes = (WriteQueue.Depth + 2) * (long)TileWriter.CopyChunkBytes;
 
     /// <summary>Plans <paramref name="request"/>; the returned plan owns the opened inputs.</summary>
     public static MergePlan Plan(MergeRequest request)

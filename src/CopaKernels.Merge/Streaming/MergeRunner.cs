@@ -80,24 +80,29 @@ public sealed class MergeRunner
         using var writer = new AdapterWriter(dir, new JsonObject(), specs, _plan.OutDType!.Value, Provenance());
         _progress?.Start(writer.Weights.DataLength, writer.Weights.Layout.Count);
         var written = new List<(string Path, int Rank, double Scale, double Alpha)>();
+        using (var queue = new WriteQueue(_ => writer.Weights))
         using (var feed = new ModuleFeed(_plan, _ct))
         {
+            var tiles = new TileWriter(_backend, queue, _progress, _ct);
+            // The layout is sorted by name, so a module's lora_A and lora_B come next to each other, in plan order.
+            var layout = writer.Weights.Layout;
+            int next = 0;
             foreach (var m in _plan.Modules)
             {
                 var r = (LowRankResult)Merge(feed, m);
-                // The layout is sorted by name, so a module's lora_A and lora_B are next to each other.
                 for (int k = 0; k < 2; k++)
                 {
-                    var t = writer.Weights.Current!;
+                    var t = layout[next++];
                     bool isA = t.Name == LoraAdapter.KeyA(m.Path);
                     if (!isA && t.Name != LoraAdapter.KeyB(m.Path))
                         throw new InvalidOperationException($"{t.Name} is next in the layout, not a factor of {m.Path}");
                     BeforeTensor?.Invoke(t.Name);
-                    writer.Weights.AppendSingles(t.Name, isA ? r.A : r.B);
+                    tiles.Values(t, isA ? r.A : r.B);
                     _progress?.Advance(t.ByteLength, t.Name);
                 }
                 written.Add((m.Path, r.Rank, r.Scale, r.Alpha));
             }
+            queue.Complete();
         }
         writer.Config = AdapterConfigFor(written, first);
         writer.Commit();
@@ -144,14 +149,14 @@ public sealed class MergeRunner
         using var writer = new ShardedWriter(dir, _plan.Shards, meta, indexMeta, _plan.ShardNames);
         var order = writer.WriteOrder.ToList();
         _progress?.Start(writer.TotalSize, order.Count);
-        var tiles = new TileWriter(_backend, _progress, _ct);
+        using (var queue = new WriteQueue(writer.For))
         using (var feed = new ModuleFeed(_plan, _ct))
         {
+            var tiles = new TileWriter(_backend, queue, _progress, _ct);
             foreach (var t in order)
             {
                 _ct.ThrowIfCancellationRequested();
                 BeforeTensor?.Invoke(t.Name);
-                var w = writer.For(t.Name);
                 SafetensorsFile? file = null;
                 TensorInfo? source = null;
                 if (model && !baseModel!.TryGet(t.Name, out file, out source))
@@ -160,12 +165,13 @@ public sealed class MergeRunner
                 {
                     var result = Merge(feed, m);
                     int rows = _plan.TileRowsFor(m);
-                    if (result is LowRankResult lr) tiles.LowRank(w, t, m, lr, file, source, rows);
-                    else tiles.Dense(w, t, m, ((DenseResult)result).Delta, file, source, rows);
+                    if (result is LowRankResult lr) tiles.LowRank(t, m, lr, file, source, rows);
+                    else tiles.Dense(t, m, ((DenseResult)result).Delta, file, source, rows);
                 }
-                else tiles.Copy(w, t, file!, source!);
+                else tiles.Copy(t, file!, source!);
                 _progress?.Advance(0, t.Name);
             }
+            queue.Complete();
         }
         writer.Commit();
         if (model) CopySideFiles(dir);

@@ -13,13 +13,16 @@ namespace CopaKernels.Merge.Streaming;
 /// added and the output dtype rounded in its epilogue (family 3/4); a dense ΔW is added on the host.
 /// Untouched tensors are copied byte for byte, or converted when the output dtype differs.
 /// </summary>
-internal sealed class TileWriter(IMergeBackend backend, IMergeProgress? progress, CancellationToken ct)
+internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, IMergeProgress? progress, CancellationToken ct)
 {
+    /// <summary>Chunk of an untouched tensor's copy.</summary>
+    internal const int CopyChunkBytes = 4 << 20;
+
     /// <summary>
     /// Writes <paramref name="target"/> (rows × cols of the written orientation) as
     /// <c>[base +] Scale·B·A</c>, <paramref name="rowsPerTile"/> rows at a time.
     /// </summary>
-    public void LowRank(SafetensorsWriter writer, TensorInfo target, PlannedModule m, LowRankResult r,
+    public void LowRank(TensorInfo target, PlannedModule m, LowRankResult r,
         SafetensorsFile? baseFile, TensorInfo? baseTensor, int rowsPerTile)
     {
         int rows = m.ProductRows, cols = m.ProductCols, rank = r.Rank;
@@ -37,7 +40,7 @@ internal sealed class TileWriter(IMergeBackend backend, IMergeProgress? progress
         backend.Upload(MemoryMarshal.AsBytes(right.AsSpan()), aBuf, 0);
         using var outBuf = backend.Allocate(tileElems * outType.Size());
         using var baseBuf = baseTensor is null ? null : backend.Allocate(tileElems * baseType.Size());
-        var host = ArrayPool<byte>.Shared.Rent(checked((int)(tileElems * Math.Max(outType.Size(), baseType.Size()))));
+        var input = baseTensor is null ? null : ArrayPool<byte>.Shared.Rent(checked((int)(tileElems * baseType.Size())));
         try
         {
             LowRankTerm[] terms = [new LowRankTerm(bBuf, 0, aBuf, 0, rank, (float)r.Scale)];
@@ -47,78 +50,103 @@ internal sealed class TileWriter(IMergeBackend backend, IMergeProgress? progress
                 int n = Math.Min(tile, rows - r0);
                 if (baseTensor is not null)
                 {
-                    var inBytes = host.AsSpan(0, checked(n * cols * baseType.Size()));
+                    var inBytes = input.AsSpan(0, checked(n * cols * baseType.Size()));
                     baseFile!.ReadBytes(baseTensor, (long)r0 * cols * baseType.Size(), inBytes);
                     backend.Upload(inBytes, baseBuf!, 0);
                 }
                 backend.LowRankProduct(terms, rows, cols,
                     new ProductTile(r0, n, outBuf, 0, outType, baseBuf, 0, baseType));
-                var outBytes = host.AsSpan(0, checked(n * cols * outType.Size()));
-                backend.Download(outBuf, 0, outBytes);
-                writer.Append(target.Name, outBytes);
-                progress?.Advance(outBytes.Length, null);
+                int length = checked(n * cols * outType.Size());
+                var output = WriteQueue.Rent(length);
+                backend.Download(outBuf, 0, output.AsSpan(0, length));
+                queue.Append(target.Name, output, length);
+                progress?.Advance(length, null);
             }
         }
-        finally { ArrayPool<byte>.Shared.Return(host); }
+        finally
+        {
+            if (input != null) ArrayPool<byte>.Shared.Return(input);
+        }
     }
 
     /// <summary>Writes <c>[base +] ΔW</c> for a dense ΔW (d_out × d_in, F32), in row tiles on the host.</summary>
-    public void Dense(SafetensorsWriter writer, TensorInfo target, PlannedModule m, float[] delta,
+    public void Dense(TensorInfo target, PlannedModule m, float[] delta,
         SafetensorsFile? baseFile, TensorInfo? baseTensor, int rowsPerTile)
     {
         int rows = m.ProductRows, cols = m.ProductCols;
         int tile = Math.Min(rowsPerTile, rows);
-        var acc = ArrayPool<float>.Shared.Rent(checked(tile * cols));
-        var bytes = ArrayPool<byte>.Shared.Rent(checked(tile * cols * sizeof(float)));
+        int outSize = target.DType.Bits() / 8;
+        var values = ArrayPool<float>.Shared.Rent(checked(tile * cols));
+        var w = ArrayPool<float>.Shared.Rent(checked(tile * cols));
+        var raw = ArrayPool<byte>.Shared.Rent(checked(tile * cols * sizeof(float)));
         try
         {
             for (int r0 = 0; r0 < rows; r0 += tile)
             {
                 ct.ThrowIfCancellationRequested();
                 int n = Math.Min(tile, rows - r0);
-                var values = acc.AsSpan(0, n * cols);
+                var v = values.AsSpan(0, n * cols);
                 if (m.Transposed)
                     for (int i = 0; i < n; i++)
                         for (int j = 0; j < cols; j++)
-                            values[i * cols + j] = delta[(long)j * m.DIn + r0 + i];
+                            v[i * cols + j] = delta[(long)j * m.DIn + r0 + i];
                 else
-                    delta.AsSpan(checked(r0 * cols), n * cols).CopyTo(values);
+                    delta.AsSpan(checked(r0 * cols), n * cols).CopyTo(v);
                 if (baseTensor is not null)
                 {
                     int size = baseTensor.DType.Bits() / 8;
-                    var raw = bytes.AsSpan(0, n * cols * size);
-                    baseFile!.ReadBytes(baseTensor, (long)r0 * cols * size, raw);
-                    var w = ArrayPool<float>.Shared.Rent(n * cols);
-                    try
-                    {
-                        ElementCodec.Decode(baseTensor.DType, raw, w.AsSpan(0, n * cols));
-                        // W + ΔW in F32, rounded once on output (SPEC: results are rounded once).
-                        TensorPrimitives.Add(w.AsSpan(0, n * cols), values, values);
-                    }
-                    finally { ArrayPool<float>.Shared.Return(w); }
+                    baseFile!.ReadBytes(baseTensor, (long)r0 * cols * size, raw.AsSpan(0, n * cols * size));
+                    ElementCodec.Decode(baseTensor.DType, raw.AsSpan(0, n * cols * size), w.AsSpan(0, n * cols));
+                    // W + ΔW in F32, rounded once on output (SPEC: results are rounded once).
+                    TensorPrimitives.Add(w.AsSpan(0, n * cols), v, v);
                 }
-                writer.AppendSingles(target.Name, values);
-                progress?.Advance((long)n * cols * (target.DType.Bits() / 8), null);
+                int length = n * cols * outSize;
+                var output = WriteQueue.Rent(length);
+                ElementCodec.Encode(target.DType, v, output.AsSpan(0, length));
+                queue.Append(target.Name, output, length);
+                progress?.Advance(length, null);
             }
         }
         finally
         {
-            ArrayPool<float>.Shared.Return(acc);
-            ArrayPool<byte>.Shared.Return(bytes);
+            ArrayPool<float>.Shared.Return(values);
+            ArrayPool<float>.Shared.Return(w);
+            ArrayPool<byte>.Shared.Return(raw);
+        }
+    }
+
+    /// <summary>Writes F32 values converted (rounded to nearest-even) to <paramref name="target"/>'s dtype.</summary>
+    public void Values(TensorInfo target, ReadOnlySpan<float> values)
+    {
+        int size = target.DType.Bits() / 8;
+        int chunk = CopyChunkBytes / size;
+        for (int done = 0; done < values.Length; done += chunk)
+        {
+            int n = Math.Min(chunk, values.Length - done);
+            var output = WriteQueue.Rent((long)n * size);
+            ElementCodec.Encode(target.DType, values.Slice(done, n), output.AsSpan(0, n * size));
+            queue.Append(target.Name, output, n * size);
         }
     }
 
     /// <summary>Copies an untouched tensor byte for byte, or converts it when <paramref name="target"/>'s dtype differs.</summary>
-    public void Copy(SafetensorsWriter writer, TensorInfo target, SafetensorsFile file, TensorInfo source)
+    public void Copy(TensorInfo target, SafetensorsFile file, TensorInfo source)
     {
         if (target.DType == source.DType)
         {
-            writer.AppendFrom(target.Name, file, source);
-            progress?.Advance(source.ByteLength, null);
+            for (long done = 0; done < source.ByteLength; done += CopyChunkBytes)
+            {
+                ct.ThrowIfCancellationRequested();
+                int n = (int)Math.Min(CopyChunkBytes, source.ByteLength - done);
+                var buffer = WriteQueue.Rent(n);
+                file.ReadBytes(source, done, buffer.AsSpan(0, n));
+                queue.Append(target.Name, buffer, n);
+                progress?.Advance(n, null);
+            }
             return;
         }
-        const int chunk = 1 << 20;
-        int inSize = source.DType.Bits() / 8;
+        int inSize = source.DType.Bits() / 8, outSize = target.DType.Bits() / 8;
+        int chunk = CopyChunkBytes / Math.Max(inSize, outSize);
         var raw = ArrayPool<byte>.Shared.Rent(chunk * inSize);
         var values = ArrayPool<float>.Shared.Rent(chunk);
         try
@@ -129,8 +157,10 @@ internal sealed class TileWriter(IMergeBackend backend, IMergeProgress? progress
                 int n = (int)Math.Min(chunk, source.ElementCount - done);
                 file.ReadBytes(source, done * inSize, raw.AsSpan(0, n * inSize));
                 ElementCodec.Decode(source.DType, raw.AsSpan(0, n * inSize), values.AsSpan(0, n));
-                writer.AppendSingles(target.Name, values.AsSpan(0, n));
-                progress?.Advance((long)n * (target.DType.Bits() / 8), null);
+                var output = WriteQueue.Rent((long)n * outSize);
+                ElementCodec.Encode(target.DType, values.AsSpan(0, n), output.AsSpan(0, n * outSize));
+                queue.Append(target.Name, output, n * outSize);
+                progress?.Advance((long)n * outSize, null);
             }
         }
         finally
