@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# End-to-end CoPA merge, copa (C#) vs the plain-PyTorch port of the released CoPA code
+# (bench/peers/copa_merge_torch.py), side by side on one machine.
+#
+# Inputs: 8 BF16 LoRA adapters of rank 16 on all seven projections (q,k,v,o,gate,up,down) of a
+# 32-layer Llama-7B shape, made once by
+#     $COPA demo --preset llama-7b --no-base --generate-only --adapters 8 --rank 16 --dir DIR
+# and kept in DIR for later runs (about 610 MiB).
+#
+# For each method (copa-official, then copa), each round runs `copa merge` (adapter output,
+# --device cpu, --quiet) and the torch script, one after the other, each under /usr/bin/time -v.
+# The order of the two alternates from round to round, so that neither always runs first.
+# Both write BF16 adapters (the inputs' dtype) to a scratch folder that is deleted after each run.
+# The table gives wall seconds and peak RSS for each run. The summary gives, per method, the best
+# (minimum) wall time and the peak RSS of each tool, and the ratios torch/copa (above 1 means
+# copa is faster or smaller).
+#
+# Usage: bench/peers/copa-vs-torch.sh [DIR] [ROUNDS]
+#   DIR     adapter cache folder (default /tmp/copa-7b-adapters)
+#   ROUNDS  runs of each (method, tool) pair (default 1)
+# Environment:
+#   COPA     copa command (default: dotnet src/CopaKernels.Cli/bin/Release/net10.0/copa.dll, relative
+#            to the repository root; this script does not build it)
+#   PYTHON   interpreter with Debian's python3-torch (default /usr/bin/python3)
+#   THREADS  threads for both tools: copa --threads and torch.set_num_threads (default: nproc).
+#            torch is always given --threads explicitly, because its own default here can be 1.
+#   SCRATCH  where the merged outputs go while a run lasts (default: a mktemp -d folder)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+dir=${1:-/tmp/copa-7b-adapters}
+rounds=${2:-1}
+COPA=${COPA:-dotnet src/CopaKernels.Cli/bin/Release/net10.0/copa.dll}
+PYTHON=${PYTHON:-/usr/bin/python3}
+THREADS=${THREADS:-$(nproc)}
+scratch=${SCRATCH:-$(mktemp -d)}
+mkdir -p "$scratch"
+log="$scratch/log"
+: > "$log"
+torch_script=bench/peers/copa_merge_torch.py
+[ -x /usr/bin/time ] || { echo "error: /usr/bin/time is missing (apt-get install time)" >&2; exit 1; }
+
+if [ ! -f "$dir/adapters/task-8/adapter_model.safetensors" ]; then
+  echo "generating the adapters in $dir (once)"
+  $COPA demo --preset llama-7b --no-base --generate-only --adapters 8 --rank 16 --dir "$dir"
+fi
+adapters=()
+for i in 1 2 3 4 5 6 7 8; do adapters+=(--adapter "$dir/adapters/task-$i"); done
+
+# Read the page cache in once, so that the first timed run doesn't pay for the disk.
+cat "$dir"/adapters/task-*/adapter_model.safetensors > /dev/null
+
+echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB"
+echo "copa:  $COPA merge ... --device cpu --threads $THREADS --quiet"
+echo "torch: $PYTHON $torch_script ... --threads $THREADS   ($($PYTHON -c 'import torch; print("torch", torch.__version__, "- its default here:", torch.get_num_threads(), "thread(s)")'))"
+echo "inputs: 8 BF16 adapters, rank 16, Llama-7B shape, 32 layers x 7 modules, in $dir; outputs BF16"
+echo
+
+results=()   # "method tool round wall_s rss_mb"
+run_one() {  # method tool round
+  local method=$1 tool=$2 round=$3 out="$scratch/out" tv="$scratch/time.txt" rc=0
+  rm -rf "$out"
+  if [ "$tool" = copa ]; then
+    /usr/bin/time -v -o "$tv" $COPA merge --method "$method" "${adapters[@]}" --out "$out" \
+      --device cpu --threads "$THREADS" --quiet >> "$log" 2>&1 || rc=$?
+  else
+    /usr/bin/time -v -o "$tv" "$PYTHON" "$torch_script" --method "$method" "${adapters[@]}" --out "$out" \
+      --threads "$THREADS" > "$scratch/torch.txt" 2>&1 || rc=$?
+    cat "$scratch/torch.txt" >> "$log"
+  fi
+  if [ "$rc" != 0 ]; then
+    echo "error: $tool $method failed (exit $rc); see $log" >&2
+    cat "$tv" >&2
+    exit 1
+  fi
+  local wall rss
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/{n=split($2,p,":"); s=0; for(i=1;i<=n;i++) s=s*60+p[i]; printf "%.2f", s}' "$tv")
+  rss=$(awk -F': ' '/Maximum resident set size/{printf "%.0f", $2/1024}' "$tv")
+  results+=("$method $tool $round $wall $rss")
+  printf '%-14s %-6s %5s %9s %12s' "$method" "$tool" "$round" "$wall" "$rss"
+  if [ "$tool" = torch ]; then
+    printf '   %s' "$(grep '^time:' "$scratch/torch.txt" | sed 's/^time: //; s/, total incl.*//')"
+  fi
+  echo
+  rm -rf "$out"
+}
+
+printf '%-14s %-6s %5s %9s %12s\n' method tool round "wall s" "peak RSS MB"
+for method in copa-official copa; do
+  for r in $(seq 1 "$rounds"); do
+    if [ $((r % 2)) = 1 ]; then order="copa torch"; else order="torch copa"; fi
+    for tool in $order; do run_one "$method" "$tool" "$r"; done
+  done
+done
+
+echo
+echo "summary (best wall time and largest peak RSS over $rounds round(s); ratio = torch / copa):"
+printf '%-14s %12s %12s %12s %12s %10s %10s\n' method "copa wall s" "torch wall s" "copa RSS MB" "torch RSS MB" "speed x" "memory x"
+printf '%s\n' "${results[@]}" | awk '
+  { k=$1; t=$2; w=$4; m=$5
+    if (!((k,t) in W) || w < W[k,t]) W[k,t]=w
+    if (!((k,t) in M) || m > M[k,t]) M[k,t]=m
+    if (!(k in seen)) { seen[k]=1; order[++n]=k } }
+  END { for (i=1;i<=n;i++) { k=order[i]
+          printf "%-14s %12.2f %12.2f %12d %12d %10.2f %10.2f\n", k, W[k,"copa"], W[k,"torch"], M[k,"copa"], M[k,"torch"],
+                 W[k,"torch"]/W[k,"copa"], M[k,"torch"]/M[k,"copa"] } }'
+echo
+echo "torch ran with --threads $THREADS (set explicitly); copa with --threads $THREADS. Logs: $log"
