@@ -13,7 +13,11 @@
 # Both write BF16 adapters (the inputs' dtype) to a scratch folder that is deleted after each run.
 # The table gives wall seconds and peak RSS for each run. The summary gives, per method, the best
 # (minimum) wall time and the peak RSS of each tool, and the ratios torch/copa (above 1 means
-# copa is faster or smaller).
+# copa is faster or smaller). "CPU s" is user+sys seconds (less sensitive to other load than wall
+# time, though torch's OpenMP threads also burn CPU waiting at barriers when a core is taken away from
+# them). CPU is the share of a CPU the run got (/usr/bin/time: 200% = both
+# cores of a 2-core machine) and "load 1min" is /proc/loadavg just after the run: a load above the
+# thread count means other work was competing for the cores and the row's wall time is inflated.
 #
 # Usage: bench/peers/copa-vs-torch.sh [DIR] [ROUNDS]
 #   DIR     adapter cache folder (default /tmp/copa-7b-adapters)
@@ -26,9 +30,10 @@
 #            torch is always given --threads explicitly, because its own default here can be 1.
 #   SCRATCH  where the merged outputs go while a run lasts (default: a mktemp -d folder)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-dir=${1:-/tmp/copa-7b-adapters}
+dir=$(realpath -m "${1:-/tmp/copa-7b-adapters}")   # resolved before the cd below
 rounds=${2:-1}
+if [ -n "${SCRATCH:-}" ]; then SCRATCH=$(realpath -m "$SCRATCH"); fi
+cd "$(dirname "$0")/../.."
 COPA=${COPA:-dotnet src/CopaKernels.Cli/bin/Release/net10.0/copa.dll}
 PYTHON=${PYTHON:-/usr/bin/python3}
 THREADS=${THREADS:-$(nproc)}
@@ -55,7 +60,7 @@ echo "torch: $PYTHON $torch_script ... --threads $THREADS   ($($PYTHON -c 'impor
 echo "inputs: 8 BF16 adapters, rank 16, Llama-7B shape, 32 layers x 7 modules, in $dir; outputs BF16"
 echo
 
-results=()   # "method tool round wall_s rss_mb"
+results=()   # "method tool round wall_s rss_mb cpu_s"
 run_one() {  # method tool round
   local method=$1 tool=$2 round=$3 out="$scratch/out" tv="$scratch/time.txt" rc=0
   rm -rf "$out"
@@ -72,11 +77,14 @@ run_one() {  # method tool round
     cat "$tv" >&2
     exit 1
   fi
-  local wall rss
+  local wall rss cpu load cpus
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  cpu=$(awk -F': ' '/Percent of CPU this job got/{print $2}' "$tv")
+  cpus=$(awk -F': ' '/User time \(seconds\)|System time \(seconds\)/{s+=$2} END{printf "%.2f", s}' "$tv")
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/{n=split($2,p,":"); s=0; for(i=1;i<=n;i++) s=s*60+p[i]; printf "%.2f", s}' "$tv")
   rss=$(awk -F': ' '/Maximum resident set size/{printf "%.0f", $2/1024}' "$tv")
-  results+=("$method $tool $round $wall $rss")
-  printf '%-14s %-6s %5s %9s %12s' "$method" "$tool" "$round" "$wall" "$rss"
+  results+=("$method $tool $round $wall $rss $cpus")
+  printf '%-14s %-6s %5s %9s %12s %8s %6s %9s' "$method" "$tool" "$round" "$wall" "$rss" "$cpus" "$cpu" "$load"
   if [ "$tool" = torch ]; then
     printf '   %s' "$(grep '^time:' "$scratch/torch.txt" | sed 's/^time: //; s/, total incl.*//')"
   fi
@@ -84,7 +92,7 @@ run_one() {  # method tool round
   rm -rf "$out"
 }
 
-printf '%-14s %-6s %5s %9s %12s\n' method tool round "wall s" "peak RSS MB"
+printf '%-14s %-6s %5s %9s %12s %8s %6s %9s\n' method tool round "wall s" "peak RSS MB" "CPU s" "CPU" "load 1min"
 for method in copa-official copa; do
   for r in $(seq 1 "$rounds"); do
     if [ $((r % 2)) = 1 ]; then order="copa torch"; else order="torch copa"; fi
@@ -93,15 +101,17 @@ for method in copa-official copa; do
 done
 
 echo
-echo "summary (best wall time and largest peak RSS over $rounds round(s); ratio = torch / copa):"
-printf '%-14s %12s %12s %12s %12s %10s %10s\n' method "copa wall s" "torch wall s" "copa RSS MB" "torch RSS MB" "speed x" "memory x"
+echo "summary (best wall time, best CPU time and largest peak RSS over $rounds round(s); ratios = torch / copa):"
+printf '%-14s %12s %12s %12s %12s %11s %11s %8s %8s %9s\n' method "copa wall s" "torch wall s" "copa RSS MB" "torch RSS MB" \
+  "copa CPU s" "torch CPU s" "speed x" "memory x" "CPU-time x"
 printf '%s\n' "${results[@]}" | awk '
-  { k=$1; t=$2; w=$4; m=$5
+  { k=$1; t=$2; w=$4; m=$5; c=$6
     if (!((k,t) in W) || w < W[k,t]) W[k,t]=w
+    if (!((k,t) in C) || c < C[k,t]) C[k,t]=c
     if (!((k,t) in M) || m > M[k,t]) M[k,t]=m
     if (!(k in seen)) { seen[k]=1; order[++n]=k } }
   END { for (i=1;i<=n;i++) { k=order[i]
-          printf "%-14s %12.2f %12.2f %12d %12d %10.2f %10.2f\n", k, W[k,"copa"], W[k,"torch"], M[k,"copa"], M[k,"torch"],
-                 W[k,"torch"]/W[k,"copa"], M[k,"torch"]/M[k,"copa"] } }'
+          printf "%-14s %12.2f %12.2f %12d %12d %11.2f %11.2f %8.2f %8.2f %9.2f\n", k, W[k,"copa"], W[k,"torch"], M[k,"copa"], M[k,"torch"],
+                 C[k,"copa"], C[k,"torch"], W[k,"torch"]/W[k,"copa"], M[k,"torch"]/M[k,"copa"], C[k,"torch"]/C[k,"copa"] } }'
 echo
 echo "torch ran with --threads $THREADS (set explicitly); copa with --threads $THREADS. Logs: $log"

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using System.Runtime.InteropServices;
 using CopaKernels.Formats;
 using CopaKernels.Kernels;
@@ -48,7 +49,7 @@ internal static class ModuleOps
     /// <summary>c·x as a new array.</summary>
     public static float[] Scaled(float[] x, float c)
     {
-        var y = new float[x.Length];
+        var y = GC.AllocateUninitializedArray<float>(x.Length);
         TensorPrimitives.Multiply(x, c, y);
         return y;
     }
@@ -64,7 +65,7 @@ internal static class ModuleOps
         backend.Upload(MemoryMarshal.AsBytes(t.A.AsSpan()), a, 0);
         LowRankTerm[] terms = [new LowRankTerm(b, 0, a, 0, t.Rank, (float)t.Scale)];
         backend.LowRankProduct(terms, m.DOut, m.DIn, new ProductTile(0, m.DOut, o));
-        var result = new float[(long)m.DOut * m.DIn];
+        var result = GC.AllocateUninitializedArray<float>(checked(m.DOut * m.DIn));
         backend.Download(o, 0, MemoryMarshal.AsBytes(result.AsSpan()));
         return result;
     }
@@ -77,21 +78,37 @@ internal static class ModuleOps
         Func<int, int, double> coefficient, ModuleStats stats)
     {
         int total = m.Tasks.Sum(t => t.Rank), dOut = m.DOut, dIn = m.DIn;
-        var b = new float[(long)dOut * total];
-        var a = new float[(long)total * dIn];
+        // Every entry is written below, so skip the zeroing.
+        var b = GC.AllocateUninitializedArray<float>(checked(dOut * total));
+        var a = GC.AllocateUninitializedArray<float>(checked(total * dIn));
         int col = 0;
         for (int task = 0; task < m.Tasks.Count; task++)
         {
             int r = m.Tasks[task].Rank;
             var coef = new float[r];
             for (int j = 0; j < r; j++) coef[j] = (float)coefficient(task, j);
-            var bt = bs[task];
-            for (int i = 0; i < dOut; i++)
-                for (int j = 0; j < r; j++)
-                    b[(long)i * total + col + j] = bt[(long)i * r + j] * coef[j];
+            ScaleColumnsInto(bs[task], coef, dOut, r, b, total, col);
             Array.Copy(@as[task], 0, a, (long)col * dIn, (long)r * dIn);
             col += r;
         }
         return new LowRankResult(b, a, total, 1.0, total) { Stats = stats };
+    }
+
+    /// <summary>dst[i, col + j] = x[i, j]·s[j] for the rows × r matrix x, into a matrix with row stride <paramref name="stride"/>.</summary>
+    internal static void ScaleColumnsInto(float[] x, float[] s, int rows, int r, float[] dst, int stride, int col)
+    {
+        int w = Vector256<float>.Count;
+        if (Vector256.IsHardwareAccelerated && r % w == 0)
+        {
+            var sv = new Vector256<float>[r / w];
+            for (int v = 0; v < sv.Length; v++) sv[v] = Vector256.Create(s, v * w);
+            for (int i = 0; i < rows; i++)
+                for (int v = 0; v < sv.Length; v++)
+                    (Vector256.Create(x, i * r + v * w) * sv[v]).CopyTo(dst, i * stride + col + v * w);
+            return;
+        }
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < r; j++)
+                dst[(long)i * stride + col + j] = x[(long)i * r + j] * s[j];
     }
 }

@@ -32,7 +32,7 @@ internal sealed class PackedTensors : IDisposable
 
     public float[] Download(int i)
     {
-        var r = new float[Ranges[i].Length];
+        var r = GC.AllocateUninitializedArray<float>(checked((int)Ranges[i].Length));
         _backend.Download(Buffer, Ranges[i].Offset * sizeof(float), MemoryMarshal.AsBytes(r.AsSpan()));
         return r;
     }

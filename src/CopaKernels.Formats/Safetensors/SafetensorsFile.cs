@@ -119,7 +119,7 @@ public sealed class SafetensorsFile : IDisposable
     /// <summary>Reads a whole float tensor as F32 (use only for tensors known to be small).</summary>
     public float[] ReadSingles(TensorInfo tensor)
     {
-        var a = new float[checked((int)tensor.ElementCount)];
+        var a = GC.AllocateUninitializedArray<float>(checked((int)tensor.ElementCount));
         ReadSingles(tensor, 0, a);
         return a;
     }

@@ -4,7 +4,7 @@ namespace CopaKernels.Kernels.Cpu;
 
 /// <summary>
 /// Host memory of the CPU backend: 64-byte aligned native memory (no 2 GiB limit, no GC moves),
-/// zero-filled on allocation.
+/// zero-filled on allocation. Freed blocks of common sizes are kept for reuse (see <see cref="BufferPool"/>).
 /// </summary>
 public sealed unsafe class CpuBuffer : KernelBuffer
 {
@@ -16,7 +16,7 @@ public sealed unsafe class CpuBuffer : KernelBuffer
         ArgumentOutOfRangeException.ThrowIfNegative(byteLength);
         _owner = owner;
         ByteLength = byteLength;
-        _ptr = NativeMemory.AlignedAlloc((nuint)Math.Max(byteLength, 64), 64);
+        _ptr = BufferPool.Rent(byteLength);
         NativeMemory.Clear(_ptr, (nuint)byteLength);
         if (byteLength > 0) GC.AddMemoryPressure(byteLength);
     }
@@ -45,7 +45,7 @@ public sealed unsafe class CpuBuffer : KernelBuffer
     public override void Dispose()
     {
         if (_ptr == null) return;
-        NativeMemory.AlignedFree(_ptr);
+        BufferPool.Return(_ptr, ByteLength);
         _ptr = null;
         if (ByteLength > 0) GC.RemoveMemoryPressure(ByteLength);
     }

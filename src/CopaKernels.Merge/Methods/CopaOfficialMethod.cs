@@ -1,3 +1,5 @@
+using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using CopaKernels.Formats;
 using CopaKernels.Kernels;
 
@@ -37,20 +39,40 @@ public sealed class CopaOfficialMethod : IMergeMethod
         var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, normalize: true, stats);
         int r = first.Rank, dOut = module.DOut, dIn = module.DIn;
         float lambda = (float)options.EffectiveLambda;
-        var a = new float[(long)r * dIn];
-        var b = new float[(long)dOut * r];
+        // A_m = λ Σ_n Ã_n and B_m = λ Σ_n B̃_n·diag(S̃_n): sums in task order, each product rounded
+        // before its add (no fused multiply-add), as the scalar definition.
+        var a = GC.AllocateUninitializedArray<float>(checked(r * dIn));
+        scaled.ATrimmed[0].CopyTo(a, 0);
+        for (int task = 1; task < module.Tasks.Count; task++) TensorPrimitives.Add(a, scaled.ATrimmed[task], a);
+        TensorPrimitives.Multiply(a, lambda, a);
+        var b = new float[checked(dOut * r)];
         for (int task = 0; task < module.Tasks.Count; task++)
-        {
-            var at = scaled.ATrimmed[task];
-            for (long i = 0; i < a.LongLength; i++) a[i] += at[i];
-            var bt = scaled.BTrimmed[task];
-            var s = scaled.S[task].Select(x => (float)x).ToArray();
-            for (int i = 0; i < dOut; i++)
-                for (int j = 0; j < r; j++)
-                    b[(long)i * r + j] += bt[(long)i * r + j] * s[j];
-        }
-        for (long i = 0; i < a.LongLength; i++) a[i] *= lambda;
-        for (long i = 0; i < b.LongLength; i++) b[i] *= lambda;
+            AddColumnScaled(scaled.BTrimmed[task], scaled.S[task].Select(x => (float)x).ToArray(), b, dOut, r);
+        TensorPrimitives.Multiply(b, lambda, b);
         return new LowRankResult(b, a, r, first.Scale, first.Alpha) { Stats = stats };
+    }
+
+    /// <summary>acc[i, j] += x[i, j]·s[j] for a rows × r row-major matrix.</summary>
+    private static void AddColumnScaled(float[] x, float[] s, float[] acc, int rows, int r)
+    {
+        if (Vector256.IsHardwareAccelerated && r % Vector256<float>.Count == 0)
+        {
+            int w = Vector256<float>.Count;
+            var sv = new Vector256<float>[r / w];
+            for (int v = 0; v < sv.Length; v++) sv[v] = Vector256.Create(s, v * w);
+            for (int i = 0; i < rows; i++)
+            {
+                int row = i * r;
+                for (int v = 0; v < sv.Length; v++)
+                {
+                    int o = row + v * w;
+                    (Vector256.Create(x, o) * sv[v] + Vector256.Create(acc, o)).CopyTo(acc, o);
+                }
+            }
+            return;
+        }
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < r; j++)
+                acc[i * r + j] += x[i * r + j] * s[j];
     }
 }
