@@ -16,7 +16,8 @@ namespace CopaKernels.Gpu;
 /// <remarks>
 /// What matches a real <c>CudaAccelerator</c>: the backend is built the same way
 /// (<see cref="CudaCapabilityContext"/> of the architecture, no NVVM), and the context has ILGPU.Algorithms
-/// enabled and the optimisation level a release build of this library uses. Like ILGPU 1.5.3 itself,
+/// enabled and optimisation level O2 (the library's CUDA contexts should use the same settings, or
+/// this check tests different PTX from the one that runs). Like ILGPU 1.5.3 itself,
 /// the PTX's <c>.target</c> is at most <c>sm_80</c> (newer GPUs JIT it), so ptxas must be told the real
 /// GPU with <c>--gpu-name</c>. The PTX ISA is the one ILGPU picks for a CUDA 11.8 driver
 /// (<see cref="DriverVersion"/>, ISA 7.8 for sm_80 and sm_90), the newest that Debian 12's ptxas 11.8
