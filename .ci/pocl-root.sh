@@ -83,33 +83,9 @@ remove_tree() {
   rm -rf --one-file-system "$1"
 }
 
-# The Debian mirror apt uses here: the first URI of a source for the host's own suite.
-host_mirror() {
-  local codename f
-  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [[ -f $f ]] || continue
-    awk -v s="$codename" '$1 == "deb" { for (i = 2; i < NF; i++) if ($i ~ /^[a-z]+:\/\// && $(i + 1) == s) { print $i; exit } }' "$f"
-  done
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [[ -f $f ]] || continue
-    # deb822 stanzas: print the URI of a stanza whose Suites list the codename.
-    awk -v s="$codename" '
-      function flush() { if (uri != "" && hit && isdeb) print uri; uri = ""; hit = 0; isdeb = 1 }
-      BEGIN { isdeb = 1 }
-      /^[ \t]*$/ { flush(); next }
-      /^#/ { next }
-      /^Types:/ { isdeb = ($0 ~ /[ \t]deb([ \t]|$)/) }
-      /^URIs:/ { uri = $2 }
-      /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == s) hit = 1 }
-      /^Enabled:[ \t]*no/ { isdeb = 0 }
-      END { flush() }' "$f"
-  done
-}
-
-mirror=${COPA_DEBIAN_MIRROR:-$(host_mirror | grep -v -e security -e '^$' | head -n 1 || true)}
-mirror=${mirror:-http://deb.debian.org/debian}
-mirror=${mirror%/}
+# The Debian mirror: $COPA_DEBIAN_MIRROR, else the one apt uses on this host (debian-mirror.sh).
+. "$here/debian-mirror.sh"
+mirror=$(debian_mirror)
 buildlog="$ROOT.build.log"
 : >"$buildlog"
 fail() { # prints the tail of the build log, then dies
