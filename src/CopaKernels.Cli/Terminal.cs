@@ -21,12 +21,5 @@ internal static class Terminal
     }
 
     /// <summary>Human-readable byte count (binary units).</summary>
-    public static string Bytes(long n)
-    {
-        string[] units = ["B", "KiB", "MiB", "GiB", "TiB"];
-        double v = n;
-        int u = 0;
-        while (v >= 1024 && u < units.Length - 1) { v /= 1024; u++; }
-        return u == 0 ? $"{n} B" : $"{v:0.##} {units[u]}";
-    }
+    public static string Bytes(long n) => CopaKernels.Merge.Streaming.MemorySize.Format(n);
 }
