@@ -56,7 +56,7 @@ public abstract class SelectionSuite : IDisposable
         Assert.Equal(data.Select(BitConverter.SingleToUInt32Bits), Download(buf2, 0, data.Length).Select(BitConverter.SingleToUInt32Bits));
     }
 
-    [Fact]
+    [BackendFact]
     public void EverySize0To256_EveryKind_MatchesReference()
     {
         for (int n = 0; n <= 256; n++)
@@ -65,7 +65,7 @@ public abstract class SelectionSuite : IDisposable
                     CheckOne(TestData.Make(kind, n, 1), d, $"n={n} kind={kind} density={d}");
     }
 
-    [Theory]
+    [BackendTheory]
     [InlineData(1)]
     [InlineData(31)]
     [InlineData(33)]
@@ -81,7 +81,7 @@ public abstract class SelectionSuite : IDisposable
                 CheckOne(TestData.Make(kind, n, 2), d, $"n={n} kind={kind} density={d}");
     }
 
-    [Theory]
+    [BackendTheory]
     [InlineData(300_001)]
     [InlineData((1 << 20) + 3)]
     public void LargeTensors_MatchReference(int n)
@@ -92,7 +92,7 @@ public abstract class SelectionSuite : IDisposable
                 CheckOne(TestData.Make(kind, n, 3), d, $"n={n} kind={kind} density={d}");
     }
 
-    [Theory]
+    [BackendTheory]
     [InlineData(float.NaN)]
     [InlineData(float.PositiveInfinity)]
     [InlineData(float.NegativeInfinity)]
@@ -111,7 +111,7 @@ public abstract class SelectionSuite : IDisposable
         }
     }
 
-    [Fact]
+    [BackendFact]
     public void Batched_LoraFactorSet_MatchesPerTensorReference()
     {
         // A's of 16×256, B's of 256×16 and 448×16 with gaps between them, every kind.
@@ -147,7 +147,7 @@ public abstract class SelectionSuite : IDisposable
         }
     }
 
-    [Fact]
+    [BackendFact]
     public void Batched_NonFinite_NamesTheFirstBadTensor()
     {
         var data = TestData.Make("gaussian", 4 * 1000, 5);
@@ -159,7 +159,7 @@ public abstract class SelectionSuite : IDisposable
         Assert.Equal(2, e.RangeIndex);
     }
 
-    [Theory]
+    [BackendTheory]
     [InlineData(16, 4096)]
     [InlineData(16, 1027)]
     [InlineData(7, 33)]
