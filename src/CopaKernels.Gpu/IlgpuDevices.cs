@@ -79,7 +79,7 @@ public static class IlgpuDevices
     /// ILGPU's CPU emulator, for tests: 2 multiprocessors of 16 threads per group. Its group threads are OS
     /// threads that meet at every barrier, so groups stay small; ILGPU's default device allows 16 as well.
     /// </summary>
-    public static IlgpuBackend OpenCpuEmulator(int threadsPerGroup = 16)
+    public static IlgpuBackend OpenCpuEmulator(int threadsPerGroup = 4)
     {
         var device = new CPUDevice(numThreadsPerWarp: 4, numWarpsPerMultiprocessor: Math.Max(1, threadsPerGroup / 4), numMultiprocessors: 2);
         var context = Context.Create(b => b.CPU(device).Optimize(OptimizationLevel.O1));

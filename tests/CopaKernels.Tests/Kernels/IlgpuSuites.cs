@@ -29,6 +29,9 @@ public sealed class IlgpuCpuSelectionTests : SelectionSuite
 
     protected override int MaxSize => 1 << 17;
 
+    // Every length up to a group's worth of threads, the ones around multiples of 32, and the top end.
+    protected override bool CheckEverySize(int n) => n <= 33 || n % 32 is 0 or 1 or 31 || n >= 254;
+
     public override void Dispose() { }
 }
 
@@ -53,6 +56,9 @@ public sealed class IlgpuCpuLowRankProductTests : LowRankProductSuite
     protected override IMergeBackend CreateBackend(int threads) => s_backend.Value;
 
     protected override bool OwnsBackend => false;
+
+    // The emulator does a few million multiply-adds a second; OpenCL runs the big shapes.
+    protected override long MaxTileElements => 70_000;
 }
 
 /// <summary>The low-rank product suite on the first usable OpenCL device.</summary>
