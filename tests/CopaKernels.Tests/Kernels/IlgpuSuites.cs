@@ -32,6 +32,8 @@ public sealed class IlgpuCpuSelectionTests : SelectionSuite
     // Every length up to a group's worth of threads, the ones around multiples of 32, and the top end.
     protected override bool CheckEverySize(int n) => n <= 33 || n % 32 is 0 or 1 or 31 || n >= 254;
 
+    protected override int ManyTensors => 300;
+
     public override void Dispose() { }
 }
 

@@ -18,6 +18,9 @@ public abstract class SelectionSuite : IDisposable
     /// <summary>Whether <see cref="EverySize0To256_EveryKind_MatchesReference"/> checks length n (an emulator checks a subset).</summary>
     protected virtual bool CheckEverySize(int n) => true;
 
+    /// <summary>How many small tensors <see cref="Batched_ThousandsOfSmallTensors_MatchPerTensorReference"/> selects in one call.</summary>
+    protected virtual int ManyTensors => 3000;
+
     public static readonly double[] Densities = [1.0, 0.9, 0.5, 0.2, 0.01, 1e-6, 1e-17];
 
     public virtual void Dispose() => Backend.Dispose();
@@ -150,6 +153,32 @@ public abstract class SelectionSuite : IDisposable
                 Assert.Equal(expected.Select(BitConverter.SingleToUInt32Bits), got.Select(BitConverter.SingleToUInt32Bits));
                 for (int g = 0; g < 3; g++) Assert.Equal(0f, after[ranges[i].Offset + sizes[i] + g]);
             }
+        }
+    }
+
+    [BackendFact]
+    public void Batched_ThousandsOfSmallTensors_MatchPerTensorReference()
+    {
+        // Every LoRA factor of a model in one call: thousands of small tensors of every kind and length, plus one
+        // long enough to take the whole-device path, back to back with no gaps.
+        var rng = new Random(11);
+        var sizes = Enumerable.Range(0, ManyTensors).Select(_ => rng.Next(0, 200)).Append(40_003).ToArray();
+        var tensors = sizes.Select((n, i) => TestData.Make(TestData.Kinds[i % TestData.Kinds.Length], n, i)).ToArray();
+        var all = tensors.SelectMany(t => t).ToArray();
+        var ranges = new TensorRange[sizes.Length];
+        for (int i = 0, off = 0; i < sizes.Length; off += sizes[i], i++) ranges[i] = new TensorRange(off, sizes[i]);
+        using var buf = Upload(all);
+        var results = new SelectionResult[sizes.Length];
+        Backend.SelectByMagnitudeBatched(buf, ranges, 0.3, results);
+        var after = Download(buf, 0, all.Length);
+        for (int i = 0; i < sizes.Length; i++)
+        {
+            var expected = (float[])tensors[i].Clone();
+            var want = ReferenceMagnitudeSelection.Select(expected, 0.3);
+            Assert.True(want == results[i], $"tensor {i} (n={sizes[i]}): expected {want}, got {results[i]}");
+            var got = after.AsSpan((int)ranges[i].Offset, sizes[i]).ToArray();
+            Assert.True(expected.Select(BitConverter.SingleToUInt32Bits).SequenceEqual(got.Select(BitConverter.SingleToUInt32Bits)),
+                $"tensor {i} (n={sizes[i]}): mask differs");
         }
     }
 
