@@ -8,7 +8,8 @@ namespace CopaKernels.Gpu;
 /// The merge kernels as hand-written ILGPU kernels on one device (CUDA, OpenCL, or ILGPU's CPU emulator for
 /// tests). The backend owns its ILGPU context, accelerator and stream; every kernel is compiled once, when
 /// the backend is created, and kept as a launch delegate. Work is queued on the one stream in order;
-/// <see cref="Download"/> and the selections (which read their results back) wait for it.
+/// <see cref="Download"/> and the selections (which read their results back) wait for it. Like the stream
+/// it wraps, a backend serves one caller at a time.
 /// </summary>
 public sealed class IlgpuBackend : IMergeBackend
 {

@@ -68,7 +68,8 @@ public static class IlgpuDevices
         int index = int.Parse(s.AsSpan(s.IndexOf(':') + 1), System.Globalization.CultureInfo.InvariantCulture);
         if (info.Kind == BackendKind.Cuda)
         {
-            var context = Context.Create(b => b.Cuda().Optimize(OptimizationLevel.O1));
+            // O2 also selects ILGPU's enhanced PTX block scheduling; it is what the PTX/ptxas check compiles.
+            var context = Context.Create(b => b.Cuda().Optimize(OptimizationLevel.O2));
             return new IlgpuBackend(context, context.GetCudaDevice(index), BackendKind.Cuda, info.Id);
         }
         var clContext = Context.Create(b => b.OpenCL(_ => true).Optimize(OptimizationLevel.O1));
