@@ -30,8 +30,14 @@ internal sealed class MagnitudeSelection : IDisposable
     /// <summary>Largest group the shared scratch arrays are sized for.</summary>
     internal const int MaxGroupSize = 256;
 
-    /// <summary>Tensors up to this many elements are selected by one group; longer ones by the whole device.</summary>
+    /// <summary>A lone tensor up to this many elements is selected by one group; a longer one by the whole device.</summary>
     internal const long SmallLimit = 1 << 15;
+
+    /// <summary>
+    /// In a batch of several tensors, the one-group form takes tensors up to this length: the groups of the
+    /// other tensors keep the device busy, and one launch beats seven per tensor.
+    /// </summary>
+    internal const long BatchSmallLimit = 1 << 18;
 
     // State of a multi-group select, as longs: remaining rank, keys below the prefix, prefix bits, status.
     private const int StateRank = 0, StateLess = 1, StatePrefix = 2, StateStatus = 3;
@@ -43,7 +49,7 @@ internal sealed class MagnitudeSelection : IDisposable
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<uint>, ArrayView<long>, int> _pick;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, long, ArrayView<long>> _mask;
     private readonly MemoryBuffer1D<uint, Stride1D.Dense> _globalHistogram;
-    private readonly MemoryBuffer1D<long, Stride1D.Dense> _state;
+    private MemoryBuffer1D<long, Stride1D.Dense>? _state;
     private MemoryBuffer1D<long, Stride1D.Dense>? _batch;
 
     public MagnitudeSelection(IlgpuBackend backend)
@@ -56,7 +62,6 @@ internal sealed class MagnitudeSelection : IDisposable
         _mask = acc.LoadKernel<ArrayView<float>, long, ArrayView<long>>(MaskKernel);
         _globalHistogram = acc.Allocate1D<uint>(Bins);
         _globalHistogram.View.MemSetToZero(backend.Stream);
-        _state = acc.Allocate1D<long>(4);
     }
 
     public SelectionResult Select(IlgpuBuffer x, TensorRange range, double density, bool applyMask)
@@ -69,24 +74,21 @@ internal sealed class MagnitudeSelection : IDisposable
     public void SelectBatched(IlgpuBuffer x, ReadOnlySpan<TensorRange> ranges, double density, Span<SelectionResult> results, bool applyMask)
     {
         int count = ranges.Length;
+        long limit = count == 1 ? SmallLimit : BatchSmallLimit;
         var bits = new long[count];
         var less = new long[count];
         var status = new long[count];
         var small = new List<int>();
+        var large = new List<int>();
         for (int i = 0; i < count; i++)
         {
             if (ranges[i].Length > uint.MaxValue)
                 throw new ArgumentOutOfRangeException(nameof(ranges), $"tensor {i} has {ranges[i].Length} elements; the ILGPU selection counts in 32 bits");
-            if (ranges[i].Length > SmallLimit) continue;
-            if (ranges[i].Length > 0) small.Add(i);
+            if (ranges[i].Length > limit) large.Add(i);
+            else if (ranges[i].Length > 0) small.Add(i);
         }
         if (small.Count > 0) RunSmall(x, ranges, density, small, bits, less, status, applyMask);
-        for (int i = 0; i < count; i++)
-        {
-            if (ranges[i].Length <= SmallLimit) continue;
-            var s = RunLarge(x, ranges[i], SelectionResult.KFor(ranges[i].Length, density), applyMask);
-            (bits[i], less[i], status[i]) = (s[StatePrefix], s[StateLess], s[StateStatus]);
-        }
+        if (large.Count > 0) RunLarge(x, ranges, density, large, bits, less, status, applyMask);
         for (int i = 0; i < count; i++)
             if (status[i] == StatusNonFinite) throw new NonFiniteInputException(i);
         for (int i = 0; i < count; i++)
@@ -124,24 +126,47 @@ internal sealed class MagnitudeSelection : IDisposable
             (bits[small[j]], less[small[j]], status[small[j]]) = (o[3 * j], o[3 * j + 1], o[3 * j + 2]);
     }
 
-    private long[] RunLarge(IlgpuBuffer x, TensorRange range, long k, bool applyMask)
+    /// <summary>
+    /// The whole-device form, tensor after tensor on the one stream, each with its own state slot (the
+    /// global bins are cleared by every pick, so they are reused); all states come back in one copy.
+    /// </summary>
+    private void RunLarge(IlgpuBuffer x, ReadOnlySpan<TensorRange> ranges, double density, List<int> large,
+        long[] bits, long[] less, long[] status, bool applyMask)
     {
         var stream = _backend.Stream;
-        var view = x.Floats.SubView(range.Offset, range.Length);
-        long[] state = [k, 0, 0, StatusActive];
-        _state.View.CopyFromCPU(stream, state);
-        int g = _backend.SelectionGroupSize;
-        int groups = (int)Math.Clamp((range.Length + 8L * g - 1) / (8L * g), 1, _backend.MaxResidentGroups);
-        var config = new KernelConfig(groups, g);
-        for (int pass = 0; pass < 3; pass++)
+        int m = large.Count;
+        var states = new long[4 * m];
+        for (int j = 0; j < m; j++)
         {
-            _histogram(stream, config, view, range.Length, _globalHistogram.View, _state.View, pass);
-            _pick(stream, new KernelConfig(1, g), _globalHistogram.View, _state.View, pass);
+            states[4 * j + StateRank] = SelectionResult.KFor(ranges[large[j]].Length, density);
+            states[4 * j + StateStatus] = StatusActive;
         }
-        if (applyMask) _mask(stream, config, view, range.Length, _state.View);
-        _state.View.CopyToCPU(stream, state);
+        if (_state == null || _state.Length < 4L * m)
+        {
+            _state?.Dispose();
+            _state = _backend.Accelerator.Allocate1D<long>(Math.Max(4L * m, 64));
+        }
+        var all = _state.View.SubView(0, 4L * m);
+        all.CopyFromCPU(stream, states);
+        int g = _backend.SelectionGroupSize;
+        for (int j = 0; j < m; j++)
+        {
+            var range = ranges[large[j]];
+            var view = x.Floats.SubView(range.Offset, range.Length);
+            var state = all.SubView(4L * j, 4);
+            int groups = (int)Math.Clamp((range.Length + 8L * g - 1) / (8L * g), 1, _backend.MaxResidentGroups);
+            var config = new KernelConfig(groups, g);
+            for (int pass = 0; pass < 3; pass++)
+            {
+                _histogram(stream, config, view, range.Length, _globalHistogram.View, state, pass);
+                _pick(stream, new KernelConfig(1, g), _globalHistogram.View, state, pass);
+            }
+            if (applyMask) _mask(stream, config, view, range.Length, state);
+        }
+        all.CopyToCPU(stream, states);
         stream.Synchronize();
-        return state;
+        for (int j = 0; j < m; j++)
+            (bits[large[j]], less[large[j]], status[large[j]]) = (states[4 * j + StatePrefix], states[4 * j + StateLess], states[4 * j + StateStatus]);
     }
 
     // ---------------------------------------------------------------- kernels and their device helpers
@@ -326,7 +351,7 @@ internal sealed class MagnitudeSelection : IDisposable
     public void Dispose()
     {
         _globalHistogram.Dispose();
-        _state.Dispose();
+        _state?.Dispose();
         _batch?.Dispose();
     }
 }
