@@ -37,12 +37,6 @@ public sealed class IlgpuBuffer : KernelBuffer
     /// <summary>The whole buffer as 16-bit elements (BF16 or F16 bits).</summary>
     internal ArrayView<ushort> Halves => Words.Cast<ushort>();
 
-    /// <summary>The whole buffer as 32-bit unsigned words.</summary>
-    internal ArrayView<uint> UInts => Words.Cast<uint>();
-
-    /// <summary>The whole buffer as 64-bit integers (scratch and state buffers only).</summary>
-    internal ArrayView<long> Longs => Words.Cast<long>();
-
     /// <summary>Bytes [offset, offset + length).</summary>
     internal ArrayView<byte> Bytes(long offset, long length) => Words.Cast<byte>().SubView(offset, length);
 

@@ -37,7 +37,8 @@ internal sealed class RowAbsSums
         // The same key comparison as the CPU backend: |x| ≥ |t| on the sign-cleared bits.
         uint t = BitConverter.SingleToUInt32Bits(Math.Abs(threshold));
         int flags = (masked != null ? FlagMasked : 0) | (applyMask ? FlagApply : 0);
-        var xView = x.Floats.SubView(offset, Math.Max(1L, (long)rows * cols));
+        // With no columns the kernel reads nothing (it only writes zero sums), and the offset may sit at the buffer's end.
+        var xView = cols == 0 ? x.Floats : x.Floats.SubView(offset, (long)rows * cols);
         int groups = Math.Min(rows, 1 << 20);
         _kernel(_backend.Stream, new KernelConfig(groups, _backend.ReductionGroupSize), xView, rows, cols, sumView, maskedView, t, flags);
     }

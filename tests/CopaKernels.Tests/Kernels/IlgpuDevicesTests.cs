@@ -63,6 +63,14 @@ public sealed class IlgpuDevicesTests
         gpu.Download(buf, 5, back);
         Assert.Equal(new byte[] { 0, 0, 1, 2, 3 }, back);
 
+        // No columns: zero sums, even with the matrix offset at the very end of the buffer.
+        using var edge = gpu.Allocate(12);
+        gpu.Upload(new byte[] { 1, 1, 1, 1, 1, 1, 1, 1 }, edge, 0);
+        gpu.RowAbsSums(edge, 3, 2, 0, edge, 0);
+        var sums = new byte[8];
+        gpu.Download(edge, 0, sums);
+        Assert.All(sums, b => Assert.Equal(0, b));
+
         using var cbuf = cpu.Allocate(16);
         using var gbuf = gpu.Allocate(16);
         foreach (var (backend, own, other) in new (IMergeBackend, KernelBuffer, KernelBuffer)[] { (cpu, cbuf, gbuf), (gpu, gbuf, cbuf) })
