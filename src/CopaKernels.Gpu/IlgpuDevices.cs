@@ -69,7 +69,7 @@ public static class IlgpuDevices
         if (info.Kind == BackendKind.Cuda)
         {
             // O2 also selects ILGPU's enhanced PTX block scheduling; it is what the PTX/ptxas check compiles.
-            var context = Context.Create(b => b.Cuda().Optimize(OptimizationLevel.O2));
+            var context = Context.Create(b => b.Cuda(_ => true).Optimize(OptimizationLevel.O2));
             return new IlgpuBackend(context, context.GetCudaDevice(index), BackendKind.Cuda, info.Id);
         }
         var clContext = Context.Create(b => b.OpenCL(_ => true).Optimize(OptimizationLevel.O1));
@@ -121,12 +121,16 @@ public static class IlgpuDevices
         NativeLibrary.Free(lib);
         try
         {
-            using var context = Context.Create(b => b.Cuda());
+            // Every device, also those ILGPU would leave out, so that the skip can be explained.
+            using var context = Context.Create(b => b.Cuda(_ => true));
             var list = context.GetCudaDevices();
             for (int i = 0; i < list.Count; i++)
             {
                 var d = list[i];
-                devices.Add(new IlgpuDeviceInfo($"cuda:{i}", BackendKind.Cuda, d.Name, d.MemorySize, true, null));
+                string? skip = d.Architecture is null || d.InstructionSet is null
+                    ? $"ILGPU 1.5 has no PTX target for this GPU under driver {d.DriverVersion}"
+                    : null;
+                devices.Add(new IlgpuDeviceInfo($"cuda:{i}", BackendKind.Cuda, d.Name, d.MemorySize, true, skip));
             }
             if (list.Count == 0) notes.Add("CUDA: the driver reports no device");
         }
