@@ -1,4 +1,6 @@
 using System.CommandLine;
+using CopaKernels.Gpu;
+using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
 using Spectre.Console;
 
@@ -17,8 +19,18 @@ internal static class DevicesCommand
             var memory = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
             table.Add("cpu", "SIMD CPU", System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture.ToString(),
                 $"{CpuBackend.SimdWidth}, {Environment.ProcessorCount} threads, {Terminal.Bytes(memory)} memory");
+            var report = IlgpuDevices.Report;
+            foreach (var d in report.Devices)
+            {
+                string kind = d.Kind == BackendKind.Cuda ? "CUDA" : d.IsGpu ? "OpenCL GPU" : "OpenCL CPU";
+                string details = $"{IlgpuDevices.FormatBytes(d.MemoryBytes)} memory" + (d.Usable ? "" : $"; skipped: {d.SkipReason}");
+                table.Add(d.Id, kind, d.Name, details);
+            }
             table.Write(stdout);
-            console.MarkupLine(Markup.Escape("cuda, opencl: not part of this build yet (the ILGPU backends are being built); auto uses cpu"));
+            foreach (var note in report.Notes) console.MarkupLine(Markup.Escape(note));
+            var auto = report.Devices.FirstOrDefault(x => x.Usable && x.Kind == BackendKind.Cuda)
+                ?? report.Devices.FirstOrDefault(x => x.Usable && x.Kind == BackendKind.OpenCL && x.IsGpu);
+            console.MarkupLine(Markup.Escape($"auto uses {auto?.Id ?? "cpu"}"));
             return Program.ExitOk;
         });
         return cmd;

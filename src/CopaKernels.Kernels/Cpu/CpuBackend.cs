@@ -41,17 +41,15 @@ public sealed class CpuBackend : IMergeBackend
     /// <inheritdoc/>
     public unsafe void Upload(ReadOnlySpan<byte> source, KernelBuffer destination, long byteOffset)
     {
-        var b = Own(destination);
-        CheckRange(b, byteOffset, source.Length);
-        source.CopyTo(new Span<byte>(b.Pointer + byteOffset, source.Length));
+        BackendChecks.Transfer(this, destination, byteOffset, source.Length);
+        source.CopyTo(new Span<byte>(Own(destination).Pointer + byteOffset, source.Length));
     }
 
     /// <inheritdoc/>
     public unsafe void Download(KernelBuffer source, long byteOffset, Span<byte> destination)
     {
-        var b = Own(source);
-        CheckRange(b, byteOffset, destination.Length);
-        new ReadOnlySpan<byte>(b.Pointer + byteOffset, destination.Length).CopyTo(destination);
+        BackendChecks.Transfer(this, source, byteOffset, destination.Length);
+        new ReadOnlySpan<byte>(Own(source).Pointer + byteOffset, destination.Length).CopyTo(destination);
     }
 
     /// <inheritdoc/>
@@ -60,73 +58,39 @@ public sealed class CpuBackend : IMergeBackend
     /// <inheritdoc/>
     public SelectionResult SelectByMagnitude(KernelBuffer x, TensorRange range, double density, bool applyMask = true)
     {
-        SelectionResult.CheckDensity(density);
-        var b = Own(x);
-        CheckFloats(b, range.Offset, range.Length);
-        return MagnitudeSelection.Select(this, b, range, density, applyMask);
+        BackendChecks.Selection(this, x, range, density);
+        return MagnitudeSelection.Select(this, Own(x), range, density, applyMask);
     }
 
     /// <inheritdoc/>
     public void SelectByMagnitudeBatched(KernelBuffer x, ReadOnlySpan<TensorRange> ranges, double density, Span<SelectionResult> results, bool applyMask = true)
     {
-        SelectionResult.CheckDensity(density);
-        if (results.Length < ranges.Length) throw new ArgumentException("results is shorter than ranges", nameof(results));
-        var b = Own(x);
-        foreach (var r in ranges) CheckFloats(b, r.Offset, r.Length);
-        MagnitudeSelection.SelectBatched(this, b, ranges, density, results, applyMask);
+        BackendChecks.Batched(this, x, ranges, density, results.Length);
+        MagnitudeSelection.SelectBatched(this, Own(x), ranges, density, results, applyMask);
     }
 
     /// <inheritdoc/>
     public void RowAbsSums(KernelBuffer x, long offset, int rows, int cols, KernelBuffer sums, long sumsOffset,
         float threshold = 0f, KernelBuffer? maskedSums = null, long maskedOffset = 0, bool applyMask = false)
     {
-        ArgumentOutOfRangeException.ThrowIfNegative(rows);
-        ArgumentOutOfRangeException.ThrowIfNegative(cols);
-        var bx = Own(x);
-        CheckFloats(bx, offset, (long)rows * cols);
-        var bs = Own(sums);
-        CheckFloats(bs, sumsOffset, rows);
-        CpuBuffer? bm = null;
-        if (maskedSums != null)
-        {
-            bm = Own(maskedSums);
-            CheckFloats(bm, maskedOffset, rows);
-        }
-        Cpu.RowAbsSums.Run(this, bx, offset, rows, cols, bs, sumsOffset, threshold, bm, maskedOffset, applyMask);
+        BackendChecks.RowAbsSums(this, x, offset, rows, cols, sums, sumsOffset, maskedSums, maskedOffset);
+        Cpu.RowAbsSums.Run(this, Own(x), offset, rows, cols, Own(sums), sumsOffset, threshold,
+            maskedSums == null ? null : Own(maskedSums), maskedOffset, applyMask);
     }
 
     /// <inheritdoc/>
     public void LowRankProduct(ReadOnlySpan<LowRankTerm> terms, long dOut, long dIn, in ProductTile tile)
     {
-        ArgumentOutOfRangeException.ThrowIfNegative(dOut);
-        ArgumentOutOfRangeException.ThrowIfNegative(dIn);
-        if (tile.RowStart < 0 || tile.RowCount < 0 || tile.RowStart + tile.RowCount > dOut)
-            throw new ArgumentOutOfRangeException(nameof(tile), $"rows [{tile.RowStart}, {tile.RowStart + tile.RowCount}) outside d_out = {dOut}");
-        foreach (var t in terms)
-        {
-            if (t.Rank < 0) throw new ArgumentOutOfRangeException(nameof(terms), "negative rank");
-            CheckFloats(Own(t.B), t.BOffset, dOut * t.Rank);
-            CheckFloats(Own(t.A), t.AOffset, t.Rank * dIn);
-            if (t.Scale != null) CheckFloats(Own(t.Scale), t.ScaleOffset, t.Rank);
-        }
-        long tileElements = tile.RowCount * dIn;
-        CheckRange(Own(tile.Output), tile.OutputOffset * tile.OutputType.Size(), tileElements * tile.OutputType.Size());
-        if (tile.Base != null) CheckRange(Own(tile.Base), tile.BaseOffset * tile.BaseType.Size(), tileElements * tile.BaseType.Size());
+        BackendChecks.LowRankProduct(this, terms, dOut, dIn, tile);
         Cpu.LowRankProduct.Run(this, terms, dOut, dIn, tile);
     }
 
     /// <inheritdoc/>
     public void Dispose() { }
 
-    private CpuBuffer Own(KernelBuffer buffer) =>
-        buffer is CpuBuffer c && ReferenceEquals(c.Owner, this) ? c
-            : throw new ArgumentException("buffer belongs to another backend", nameof(buffer));
-
-    private static void CheckRange(CpuBuffer b, long byteOffset, long byteLength)
+    private CpuBuffer Own(KernelBuffer buffer)
     {
-        if (byteOffset < 0 || byteLength < 0 || byteOffset + byteLength > b.ByteLength)
-            throw new ArgumentOutOfRangeException(nameof(byteOffset), $"bytes [{byteOffset}, {byteOffset + byteLength}) outside a buffer of {b.ByteLength}");
+        BackendChecks.Own(this, buffer);
+        return (CpuBuffer)buffer;
     }
-
-    private static void CheckFloats(CpuBuffer b, long offset, long length) => CheckRange(b, offset * 4, length * 4);
 }

@@ -128,10 +128,46 @@ public class DevicesAndBenchCommandTests
         Assert.Contains("threads", output);
     }
 
+    [Fact]
+    public void Devices_ListsEveryIlgpuDevice_AndWhyOneWasSkipped()
+    {
+        var (code, output, err) = CliRunner.Run("devices");
+        Assert.True(code == 0, err);
+        var report = CopaKernels.Gpu.IlgpuDevices.Report;
+        foreach (var d in report.Devices)
+        {
+            Assert.Contains(d.Id, output);
+            if (!d.Usable) Assert.Contains(d.SkipReason!, output);
+        }
+        foreach (var note in report.Notes) Assert.Contains(note, output);
+        Assert.Contains("auto uses ", output);
+    }
+
+    [Theory]
+    [InlineData("cuda:97")]
+    [InlineData("opencl:97")]
+    public void Device_Absent_IsAnInputError_NamingWhatWasFound(string device)
+    {
+        var e = Assert.Throws<CopaKernels.Formats.CopaInputException>(() => CopaKernels.Cli.Backends.Create(device, 1));
+        Assert.Contains($"device '{device}'", e.Message);
+        Assert.Contains("found", e.Message);
+        Assert.DoesNotContain("\n", e.Message);
+    }
+
+    [Fact]
+    public void Device_Auto_FallsBackToTheCpu_WithoutACudaOrOpenClGpu()
+    {
+        var devices = CopaKernels.Gpu.IlgpuDevices.Report.Devices;
+        bool gpu = devices.Any(d => d.Usable && (d.Kind == CopaKernels.Kernels.BackendKind.Cuda || d.IsGpu));
+        using var backend = CopaKernels.Cli.Backends.Create("auto", 1);
+        Assert.Equal(gpu, backend.Kind != CopaKernels.Kernels.BackendKind.Cpu);
+    }
+
     [Theory]
     [InlineData("--ops", "nope", "unknown --ops value 'nope'")]
     [InlineData("--device", "tpu", "unknown device 'tpu'")]
-    [InlineData("--device", "cuda", "not part of this build")]
+    [InlineData("--device", "cuda:97", "device 'cuda:97'")]
+    [InlineData("--device", "opencl:x", "unknown device 'opencl:x'")]
     [InlineData("--threads", "-1", "--threads must be 0 or more")]
     public void Bench_BadArguments_ExitTwo(string option, string value, string expected)
     {

@@ -7,17 +7,27 @@ using CopaKernels.Kernels.Reference;
 namespace CopaKernels.Tests.Kernels;
 
 /// <summary>
-/// Families 3 and 4 on the CPU backend against the double-precision reference: odd shapes (every SIMD tail),
-/// several terms, scales, row tiles, base and output types, in-place accumulation, and bit-identical results
-/// across thread counts and vector widths.
+/// Families 3 and 4 against the double-precision reference: odd shapes (every SIMD tail and partial GPU
+/// tile), several terms, scales, row tiles, base and output types, in-place accumulation. Abstract: every
+/// backend runs it (<see cref="LowRankProductTests"/> adds the CPU backend's own thread-count, K-blocking
+/// and vector-path checks).
 /// </summary>
-public sealed class LowRankProductTests
+public abstract class LowRankProductSuite
 {
-    private sealed record Term(float[] B, float[] A, int Rank, float Factor, float[]? Scale);
+    /// <summary>A backend with <paramref name="threads"/> worker threads (backends without threads ignore it).</summary>
+    protected abstract IMergeBackend CreateBackend(int threads);
 
-    private sealed record Result(float[] Values, uint[] Bits);
+    /// <summary>Whether <see cref="RunBackend"/> disposes what <see cref="CreateBackend"/> returned (false for a shared device backend).</summary>
+    protected virtual bool OwnsBackend => true;
 
-    private static Term[] MakeTerms(int[] ranks, int dOut, int dIn, bool scaled, int seed)
+    /// <summary>Largest output tile (rows × d_in) this backend's tests compute: an emulator checks only the first rows of a bigger tile.</summary>
+    protected virtual long MaxTileElements => long.MaxValue;
+
+    protected sealed record Term(float[] B, float[] A, int Rank, float Factor, float[]? Scale);
+
+    protected sealed record Result(float[] Values, uint[] Bits);
+
+    protected static Term[] MakeTerms(int[] ranks, int dOut, int dIn, bool scaled, int seed)
     {
         var rng = new Random(seed);
         var terms = new Term[ranks.Length];
@@ -40,7 +50,7 @@ public sealed class LowRankProductTests
     }
 
     /// <summary>A base tile already representable in <paramref name="type"/> (so the reference sees what the kernel reads).</summary>
-    private static float[] MakeBase(int n, StorageType type, int seed)
+    protected static float[] MakeBase(int n, StorageType type, int seed)
     {
         var rng = new Random(seed);
         var x = new float[n];
@@ -75,10 +85,23 @@ public sealed class LowRankProductTests
     /// Runs the backend on one tile. Factors share one buffer at odd offsets; output and base sit at odd
     /// element offsets inside larger buffers, whose padding must stay untouched.
     /// </summary>
-    private static Result RunBackend(int threads, Term[] terms, int dOut, int dIn, int rowStart, int rowCount,
+    protected Result RunBackend(int threads, Term[] terms, int dOut, int dIn, int rowStart, int rowCount,
         StorageType outType, StorageType? baseType = null, float[]? baseTile = null, bool inPlace = false)
     {
-        using var backend = new CpuBackend(threads);
+        var backend = CreateBackend(threads);
+        try
+        {
+            return RunOn(backend, terms, dOut, dIn, rowStart, rowCount, outType, baseType, baseTile, inPlace);
+        }
+        finally
+        {
+            if (OwnsBackend) backend.Dispose();
+        }
+    }
+
+    private static Result RunOn(IMergeBackend backend, Term[] terms, int dOut, int dIn, int rowStart, int rowCount,
+        StorageType outType, StorageType? baseType, float[]? baseTile, bool inPlace)
+    {
         long total = 3;
         var offsets = new (long B, long A, long S)[terms.Length];
         for (int t = 0; t < terms.Length; t++)
@@ -154,12 +177,13 @@ public sealed class LowRankProductTests
         return r.Select(v => (double)v).ToArray();
     }
 
-    private static string Shape(Term[] terms, int dOut, int dIn, int rowStart, int rowCount, string extra) =>
+    protected static string Shape(Term[] terms, int dOut, int dIn, int rowStart, int rowCount, string extra) =>
         $"d_out={dOut} d_in={dIn} ranks=[{string.Join(",", terms.Select(t => t.Rank))}] scale={terms.Any(t => t.Scale != null)} rows=[{rowStart},{rowStart + rowCount}) {extra}";
 
-    private static void CheckAgainstReference(int threads, int[] ranks, int dOut, int dIn, int rowStart, int rowCount, bool scaled,
+    protected void CheckAgainstReference(int threads, int[] ranks, int dOut, int dIn, int rowStart, int rowCount, bool scaled,
         StorageType outType = StorageType.F32, StorageType? baseType = null, bool inPlace = false, int seed = 1)
     {
+        if ((long)rowCount * dIn > MaxTileElements) rowCount = (int)Math.Max(1, MaxTileElements / Math.Max(1, dIn));
         var terms = MakeTerms(ranks, dOut, dIn, scaled, seed);
         var baseTile = baseType is { } bt ? MakeBase(rowCount * dIn, inPlace ? outType : bt, seed + 100) : null;
         var got = RunBackend(threads, terms, dOut, dIn, rowStart, rowCount, outType, baseType, baseTile, inPlace);
@@ -204,7 +228,7 @@ public sealed class LowRankProductTests
         return d;
     }
 
-    [Theory]
+    [BackendTheory]
     [MemberData(nameof(Sizes))]
     public void OddShapes_OneToFourTerms_MatchReference(int dOut, int dIn)
     {
@@ -213,13 +237,13 @@ public sealed class LowRankProductTests
                 CheckAgainstReference(2, ranks, dOut, dIn, 0, dOut, scaled);
     }
 
-    [Fact]
+    [BackendFact]
     public void LargeSquare_MatchesReference()
     {
         CheckAgainstReference(2, [16, 16, 3, 1], 1027, 1027, 0, 1027, scaled: true, seed: 2);
     }
 
-    [Theory]
+    [BackendTheory]
     [InlineData(0, 127)]
     [InlineData(5, 61)]
     [InlineData(7, 1)]
@@ -241,7 +265,7 @@ public sealed class LowRankProductTests
         return d;
     }
 
-    [Theory]
+    [BackendTheory]
     [MemberData(nameof(TypePairs))]
     public void BaseAndOutputTypes_MatchReference(StorageType outType, StorageType? baseType)
     {
@@ -250,7 +274,7 @@ public sealed class LowRankProductTests
         CheckAgainstReference(2, [1], 200, 517, 3, 190, scaled: true, outType, baseType);
     }
 
-    [Theory]
+    [BackendTheory]
     [InlineData(StorageType.F32)]
     [InlineData(StorageType.BF16)]
     [InlineData(StorageType.F16)]
@@ -261,13 +285,30 @@ public sealed class LowRankProductTests
         CheckAgainstReference(1, [16], 31, 33, 0, 31, scaled: false, type, type, inPlace: true);
     }
 
-    [Fact]
+    [BackendFact]
     public void NoRank_GivesBaseOrZero()
     {
         CheckAgainstReference(2, [], 31, 33, 0, 31, scaled: false);
         CheckAgainstReference(2, [0, 0], 31, 33, 3, 20, scaled: true, StorageType.BF16, StorageType.F32);
         CheckAgainstReference(2, [0], 31, 33, 3, 20, scaled: true, StorageType.F32, StorageType.F16, inPlace: true);
     }
+
+    protected static void AssertSameBits(Result expected, Result actual, string label)
+    {
+        Assert.Equal(expected.Bits.Length, actual.Bits.Length);
+        for (int i = 0; i < expected.Bits.Length; i++)
+            if (expected.Bits[i] != actual.Bits[i])
+                Assert.Fail($"{label}: element {i} expected 0x{expected.Bits[i]:X} ({expected.Values[i]:G9}), got 0x{actual.Bits[i]:X} ({actual.Values[i]:G9})");
+    }
+}
+
+/// <summary>
+/// The suite on the SIMD CPU backend, plus its own invariants: bit-identical results across thread counts,
+/// K blockings and vector widths.
+/// </summary>
+public sealed class LowRankProductTests : LowRankProductSuite
+{
+    protected override IMergeBackend CreateBackend(int threads) => new CpuBackend(threads);
 
     [Theory]
     [InlineData(StorageType.F32, null)]
@@ -344,13 +385,5 @@ public sealed class LowRankProductTests
         {
             (LowRankProduct.ForcedPath, LowRankProduct.KcMax) = (savedPath, savedKc);
         }
-    }
-
-    private static void AssertSameBits(Result expected, Result actual, string label)
-    {
-        Assert.Equal(expected.Bits.Length, actual.Bits.Length);
-        for (int i = 0; i < expected.Bits.Length; i++)
-            if (expected.Bits[i] != actual.Bits[i])
-                Assert.Fail($"{label}: element {i} expected 0x{expected.Bits[i]:X} ({expected.Values[i]:G9}), got 0x{actual.Bits[i]:X} ({actual.Values[i]:G9})");
     }
 }

@@ -15,6 +15,12 @@ public abstract class SelectionSuite : IDisposable
     /// <summary>Largest tensor this backend's tests use.</summary>
     protected virtual int MaxSize => 1 << 21;
 
+    /// <summary>Whether <see cref="EverySize0To256_EveryKind_MatchesReference"/> checks length n (an emulator checks a subset).</summary>
+    protected virtual bool CheckEverySize(int n) => true;
+
+    /// <summary>How many small tensors <see cref="Batched_ThousandsOfSmallTensors_MatchPerTensorReference"/> selects in one call.</summary>
+    protected virtual int ManyTensors => 3000;
+
     public static readonly double[] Densities = [1.0, 0.9, 0.5, 0.2, 0.01, 1e-6, 1e-17];
 
     public virtual void Dispose() => Backend.Dispose();
@@ -56,16 +62,19 @@ public abstract class SelectionSuite : IDisposable
         Assert.Equal(data.Select(BitConverter.SingleToUInt32Bits), Download(buf2, 0, data.Length).Select(BitConverter.SingleToUInt32Bits));
     }
 
-    [Fact]
+    [BackendFact]
     public void EverySize0To256_EveryKind_MatchesReference()
     {
         for (int n = 0; n <= 256; n++)
+        {
+            if (!CheckEverySize(n)) continue;
             foreach (var kind in TestData.Kinds)
                 foreach (var d in new[] { 0.2, 0.5, 1e-17 })
                     CheckOne(TestData.Make(kind, n, 1), d, $"n={n} kind={kind} density={d}");
+        }
     }
 
-    [Theory]
+    [BackendTheory]
     [InlineData(1)]
     [InlineData(31)]
     [InlineData(33)]
@@ -81,7 +90,7 @@ public abstract class SelectionSuite : IDisposable
                 CheckOne(TestData.Make(kind, n, 2), d, $"n={n} kind={kind} density={d}");
     }
 
-    [Theory]
+    [BackendTheory]
     [InlineData(300_001)]
     [InlineData((1 << 20) + 3)]
     public void LargeTensors_MatchReference(int n)
@@ -92,7 +101,7 @@ public abstract class SelectionSuite : IDisposable
                 CheckOne(TestData.Make(kind, n, 3), d, $"n={n} kind={kind} density={d}");
     }
 
-    [Theory]
+    [BackendTheory]
     [InlineData(float.NaN)]
     [InlineData(float.PositiveInfinity)]
     [InlineData(float.NegativeInfinity)]
@@ -111,7 +120,7 @@ public abstract class SelectionSuite : IDisposable
         }
     }
 
-    [Fact]
+    [BackendFact]
     public void Batched_LoraFactorSet_MatchesPerTensorReference()
     {
         // A's of 16×256, B's of 256×16 and 448×16 with gaps between them, every kind.
@@ -147,7 +156,33 @@ public abstract class SelectionSuite : IDisposable
         }
     }
 
-    [Fact]
+    [BackendFact]
+    public void Batched_ThousandsOfSmallTensors_MatchPerTensorReference()
+    {
+        // Every LoRA factor of a model in one call: thousands of small tensors of every kind and length, plus
+        // long ones (the whole-device path of a GPU backend where the size allows), back to back with no gaps.
+        var rng = new Random(11);
+        var sizes = Enumerable.Range(0, ManyTensors).Select(_ => rng.Next(0, 200)).Append(40_003).Append(Math.Min(MaxSize, 300_001)).ToArray();
+        var tensors = sizes.Select((n, i) => TestData.Make(TestData.Kinds[i % TestData.Kinds.Length], n, i)).ToArray();
+        var all = tensors.SelectMany(t => t).ToArray();
+        var ranges = new TensorRange[sizes.Length];
+        for (int i = 0, off = 0; i < sizes.Length; off += sizes[i], i++) ranges[i] = new TensorRange(off, sizes[i]);
+        using var buf = Upload(all);
+        var results = new SelectionResult[sizes.Length];
+        Backend.SelectByMagnitudeBatched(buf, ranges, 0.3, results);
+        var after = Download(buf, 0, all.Length);
+        for (int i = 0; i < sizes.Length; i++)
+        {
+            var expected = (float[])tensors[i].Clone();
+            var want = ReferenceMagnitudeSelection.Select(expected, 0.3);
+            Assert.True(want == results[i], $"tensor {i} (n={sizes[i]}): expected {want}, got {results[i]}");
+            var got = after.AsSpan((int)ranges[i].Offset, sizes[i]).ToArray();
+            Assert.True(expected.Select(BitConverter.SingleToUInt32Bits).SequenceEqual(got.Select(BitConverter.SingleToUInt32Bits)),
+                $"tensor {i} (n={sizes[i]}): mask differs");
+        }
+    }
+
+    [BackendFact]
     public void Batched_NonFinite_NamesTheFirstBadTensor()
     {
         var data = TestData.Make("gaussian", 4 * 1000, 5);
@@ -159,7 +194,7 @@ public abstract class SelectionSuite : IDisposable
         Assert.Equal(2, e.RangeIndex);
     }
 
-    [Theory]
+    [BackendTheory]
     [InlineData(16, 4096)]
     [InlineData(16, 1027)]
     [InlineData(7, 33)]

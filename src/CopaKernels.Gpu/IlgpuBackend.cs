@@ -1,0 +1,150 @@
+using CopaKernels.Kernels;
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace CopaKernels.Gpu;
+
+/// <summary>
+/// The merge kernels as hand-written ILGPU kernels on one device (CUDA, OpenCL, or ILGPU's CPU emulator for
+/// tests). The backend owns its ILGPU context, accelerator and stream; every kernel is compiled once, when
+/// the backend is created, and kept as a launch delegate. Work is queued on the one stream in order;
+/// <see cref="Download"/> and the selections (which read their results back) wait for it. Like the stream
+/// it wraps, a backend serves one caller at a time.
+/// </summary>
+public sealed class IlgpuBackend : IMergeBackend
+{
+    private readonly Context _context;
+    private readonly MagnitudeSelection _selection;
+    private readonly RowAbsSums _rowSums;
+    private readonly LowRankProduct _product;
+    private bool _disposed;
+
+    internal IlgpuBackend(Context context, Device device, BackendKind kind, string id)
+    {
+        _context = context;
+        Kind = kind;
+        Id = id;
+        try
+        {
+            Accelerator = device.CreateAccelerator(context);
+            Stream = Accelerator.CreateStream();
+            // Group sizes come from the thread limit only: PoCL reports a warp size of 0.
+            int limit = Math.Min(MagnitudeSelection.MaxGroupSize, Math.Max(1, Accelerator.MaxNumThreadsPerGroup));
+            ReductionGroupSize = 1 << (31 - System.Numerics.BitOperations.LeadingZeroCount((uint)limit));
+            SelectionGroupSize = ReductionGroupSize;
+            TileThreads = 1;
+            while ((TileThreads * 2) * (TileThreads * 2) <= ReductionGroupSize && TileThreads < 16) TileThreads *= 2;
+            MaxResidentGroups = Math.Max(1, Accelerator.NumMultiprocessors) * 8;
+            Name = $"{id}: {device.Name}, {IlgpuDevices.FormatBytes(device.MemorySize)}";
+            _selection = new MagnitudeSelection(this);
+            _rowSums = new RowAbsSums(this);
+            _product = new LowRankProduct(this);
+        }
+        catch
+        {
+            Stream?.Dispose();
+            Accelerator?.Dispose();
+            context.Dispose();
+            throw;
+        }
+    }
+
+    /// <inheritdoc/>
+    public BackendKind Kind { get; }
+
+    /// <summary>The device id: cuda:N, opencl:N or ilgpu-cpu.</summary>
+    public string Id { get; }
+
+    /// <inheritdoc/>
+    public string Name { get; }
+
+    internal Accelerator Accelerator { get; }
+
+    internal AcceleratorStream Stream { get; }
+
+    /// <summary>Threads per group of the reductions (a power of two, at most 256).</summary>
+    internal int ReductionGroupSize { get; }
+
+    /// <summary>Threads per group of the selection kernels.</summary>
+    internal int SelectionGroupSize { get; }
+
+    /// <summary>Threads per side of a GEMM group (T × T threads, 4T × 4T output tile).</summary>
+    internal int TileThreads { get; }
+
+    /// <summary>Groups a grid-stride kernel launches to fill the device.</summary>
+    internal int MaxResidentGroups { get; }
+
+    /// <inheritdoc/>
+    public KernelBuffer Allocate(long byteLength) => new IlgpuBuffer(this, byteLength);
+
+    /// <inheritdoc/>
+    public void Upload(ReadOnlySpan<byte> source, KernelBuffer destination, long byteOffset)
+    {
+        BackendChecks.Transfer(this, destination, byteOffset, source.Length);
+        if (source.Length == 0) return;
+        Own(destination).Bytes(byteOffset, source.Length).CopyFromCPU(Stream, source);
+        // The source span may be gone when this returns: never leave the copy queued.
+        Stream.Synchronize();
+    }
+
+    /// <inheritdoc/>
+    public void Download(KernelBuffer source, long byteOffset, Span<byte> destination)
+    {
+        BackendChecks.Transfer(this, source, byteOffset, destination.Length);
+        if (destination.Length == 0) return;
+        Own(source).Bytes(byteOffset, destination.Length).CopyToCPU(Stream, destination);
+        Stream.Synchronize();
+    }
+
+    /// <inheritdoc/>
+    public void Synchronize() => Stream.Synchronize();
+
+    /// <inheritdoc/>
+    public SelectionResult SelectByMagnitude(KernelBuffer x, TensorRange range, double density, bool applyMask = true)
+    {
+        BackendChecks.Selection(this, x, range, density);
+        return _selection.Select(Own(x), range, density, applyMask);
+    }
+
+    /// <inheritdoc/>
+    public void SelectByMagnitudeBatched(KernelBuffer x, ReadOnlySpan<TensorRange> ranges, double density, Span<SelectionResult> results, bool applyMask = true)
+    {
+        BackendChecks.Batched(this, x, ranges, density, results.Length);
+        _selection.SelectBatched(Own(x), ranges, density, results, applyMask);
+    }
+
+    /// <inheritdoc/>
+    public void RowAbsSums(KernelBuffer x, long offset, int rows, int cols, KernelBuffer sums, long sumsOffset,
+        float threshold = 0f, KernelBuffer? maskedSums = null, long maskedOffset = 0, bool applyMask = false)
+    {
+        BackendChecks.RowAbsSums(this, x, offset, rows, cols, sums, sumsOffset, maskedSums, maskedOffset);
+        _rowSums.Run(Own(x), offset, rows, cols, Own(sums), sumsOffset, threshold,
+            maskedSums == null ? null : Own(maskedSums), maskedOffset, applyMask);
+    }
+
+    /// <inheritdoc/>
+    public void LowRankProduct(ReadOnlySpan<LowRankTerm> terms, long dOut, long dIn, in ProductTile tile)
+    {
+        BackendChecks.LowRankProduct(this, terms, dOut, dIn, tile);
+        _product.Run(terms, dOut, dIn, tile);
+    }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        Stream.Synchronize();
+        _selection.Dispose();
+        _product.Dispose();
+        Stream.Dispose();
+        Accelerator.Dispose();
+        _context.Dispose();
+    }
+
+    private IlgpuBuffer Own(KernelBuffer buffer)
+    {
+        BackendChecks.Own(this, buffer);
+        return (IlgpuBuffer)buffer;
+    }
+}

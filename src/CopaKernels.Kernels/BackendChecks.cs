@@ -1,0 +1,96 @@
+namespace CopaKernels.Kernels;
+
+/// <summary>
+/// The argument checks of <see cref="IMergeBackend"/>, shared by every backend so that each one throws the
+/// same exception types with the same messages for the same bad call. Kernels assume these have passed.
+/// </summary>
+internal static class BackendChecks
+{
+    /// <summary>Throws unless <paramref name="buffer"/> was allocated by <paramref name="backend"/>.</summary>
+    public static void Own(IMergeBackend backend, KernelBuffer buffer)
+    {
+        if (!ReferenceEquals(buffer.Owner, backend))
+            throw new ArgumentException("buffer belongs to another backend", nameof(buffer));
+    }
+
+    /// <summary>Throws unless bytes [offset, offset + length) lie inside the buffer.</summary>
+    public static void Range(KernelBuffer b, long byteOffset, long byteLength)
+    {
+        if (byteOffset < 0 || byteLength < 0 || byteOffset + byteLength > b.ByteLength)
+            throw new ArgumentOutOfRangeException(nameof(byteOffset), $"bytes [{byteOffset}, {byteOffset + byteLength}) outside a buffer of {b.ByteLength}");
+    }
+
+    /// <summary>Throws unless F32 elements [offset, offset + length) lie inside the buffer.</summary>
+    public static void Floats(KernelBuffer b, long offset, long length) => Range(b, offset * 4, length * 4);
+
+    /// <summary>Checks an upload or download.</summary>
+    public static void Transfer(IMergeBackend backend, KernelBuffer buffer, long byteOffset, long length)
+    {
+        Own(backend, buffer);
+        Range(buffer, byteOffset, length);
+    }
+
+    /// <summary>Checks <see cref="IMergeBackend.SelectByMagnitude"/>.</summary>
+    public static void Selection(IMergeBackend backend, KernelBuffer x, TensorRange range, double density)
+    {
+        SelectionResult.CheckDensity(density);
+        Own(backend, x);
+        Floats(x, range.Offset, range.Length);
+    }
+
+    /// <summary>Checks <see cref="IMergeBackend.SelectByMagnitudeBatched"/>.</summary>
+    public static void Batched(IMergeBackend backend, KernelBuffer x, ReadOnlySpan<TensorRange> ranges, double density, int resultsLength)
+    {
+        SelectionResult.CheckDensity(density);
+        if (resultsLength < ranges.Length) throw new ArgumentException("results is shorter than ranges", "results");
+        Own(backend, x);
+        foreach (var r in ranges) Floats(x, r.Offset, r.Length);
+    }
+
+    /// <summary>Checks <see cref="IMergeBackend.RowAbsSums"/>.</summary>
+    public static void RowAbsSums(IMergeBackend backend, KernelBuffer x, long offset, int rows, int cols, KernelBuffer sums, long sumsOffset,
+        KernelBuffer? maskedSums, long maskedOffset)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(rows);
+        ArgumentOutOfRangeException.ThrowIfNegative(cols);
+        Own(backend, x);
+        Floats(x, offset, (long)rows * cols);
+        Own(backend, sums);
+        Floats(sums, sumsOffset, rows);
+        if (maskedSums != null)
+        {
+            Own(backend, maskedSums);
+            Floats(maskedSums, maskedOffset, rows);
+        }
+    }
+
+    /// <summary>Checks <see cref="IMergeBackend.LowRankProduct"/>.</summary>
+    public static void LowRankProduct(IMergeBackend backend, ReadOnlySpan<LowRankTerm> terms, long dOut, long dIn, in ProductTile tile)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(dOut);
+        ArgumentOutOfRangeException.ThrowIfNegative(dIn);
+        if (tile.RowStart < 0 || tile.RowCount < 0 || tile.RowStart + tile.RowCount > dOut)
+            throw new ArgumentOutOfRangeException(nameof(tile), $"rows [{tile.RowStart}, {tile.RowStart + tile.RowCount}) outside d_out = {dOut}");
+        foreach (var t in terms)
+        {
+            if (t.Rank < 0) throw new ArgumentOutOfRangeException(nameof(terms), "negative rank");
+            Own(backend, t.B);
+            Floats(t.B, t.BOffset, dOut * t.Rank);
+            Own(backend, t.A);
+            Floats(t.A, t.AOffset, t.Rank * dIn);
+            if (t.Scale != null)
+            {
+                Own(backend, t.Scale);
+                Floats(t.Scale, t.ScaleOffset, t.Rank);
+            }
+        }
+        long tileElements = tile.RowCount * dIn;
+        Own(backend, tile.Output);
+        Range(tile.Output, tile.OutputOffset * tile.OutputType.Size(), tileElements * tile.OutputType.Size());
+        if (tile.Base != null)
+        {
+            Own(backend, tile.Base);
+            Range(tile.Base, tile.BaseOffset * tile.BaseType.Size(), tileElements * tile.BaseType.Size());
+        }
+    }
+}
