@@ -20,9 +20,9 @@ public sealed class AdapterWriter : IDisposable
 {
     private readonly string _folder;
 
-    /// <summary>Declares the modules and opens the weights file.</summary>
+    /// <summary>Declares the modules and opens the weights file (<paramref name="flushToDisk"/>: see <see cref="SafetensorsWriter"/>).</summary>
     public AdapterWriter(string folder, JsonObject config, IEnumerable<AdapterModuleSpec> modules, DType dtype,
-        IReadOnlyDictionary<string, string>? metadata = null)
+        IReadOnlyDictionary<string, string>? metadata = null, bool flushToDisk = true)
     {
         _folder = folder;
         Config = config;
@@ -32,7 +32,7 @@ public sealed class AdapterWriter : IDisposable
             specs.Add(new TensorSpec(LoraAdapter.KeyA(m.Path), dtype, [m.Rank, m.DIn]));
             specs.Add(new TensorSpec(LoraAdapter.KeyB(m.Path), dtype, [m.DOut, m.Rank]));
         }
-        Weights = new SafetensorsWriter(Path.Combine(folder, LoraAdapter.WeightsFileName), specs, metadata);
+        Weights = new SafetensorsWriter(Path.Combine(folder, LoraAdapter.WeightsFileName), specs, metadata, flushToDisk);
     }
 
     /// <summary>The adapter_config.json content, written at <see cref="Commit"/> (so it may be completed while the weights stream).</summary>

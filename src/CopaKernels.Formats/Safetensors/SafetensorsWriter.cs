@@ -23,10 +23,21 @@ public sealed class SafetensorsWriter : IDisposable
     private int _index;
     private long _writtenInTensor;
     private bool _committed;
+    private readonly bool _flushToDisk;
 
     /// <summary>Declares the tensors and writes the header to a temporary file beside <paramref name="path"/>.</summary>
-    public SafetensorsWriter(string path, IEnumerable<TensorSpec> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    /// <param name="path">Final file path.</param>
+    /// <param name="tensors">Every tensor the file will hold.</param>
+    /// <param name="metadata"><c>__metadata__</c> strings.</param>
+    /// <param name="flushToDisk">
+    /// Whether <see cref="Commit"/> waits until the data is on disk before the rename. Writers inside an
+    /// <see cref="AtomicFolder"/> pass false: the folder syncs all its files once, before it is moved into
+    /// place, so the disk catches up in the background while later files are still being computed.
+    /// </param>
+    public SafetensorsWriter(string path, IEnumerable<TensorSpec> tensors, IReadOnlyDictionary<string, string>? metadata = null,
+        bool flushToDisk = true)
     {
+        _flushToDisk = flushToDisk;
         FinalPath = System.IO.Path.GetFullPath(path);
         var layout = PlanLayout(tensors);
         long offset = layout.Count == 0 ? 0 : layout[^1].End;
@@ -150,7 +161,7 @@ public sealed class SafetensorsWriter : IDisposable
     {
         if (Current is { } t)
             throw new InvalidOperationException($"{t.Name}: {_writtenInTensor} of {t.ByteLength} bytes written");
-        _stream.Flush(flushToDisk: true);
+        _stream.Flush(flushToDisk: _flushToDisk);
         _stream.Dispose();
         File.Move(_tempPath, FinalPath, overwrite: true);
         _committed = true;

@@ -14,6 +14,7 @@ public sealed class ShardedWriter : IDisposable
     private readonly IReadOnlyDictionary<string, string>? _metadata;
     private readonly IReadOnlyDictionary<string, string>? _indexMetadata;
     private readonly IReadOnlyList<string> _names;
+    private readonly bool _flushToDisk;
     private readonly List<IReadOnlyList<TensorInfo>> _layouts = new();
     private readonly Dictionary<string, int> _weightMap = new(StringComparer.Ordinal);
     private SafetensorsWriter? _current;
@@ -28,10 +29,12 @@ public sealed class ShardedWriter : IDisposable
     /// File names of the shards, one per entry of <paramref name="shards"/> (e.g. mirroring a base model's);
     /// by default Hugging Face's <c>model-0000i-of-0000n.safetensors</c> (see <see cref="ShardName"/>).
     /// </param>
+    /// <param name="flushToDisk">Passed to each shard's <see cref="SafetensorsWriter"/>.</param>
     public ShardedWriter(string folder, IReadOnlyList<IReadOnlyList<TensorSpec>> shards,
         IReadOnlyDictionary<string, string>? metadata = null, IReadOnlyDictionary<string, string>? indexMetadata = null,
-        IReadOnlyList<string>? shardNames = null)
+        IReadOnlyList<string>? shardNames = null, bool flushToDisk = true)
     {
+        _flushToDisk = flushToDisk;
         _folder = folder;
         if (shardNames != null)
         {
@@ -128,7 +131,7 @@ public sealed class ShardedWriter : IDisposable
             _current.Dispose();
         }
         _shard++;
-        _current = new SafetensorsWriter(Path.Combine(_folder, _names[_shard]), _plan[_shard], _metadata);
+        _current = new SafetensorsWriter(Path.Combine(_folder, _names[_shard]), _plan[_shard], _metadata, _flushToDisk);
     }
 
     private void WriteIndex()

@@ -77,7 +77,7 @@ public sealed class MergeRunner
         var adapters = _plan.Adapters;
         var specs = _plan.Modules.Select(m => new AdapterModuleSpec(m.Path, m.DOut, m.DIn, m.OutRank));
         var first = adapters[0].Config;
-        using var writer = new AdapterWriter(dir, new JsonObject(), specs, _plan.OutDType!.Value, Provenance());
+        using var writer = new AdapterWriter(dir, new JsonObject(), specs, _plan.OutDType!.Value, Provenance(), flushToDisk: false);
         _progress?.Start(writer.Weights.DataLength, writer.Weights.Layout.Count);
         var written = new List<(string Path, int Rank, double Scale, double Alpha)>();
         using (var queue = new WriteQueue(_ => writer.Weights))
@@ -146,7 +146,7 @@ public sealed class MergeRunner
         meta.TryAdd("format", "pt");
         foreach (var (k, v) in Provenance()) meta[k] = v;
         var indexMeta = model ? baseModel!.IndexMetadata.Where(kv => kv.Key != "total_size").ToDictionary() : null;
-        using var writer = new ShardedWriter(dir, _plan.Shards, meta, indexMeta, _plan.ShardNames);
+        using var writer = new ShardedWriter(dir, _plan.Shards, meta, indexMeta, _plan.ShardNames, flushToDisk: false);
         var order = writer.WriteOrder.ToList();
         _progress?.Start(writer.TotalSize, order.Count);
         using (var queue = new WriteQueue(writer.For))
