@@ -9,5 +9,10 @@ namespace CopaKernels.Cli.Benchmarking;
 /// <param name="Unit">"GB/s" or "GFLOP/s".</param>
 /// <param name="Ratio">A side-by-side ratio measured in the same run, described by <paramref name="RatioOf"/>; null if none.</param>
 /// <param name="RatioOf">What the ratio compares.</param>
+/// <param name="TransferMs">
+/// Device backends: median ms to copy the operation's inputs to the device and its result back, timed
+/// on its own (not part of <paramref name="Ms"/>, which is kernel time with the data resident); null on the CPU.
+/// </param>
+/// <param name="VsCpu">CPU backend's median ms for the same operation and shape divided by this one's (speedup); null when not measured.</param>
 public sealed record BenchResult(string Device, string Op, string Shape, double Ms, double Throughput, string Unit,
-    double? Ratio, string? RatioOf);
+    double? Ratio, string? RatioOf, double? TransferMs = null, double? VsCpu = null);

@@ -11,8 +11,32 @@ namespace CopaKernels.Cli.Benchmarking;
 /// one backend, each checked once before timing, warm-up first, then the median of several runs.
 /// Ratios compare operations measured side by side in the same run (the machines are shared).
 /// </summary>
-public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchResult> report)
+public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchResult> report,
+    IReadOnlyDictionary<(string Op, string Shape), double>? cpuMs = null)
 {
+    private bool OnDevice => backend.Kind != BackendKind.Cpu;
+
+    /// <summary>Reports <paramref name="r"/> with its transfer time and its speedup over the CPU backend, when known.</summary>
+    private void Report(BenchResult r, double? transferMs = null) =>
+        report(r with
+        {
+            TransferMs = OnDevice ? transferMs : null,
+            VsCpu = OnDevice && cpuMs != null && cpuMs.TryGetValue((r.Op, r.Shape), out var c) ? c / r.Ms : null,
+        });
+
+    /// <summary>Median ms of copying <paramref name="upBytes"/> to the device and <paramref name="downBytes"/> back.</summary>
+    private double? Transfer(long upBytes, long downBytes)
+    {
+        if (!OnDevice) return null;
+        var host = new byte[Math.Max(upBytes, downBytes)];
+        using var buf = backend.Allocate(Math.Max(1, Math.Max(upBytes, downBytes)));
+        return Time(() =>
+        {
+            if (upBytes > 0) backend.Upload(host.AsSpan(0, (int)upBytes), buf, 0);
+            if (downBytes > 0) backend.Download(buf, 0, host.AsSpan(0, (int)downBytes));
+        });
+    }
+
     /// <summary>Every operation id, in run order.</summary>
     public static readonly string[] AllOps = ["select", "select-batched", "rowsums", "product", "convert"];
 
@@ -103,8 +127,9 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
                 ? Time(() => TensorPrimitives.SumOfMagnitudes(data))
                 : double.NaN;
             string? of = double.IsNaN(floor) ? null : "× SumOfMagnitudes";
-            report(new BenchResult(backend.Name, "select-threshold", label, only, n * 4.0 / only / 1e6, "GB/s", double.IsNaN(floor) ? null : only / floor, of));
-            report(new BenchResult(backend.Name, "select", label, ms, n * 4.0 / ms / 1e6, "GB/s", double.IsNaN(floor) ? null : ms / floor, of));
+            var transfer = Transfer(n * 4, n * 4);
+            Report(new BenchResult(backend.Name, "select-threshold", label, only, n * 4.0 / only / 1e6, "GB/s", double.IsNaN(floor) ? null : only / floor, of), transfer);
+            Report(new BenchResult(backend.Name, "select", label, ms, n * 4.0 / ms / 1e6, "GB/s", double.IsNaN(floor) ? null : ms / floor, of), transfer);
         }
     }
 
@@ -131,8 +156,8 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
         double ms = Time(() => backend.SelectByMagnitudeBatched(buf, ranges, 0.2, results), () => backend.Upload(MemoryMarshal.AsBytes(data.AsSpan()), buf, 0));
         // The same number of elements as one tensor, side by side.
         double single = Time(() => backend.SelectByMagnitude(buf, new TensorRange(0, total), 0.2), () => backend.Upload(MemoryMarshal.AsBytes(data.AsSpan()), buf, 0));
-        report(new BenchResult(backend.Name, "select-batched", $"{sizes.Count} factors, {total / 1e6:0.#}M", ms, total * 4.0 / ms / 1e6, "GB/s",
-            single / ms, "of one-tensor throughput"));
+        Report(new BenchResult(backend.Name, "select-batched", $"{sizes.Count} factors, {total / 1e6:0.#}M", ms, total * 4.0 / ms / 1e6, "GB/s",
+            single / ms, "of one-tensor throughput"), Transfer(total * 4, total * 4));
     }
 
     private void RowSums()
@@ -149,7 +174,8 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
                 for (int i = 0; i < count; i++)
                     backend.RowAbsSums(buf, (long)i * rows * cols, rows, cols, sums, 0, 0.01f, masked, 0);
             });
-            report(new BenchResult(backend.Name, "rowsums", $"{count}× {rows}×{cols} masked", ms, data.Length * 4.0 / ms / 1e6, "GB/s", null, null));
+            Report(new BenchResult(backend.Name, "rowsums", $"{count}× {rows}×{cols} masked", ms, data.Length * 4.0 / ms / 1e6, "GB/s", null, null),
+                Transfer(data.Length * 4L, 2L * rows * 4));
         }
     }
 
@@ -167,7 +193,8 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
                 var tile = new ProductTile(0, dOut, o);
                 double ms = Time(() => backend.LowRankProduct(terms, dOut, dIn, tile));
                 double flops = 2.0 * dOut * r * dIn;
-                report(new BenchResult(backend.Name, "product", $"{dOut}×{r}×{dIn}", ms, flops / ms / 1e6, "GFLOP/s", null, null));
+                Report(new BenchResult(backend.Name, "product", $"{dOut}×{r}×{dIn}", ms, flops / ms / 1e6, "GFLOP/s", null, null),
+                    Transfer(((long)dOut * r + (long)r * dIn) * 4, (long)dOut * dIn * 4));
             }
     }
 
@@ -179,7 +206,7 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
         var u = new ushort[n];
         double toBf16 = Time(() => FloatConversion.SingleToBf16(f, u));
         double fromBf16 = Time(() => FloatConversion.Bf16ToSingle(u, f));
-        report(new BenchResult(backend.Name, "convert", "16M f32→bf16", toBf16, n * 6.0 / toBf16 / 1e6, "GB/s", null, null));
-        report(new BenchResult(backend.Name, "convert", "16M bf16→f32", fromBf16, n * 6.0 / fromBf16 / 1e6, "GB/s", null, null));
+        Report(new BenchResult(backend.Name, "convert", "16M f32→bf16", toBf16, n * 6.0 / toBf16 / 1e6, "GB/s", null, null));
+        Report(new BenchResult(backend.Name, "convert", "16M bf16→f32", fromBf16, n * 6.0 / fromBf16 / 1e6, "GB/s", null, null));
     }
 }

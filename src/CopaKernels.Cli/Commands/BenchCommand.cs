@@ -26,20 +26,27 @@ internal static class BenchCommand
             if (parse.GetValue(threads) < 0) throw new CopaInputException(null, null, "--threads must be 0 or more");
             var console = Terminal.For(stdout);
             var results = new List<BenchResult>();
-            var devices = parse.GetValue(device)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            // The CPU backend runs first, so every other device's rows can show their speedup over it.
+            var devices = parse.GetValue(device)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .OrderBy(d => d.Equals("cpu", StringComparison.OrdinalIgnoreCase) ? 0 : 1).ToArray();
+            var cpuMs = new Dictionary<(string, string), double>();
             var backends = devices.Select(d => Backends.Create(d, parse.GetValue(threads))).ToList();
             try
             {
                 foreach (var backend in backends)
                 {
                     console.MarkupLine($"[bold]{Markup.Escape(backend.Name)}[/]");
-                    console.MarkupLine(Markup.Escape($"  {"op",-15} {"shape",-28} {"median",13} {"throughput",13}   ratio measured in the same run"));
+                    bool device = backend.Kind != Kernels.BackendKind.Cpu;
+                    console.MarkupLine(Markup.Escape($"  {"op",-16} {"shape",-28} {"kernel",13} {"throughput",13}" +
+                        (device ? $" {"transfer",13} {"vs cpu",8}" : "") + "   ratio measured in the same run"));
                     var bench = new KernelBench(backend, parse.GetValue(quick), r =>
                     {
                         results.Add(r);
-                        console.MarkupLine(Markup.Escape($"  {r.Op,-15} {r.Shape,-28} {r.Ms,10:0.000} ms {r.Throughput,9:0.0} {r.Unit}"
+                        if (!device) cpuMs[(r.Op, r.Shape)] = r.Ms;
+                        console.MarkupLine(Markup.Escape($"  {r.Op,-16} {r.Shape,-28} {r.Ms,10:0.000} ms {r.Throughput,9:0.0} {r.Unit,-7}"
+                            + (device ? $" {(r.TransferMs is { } t ? $"{t,10:0.000} ms" : ""),-13} {(r.VsCpu is { } v ? $"{v,7:0.00}×" : ""),-8}" : "")
                             + (r.Ratio is { } x ? $"   {x:0.00} {r.RatioOf}" : "")));
-                    });
+                    }, cpuMs);
                     bench.Run(chosen);
                 }
             }
