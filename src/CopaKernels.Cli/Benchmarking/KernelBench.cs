@@ -67,7 +67,8 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
     }
 
     /// <summary>
-    /// Median ms of <paramref name="timed"/>, calling <paramref name="setup"/> (untimed) before each run.
+    /// Median ms of <paramref name="timed"/>, calling <paramref name="setup"/> (untimed) before each run
+    /// (a single run after a single warm-up call when one call takes over a second).
     /// Warm-up runs for at least 0.5 s (and two calls): the tiered JIT only starts counting calls after
     /// 100 ms without new methods, so a short warm-up would time unoptimised code. Then at least
     /// <see cref="Runs"/> timed runs, more for short operations (up to 0.5 s).
@@ -75,15 +76,23 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
     private double Time(Action timed, Action? setup = null)
     {
         var warm = Stopwatch.StartNew();
-        for (int i = 0; i < 2 || warm.Elapsed.TotalSeconds < 0.5; i++)
+        setup?.Invoke();
+        timed();
+        backend.Synchronize();
+        // A device that needs over a second per call (e.g. PoCL emulating a GPU on CPU cores) gets one
+        // warm-up call and one timed call, so the bench still ends in minutes there.
+        bool slow = warm.Elapsed.TotalSeconds > 1;
+        for (int i = 1; !slow && (i < 2 || warm.Elapsed.TotalSeconds < 0.5); i++)
         {
             setup?.Invoke();
             timed();
+            // Device launches return at once: without this wait the warm-up would only queue work
+            // (thousands of launches in 0.5 s) and the first timed run would wait for all of it.
+            backend.Synchronize();
         }
-        backend.Synchronize();
         var times = new List<double>();
         var total = Stopwatch.StartNew();
-        while (times.Count < Runs || (times.Count < 200 && total.Elapsed.TotalSeconds < 0.5))
+        while (times.Count < (slow ? 1 : Runs) || (!slow && times.Count < 200 && total.Elapsed.TotalSeconds < 0.5))
         {
             setup?.Invoke();
             var sw = Stopwatch.StartNew();

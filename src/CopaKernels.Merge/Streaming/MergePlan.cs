@@ -79,10 +79,11 @@ public sealed class MergePlan : IDisposable
     public long TileBytes { get; internal set; }
 
     /// <summary>
-    /// Bytes one output element of a tile costs at most: the base tile on the host and the backend (4 + 4),
-    /// the backend's output (4), and up to four host output buffers in the write queue (16).
+    /// Bytes one output element of a tile costs at most: two base tiles on the host (one read ahead) and
+    /// one on the backend (4 + 4 + 4), the backend's output (4), and up to four host output buffers in
+    /// the write queue (16).
     /// </summary>
-    internal int TileBytesPerElement { get; set; } = 28;
+    internal int TileBytesPerElement { get; set; } = 32;
 
     /// <summary>Whether the next module's factors are read while the current one computes (it fits the budget twice).</summary>
     public bool Prefetch { get; internal set; }

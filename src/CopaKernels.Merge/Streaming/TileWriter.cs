@@ -40,22 +40,28 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, IMerge
         backend.Upload(MemoryMarshal.AsBytes(right.AsSpan()), aBuf, 0);
         using var outBuf = backend.Allocate(tileElems * outType.Size());
         using var baseBuf = baseTensor is null ? null : backend.Allocate(tileElems * baseType.Size());
-        var input = baseTensor is null ? null : ArrayPool<byte>.Shared.Rent(checked((int)(tileElems * baseType.Size())));
+        // Two host base tiles: the next tile is read from disk while the device computes the current
+        // one (kernel launches return at once on device backends; Download is where the host waits).
+        int inCap = baseTensor is null ? 0 : checked((int)(tileElems * baseType.Size()));
+        byte[]?[] input = [inCap > 0 ? ArrayPool<byte>.Shared.Rent(inCap) : null, inCap > 0 ? ArrayPool<byte>.Shared.Rent(inCap) : null];
         try
         {
             LowRankTerm[] terms = [new LowRankTerm(bBuf, 0, aBuf, 0, rank, (float)r.Scale)];
-            for (int r0 = 0; r0 < rows; r0 += tile)
+            int ReadBase(int r0, byte[] into)
+            {
+                int bytes = checked(Math.Min(tile, rows - r0) * cols * baseType.Size());
+                baseFile!.ReadBytes(baseTensor!, (long)r0 * cols * baseType.Size(), into.AsSpan(0, bytes));
+                return bytes;
+            }
+            int pending = baseTensor is not null ? ReadBase(0, input[0]!) : 0;
+            for (int r0 = 0, t = 0; r0 < rows; r0 += tile, t++)
             {
                 ct.ThrowIfCancellationRequested();
                 int n = Math.Min(tile, rows - r0);
-                if (baseTensor is not null)
-                {
-                    var inBytes = input.AsSpan(0, checked(n * cols * baseType.Size()));
-                    baseFile!.ReadBytes(baseTensor, (long)r0 * cols * baseType.Size(), inBytes);
-                    backend.Upload(inBytes, baseBuf!, 0);
-                }
+                if (baseTensor is not null) backend.Upload(input[t % 2].AsSpan(0, pending), baseBuf!, 0);
                 backend.LowRankProduct(terms, rows, cols,
                     new ProductTile(r0, n, outBuf, 0, outType, baseBuf, 0, baseType));
+                if (baseTensor is not null && r0 + tile < rows) pending = ReadBase(r0 + tile, input[(t + 1) % 2]!);
                 int length = checked(n * cols * outType.Size());
                 var output = WriteQueue.Rent(length);
                 backend.Download(outBuf, 0, output.AsSpan(0, length));
@@ -65,7 +71,7 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, IMerge
         }
         finally
         {
-            if (input != null) ArrayPool<byte>.Shared.Return(input);
+            foreach (var b in input) if (b != null) ArrayPool<byte>.Shared.Return(b);
         }
     }
 
