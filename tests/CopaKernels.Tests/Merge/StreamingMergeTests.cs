@@ -140,6 +140,30 @@ public sealed class StreamingMergeTests(StreamingFixture fx) : IClassFixture<Str
     }
 
     [Fact]
+    public void ModelOutput_ShardSize_ReShards_AndTheIndexIsAcceptedAsBase()
+    {
+        var output = fx.NewOutput("reshard");
+        var index = Path.Combine(fx.Base, ShardedModel.IndexFileName);
+        var (code, _, err) = Merge(output, "--method", "task-arithmetic", "--output", "model", "--base", index, "--shard-size", "20KB");
+        Assert.True(code == 0, err);
+        using var b = ShardedModel.Open(fx.Base);
+        using var o = ShardedModel.Open(output);
+        Assert.True(o.Shards.Count > b.Shards.Count, $"{o.Shards.Count} shards");
+        Assert.All(o.Shards, s => Assert.Matches(@"^model-\d{5}-of-\d{5}\.safetensors$", Path.GetFileName(s.Path)));
+        Assert.Equal(b.Names.Order(), o.Names.Order());
+        foreach (var name in b.Names.Where(n => !n.Contains("_proj")))
+        {
+            b.TryGet(name, out var bf, out var bt);
+            o.TryGet(name, out var of, out var ot);
+            var x = new byte[bt.ByteLength];
+            var y = new byte[ot.ByteLength];
+            bf.ReadBytes(bt, 0, x);
+            of.ReadBytes(ot, 0, y);
+            Assert.Equal(x, y);
+        }
+    }
+
+    [Fact]
     public void TiledPath_BaseTensorLargerThanTheBudget_StaysExact()
     {
         using var dir = new TempDir();
