@@ -32,8 +32,17 @@ public sealed class MergeRunner
         _ct = ct;
     }
 
-    /// <summary>Test hook: called with each output tensor's name before it is written (failure injection).</summary>
-    internal static Action<string>? BeforeTensor { get; set; }
+    private static readonly AsyncLocal<Action<string>?> s_beforeTensor = new();
+
+    /// <summary>
+    /// Test hook: called with each output tensor's name before it is written (failure injection). Local
+    /// to the setting test's flow, so merges run by other tests at the same time are not affected.
+    /// </summary>
+    internal static Action<string>? BeforeTensor
+    {
+        get => s_beforeTensor.Value;
+        set => s_beforeTensor.Value = value;
+    }
 
     /// <summary>Runs the plan and returns the report that was written beside the output.</summary>
     /// <param name="plan">A plan from <see cref="MergePlanner.Plan"/>.</param>
