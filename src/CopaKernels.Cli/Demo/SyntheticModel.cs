@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using CopaKernels.Formats.Peft;
 using CopaKernels.Formats.Safetensors;
+using static CopaKernels.Kernels.CounterRandom;
 
 namespace CopaKernels.Cli.Demo;
 
@@ -167,13 +168,6 @@ internal static class SyntheticModel
     {
         state += 0x9E3779B97F4A7C15UL;
         return (Mix(state) >> 11) * (1.0 / (1UL << 53));
-    }
-
-    private static ulong Mix(ulong z)
-    {
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
     }
 
     private static ulong Hash(ulong seed, string name)

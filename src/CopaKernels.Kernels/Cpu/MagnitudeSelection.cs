@@ -357,13 +357,8 @@ internal static unsafe class MagnitudeSelection
         return a[nth];
     }
 
-    private static ulong Mix(ulong z)
-    {
-        z += 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
+    /// <summary>One SplitMix64 step: the golden-ratio increment, then the shared finaliser.</summary>
+    private static ulong Mix(ulong z) => CounterRandom.Mix(z + 0x9E3779B97F4A7C15UL);
 
     /// <summary>Counts of one bracket pass; Candidates (pooled) holds the keys strictly inside unless Counts.Overflow.</summary>
     internal sealed record BracketResult(ChunkCounts Counts, uint[] Candidates);
