@@ -17,20 +17,20 @@ public static class AdapterModules
     public static IReadOnlyList<string> Plan(IReadOnlyList<LoraAdapter> adapters)
     {
         if (adapters.Count == 0) throw new CopaInputException(null, null, "at least one adapter is needed");
-        var first = adapters[0].Modules.ToDictionary(m => m.Path, StringComparer.Ordinal);
+        var first = adapters[0];
         for (int n = 1; n < adapters.Count; n++)
         {
-            var other = adapters[n].Modules.ToDictionary(m => m.Path, StringComparer.Ordinal);
-            foreach (var (path, m) in first)
+            var other = adapters[n];
+            foreach (var m in first.Modules)
             {
-                if (!other.TryGetValue(path, out var o))
-                    throw new CopaInputException(adapters[n].Folder, path, $"module is in {adapters[0].Folder} but not in this adapter; every adapter must target the same modules");
+                if (!other.TryGetModule(m.Path, out var o))
+                    throw new CopaInputException(other.Folder, m.Path, $"module is in {first.Folder} but not in this adapter; every adapter must target the same modules");
                 if (o.DOut != m.DOut || o.DIn != m.DIn)
-                    throw new CopaInputException(adapters[n].Folder, path, $"module is {o.DOut} × {o.DIn} here but {m.DOut} × {m.DIn} in {adapters[0].Folder}");
+                    throw new CopaInputException(other.Folder, m.Path, $"module is {o.DOut} × {o.DIn} here but {m.DOut} × {m.DIn} in {first.Folder}");
             }
-            foreach (var path in other.Keys)
-                if (!first.ContainsKey(path))
-                    throw new CopaInputException(adapters[n].Folder, path, $"module is not in {adapters[0].Folder}; every adapter must target the same modules");
+            foreach (var o in other.Modules)
+                if (!first.TryGetModule(o.Path, out _))
+                    throw new CopaInputException(other.Folder, o.Path, $"module is not in {first.Folder}; every adapter must target the same modules");
         }
         return adapters[0].Modules.Select(m => m.Path).ToList();
     }
@@ -42,8 +42,8 @@ public static class AdapterModules
         int dOut = 0, dIn = 0;
         foreach (var adapter in adapters)
         {
-            var m = adapter.Modules.FirstOrDefault(x => x.Path == path)
-                ?? throw new CopaInputException(adapter.Folder, path, "module not found in this adapter");
+            if (!adapter.TryGetModule(path, out var m))
+                throw new CopaInputException(adapter.Folder, path, "module not found in this adapter");
             dOut = checked((int)m.DOut);
             dIn = checked((int)m.DIn);
             var a = adapter.Weights.ReadSingles(m.A);

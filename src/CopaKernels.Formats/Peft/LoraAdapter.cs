@@ -39,8 +39,15 @@ public sealed partial class LoraAdapter : IDisposable
         Config = config;
         Weights = weights;
         Modules = modules;
+        _byPath = modules.ToDictionary(m => m.Path, StringComparer.Ordinal);
         AdapterName = adapterName;
     }
+
+    private readonly Dictionary<string, LoraModule> _byPath;
+
+    /// <summary>The module at <paramref name="path"/>, if this adapter targets it.</summary>
+    public bool TryGetModule(string path, [System.Diagnostics.CodeAnalysis.MaybeNullWhen(false)] out LoraModule module) =>
+        _byPath.TryGetValue(path, out module);
 
     /// <summary>The adapter folder.</summary>
     public string Folder { get; }

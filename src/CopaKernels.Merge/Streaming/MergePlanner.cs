@@ -76,7 +76,7 @@ public static class MergePlanner
         var modules = new Dictionary<string, PlannedModule>(StringComparer.Ordinal);
         foreach (var path in paths)
         {
-            var per = adapters.Select(a => a.Modules.First(m => m.Path == path)).ToList();
+            var per = adapters.Select(a => a.TryGetModule(path, out var m) ? m : throw new InvalidOperationException($"{path} was planned but is not in {a.Folder}")).ToList();
             var form = plan.Method.Plan(path, per.Select(m => (m.Rank, m.Alpha)).ToList(), request.Options);
             var first = per[0];
             int dOut = checked((int)first.DOut), dIn = checked((int)first.DIn);
