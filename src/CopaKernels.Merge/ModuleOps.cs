@@ -94,8 +94,12 @@ internal static class ModuleOps
         return new LowRankResult(b, a, total, 1.0, total) { Stats = stats };
     }
 
-    /// <summary>dst[i, col + j] = x[i, j]·s[j] for the rows × r matrix x, into a matrix with row stride <paramref name="stride"/>.</summary>
-    internal static void ScaleColumnsInto(float[] x, float[] s, int rows, int r, float[] dst, int stride, int col)
+    /// <summary>
+    /// dst[i, col + j] = x[i, j]·s[j] (or += with <paramref name="accumulate"/>: the product rounded
+    /// before the add, no fused multiply-add) for the rows × r matrix x, into a matrix with row stride
+    /// <paramref name="stride"/>.
+    /// </summary>
+    internal static void ScaleColumnsInto(float[] x, float[] s, int rows, int r, float[] dst, int stride, int col, bool accumulate = false)
     {
         int w = Vector256<float>.Count;
         if (Vector256.IsHardwareAccelerated && r % w == 0)
@@ -104,11 +108,19 @@ internal static class ModuleOps
             for (int v = 0; v < sv.Length; v++) sv[v] = Vector256.Create(s, v * w);
             for (int i = 0; i < rows; i++)
                 for (int v = 0; v < sv.Length; v++)
-                    (Vector256.Create(x, i * r + v * w) * sv[v]).CopyTo(dst, i * stride + col + v * w);
+                {
+                    int o = i * stride + col + v * w;
+                    var p = Vector256.Create(x, i * r + v * w) * sv[v];
+                    (accumulate ? p + Vector256.Create(dst, o) : p).CopyTo(dst, o);
+                }
             return;
         }
         for (int i = 0; i < rows; i++)
             for (int j = 0; j < r; j++)
-                dst[(long)i * stride + col + j] = x[(long)i * r + j] * s[j];
+            {
+                float p = x[(long)i * r + j] * s[j];
+                long o = (long)i * stride + col + j;
+                dst[o] = accumulate ? p + dst[o] : p;
+            }
     }
 }

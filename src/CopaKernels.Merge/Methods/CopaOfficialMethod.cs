@@ -1,5 +1,4 @@
 using System.Numerics.Tensors;
-using System.Runtime.Intrinsics;
 using CopaKernels.Formats;
 using CopaKernels.Kernels;
 
@@ -47,32 +46,8 @@ public sealed class CopaOfficialMethod : IMergeMethod
         TensorPrimitives.Multiply(a, lambda, a);
         var b = new float[checked(dOut * r)];
         for (int task = 0; task < module.Tasks.Count; task++)
-            AddColumnScaled(scaled.BTrimmed[task], scaled.S[task].Select(x => (float)x).ToArray(), b, dOut, r);
+            ModuleOps.ScaleColumnsInto(scaled.BTrimmed[task], scaled.S[task].Select(x => (float)x).ToArray(), dOut, r, b, r, 0, accumulate: true);
         TensorPrimitives.Multiply(b, lambda, b);
         return new LowRankResult(b, a, r, first.Scale, first.Alpha) { Stats = stats };
-    }
-
-    /// <summary>acc[i, j] += x[i, j]·s[j] for a rows × r row-major matrix.</summary>
-    private static void AddColumnScaled(float[] x, float[] s, float[] acc, int rows, int r)
-    {
-        if (Vector256.IsHardwareAccelerated && r % Vector256<float>.Count == 0)
-        {
-            int w = Vector256<float>.Count;
-            var sv = new Vector256<float>[r / w];
-            for (int v = 0; v < sv.Length; v++) sv[v] = Vector256.Create(s, v * w);
-            for (int i = 0; i < rows; i++)
-            {
-                int row = i * r;
-                for (int v = 0; v < sv.Length; v++)
-                {
-                    int o = row + v * w;
-                    (Vector256.Create(x, o) * sv[v] + Vector256.Create(acc, o)).CopyTo(acc, o);
-                }
-            }
-            return;
-        }
-        for (int i = 0; i < rows; i++)
-            for (int j = 0; j < r; j++)
-                acc[i * r + j] += x[i * r + j] * s[j];
     }
 }
