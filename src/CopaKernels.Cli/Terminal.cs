@@ -21,5 +21,5 @@ internal static class Terminal
     }
 
     /// <summary>Human-readable byte count (binary units).</summary>
-    public static string Bytes(long n) => CopaKernels.Merge.Streaming.MemorySize.Format(n);
+    public static string Bytes(long n) => CopaKernels.Formats.MemorySize.Format(n);
 }

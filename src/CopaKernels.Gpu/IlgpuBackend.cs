@@ -35,7 +35,7 @@ public sealed class IlgpuBackend : IMergeBackend
             TileThreads = 1;
             while ((TileThreads * 2) * (TileThreads * 2) <= ReductionGroupSize && TileThreads < 16) TileThreads *= 2;
             MaxResidentGroups = Math.Max(1, Accelerator.NumMultiprocessors) * 8;
-            Name = $"{id}: {device.Name}, {IlgpuDevices.FormatBytes(device.MemorySize)}";
+            Name = $"{id}: {device.Name}, {CopaKernels.Formats.MemorySize.Format(device.MemorySize)}";
             _selection = new MagnitudeSelection(this);
             _rowSums = new RowAbsSums(this);
             _product = new LowRankProduct(this);

@@ -98,10 +98,6 @@ public static class IlgpuDevices
         return "found: " + string.Join("; ", found.Concat(notes));
     }
 
-    /// <summary>1.5 GiB style sizes.</summary>
-    public static string FormatBytes(long bytes) =>
-        bytes >= 1L << 30 ? $"{bytes / (double)(1L << 30):0.#} GiB" : bytes >= 1L << 20 ? $"{bytes / (double)(1L << 20):0.#} MiB" : $"{bytes} B";
-
     private static IlgpuDeviceReport Scan()
     {
         var devices = new List<IlgpuDeviceInfo>();

@@ -23,7 +23,7 @@ internal static class DevicesCommand
             foreach (var d in report.Devices)
             {
                 string kind = d.Kind == BackendKind.Cuda ? "CUDA" : d.IsGpu ? "OpenCL GPU" : "OpenCL CPU";
-                string details = $"{IlgpuDevices.FormatBytes(d.MemoryBytes)} memory" + (d.Usable ? "" : $"; skipped: {d.SkipReason}");
+                string details = $"{CopaKernels.Formats.MemorySize.Format(d.MemoryBytes)} memory" + (d.Usable ? "" : $"; skipped: {d.SkipReason}");
                 table.Add(d.Id, kind, d.Name, details);
             }
             table.Write(stdout);

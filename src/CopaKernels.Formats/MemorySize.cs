@@ -1,7 +1,6 @@
 using System.Globalization;
-using CopaKernels.Formats;
 
-namespace CopaKernels.Merge.Streaming;
+namespace CopaKernels.Formats;
 
 /// <summary>Byte sizes as people write them: 512MiB, 2GiB, 5GB, 1.5G, 4096.</summary>
 public static class MemorySize
