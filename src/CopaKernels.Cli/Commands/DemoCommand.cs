@@ -84,9 +84,11 @@ internal static class DemoCommand
         if (generateOnly) return Program.ExitOk;
 
         var options = new MergeOptions { Method = "copa" };
+        // One backend for both merges: a device backend compiles its kernels when it is opened.
+        using var backend = Backends.Create(device, threads);
         stdout.WriteLine();
         MergeCommand.Run(new MergeRequest { Options = options, Adapters = adapterDirs, Output = Path.Combine(dir, "merged-adapter") },
-            device, threads, quiet, stdout, stderr);
+            backend, quiet, stdout, stderr);
         if (withBase)
         {
             stdout.WriteLine();
@@ -94,7 +96,7 @@ internal static class DemoCommand
             {
                 Options = options, Adapters = adapterDirs, Output = Path.Combine(dir, "merged-model"),
                 Mode = OutputMode.Model, Base = basePath,
-            }, device, threads, quiet, stdout, stderr);
+            }, backend, quiet, stdout, stderr);
         }
         stdout.WriteLine();
         stdout.WriteLine($"done. Look inside with: copa inspect {Path.Combine(dir, "merged-adapter")}");

@@ -4,6 +4,7 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using CopaKernels.Formats;
 using CopaKernels.Formats.Safetensors;
+using CopaKernels.Kernels;
 using CopaKernels.Merge;
 using CopaKernels.Merge.Streaming;
 
@@ -85,13 +86,29 @@ internal static class MergeCommand
         return cmd;
     }
 
-    /// <summary>Plans and runs a merge, printing the plan and a summary unless quiet.</summary>
+    /// <summary>
+    /// Plans a merge (so input errors come before any device is opened), opens the device, and runs it,
+    /// printing the plan and a summary unless quiet.
+    /// </summary>
     public static int Run(MergeRequest request, string deviceSpec, int threads, bool quiet, TextWriter stdout, TextWriter stderr)
     {
         var clock = Stopwatch.StartNew();
         using var plan = MergePlanner.Plan(request);
         double planSeconds = clock.Elapsed.TotalSeconds;
         using var backend = Backends.Create(deviceSpec, threads);
+        return Run(plan, planSeconds, backend, quiet, stdout, stderr);
+    }
+
+    /// <summary>Plans and runs a merge on an open backend (several merges can share one device and its loaded kernels).</summary>
+    public static int Run(MergeRequest request, IMergeBackend backend, bool quiet, TextWriter stdout, TextWriter stderr)
+    {
+        var clock = Stopwatch.StartNew();
+        using var plan = MergePlanner.Plan(request);
+        return Run(plan, clock.Elapsed.TotalSeconds, backend, quiet, stdout, stderr);
+    }
+
+    private static int Run(MergePlan plan, double planSeconds, IMergeBackend backend, bool quiet, TextWriter stdout, TextWriter stderr)
+    {
         if (!quiet) PrintPlan(plan, backend.Name, stdout);
 
         using var cts = new CancellationTokenSource();
