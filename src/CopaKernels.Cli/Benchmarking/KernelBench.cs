@@ -52,19 +52,8 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
         if (ops.Contains("convert")) Convert();
     }
 
-    private static float[] Gaussian(long n, int seed)
-    {
-        var rng = new Random(seed);
-        var x = new float[n];
-        for (long i = 0; i < n; i += 2)
-        {
-            double u = 1 - rng.NextDouble(), v = rng.NextDouble();
-            double r = Math.Sqrt(-2 * Math.Log(u));
-            x[i] = (float)(r * Math.Cos(2 * Math.PI * v) * 0.02);
-            if (i + 1 < n) x[i + 1] = (float)(r * Math.Sin(2 * Math.PI * v) * 0.02);
-        }
-        return x;
-    }
+    /// <summary>Weight-like data: N(0, 0.02²), seeded (the demo's generator).</summary>
+    private static float[] Gaussian(long n, int seed) => Demo.SyntheticModel.Gaussian(checked((int)n), 0.02f, (ulong)seed);
 
     /// <summary>
     /// Median ms of <paramref name="timed"/>, calling <paramref name="setup"/> (untimed) before each run

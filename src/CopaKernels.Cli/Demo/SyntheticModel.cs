@@ -149,7 +149,8 @@ internal static class SyntheticModel
         return x;
     }
 
-    private static float[] Gaussian(int n, float sigma, ulong key)
+    /// <summary>n values of N(0, σ²), deterministic in <paramref name="key"/>.</summary>
+    internal static float[] Gaussian(int n, float sigma, ulong key)
     {
         var x = new float[n];
         ulong s = key;
