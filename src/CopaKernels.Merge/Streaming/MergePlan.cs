@@ -83,7 +83,7 @@ public sealed class MergePlan : IDisposable
     /// one on the backend (4 + 4 + 4), the backend's output (4), and up to four host output buffers in
     /// the write queue (16).
     /// </summary>
-    internal int TileBytesPerElement { get; set; } = 32;
+    internal const int TileBytesPerElement = 32;
 
     /// <summary>Whether the next module's factors are read while the current one computes (it fits the budget twice).</summary>
     public bool Prefetch { get; internal set; }

@@ -223,7 +223,7 @@ public static class MergePlanner
         long maxInput = plan.Modules.Count == 0 ? 0 : plan.Modules.Max(m => m.InputBytes);
         bool tiled = plan.Request.Mode != OutputMode.Adapter;
         long widest = plan.Modules.Count == 0 ? 1 : plan.Modules.Max(m => (long)m.ProductCols);
-        long minTile = tiled ? widest * plan.TileBytesPerElement : 0;
+        long minTile = tiled ? widest * MergePlan.TileBytesPerElement : 0;
         long fixedBytes = CopyBufferBytes + minTile;
         if (worst != null && working + fixedBytes > budget)
             throw new CopaInputException(plan.Adapters[0].Folder, worst.Path,
