@@ -36,7 +36,10 @@ public static class AdapterModules
     }
 
     /// <summary>Reads one module of every adapter as F32.</summary>
-    public static ModuleInput Load(IReadOnlyList<LoraAdapter> adapters, string path)
+    public static ModuleInput Load(IReadOnlyList<LoraAdapter> adapters, string path) => Load(adapters, path, n => GC.AllocateUninitializedArray<float>(n));
+
+    /// <summary>Reads one module of every adapter as F32 into arrays from <paramref name="allocate"/> (exact lengths).</summary>
+    internal static ModuleInput Load(IReadOnlyList<LoraAdapter> adapters, string path, Func<int, float[]> allocate)
     {
         var tasks = new List<TaskFactors>(adapters.Count);
         int dOut = 0, dIn = 0;
@@ -46,8 +49,10 @@ public static class AdapterModules
                 throw new CopaInputException(adapter.Folder, path, "module not found in this adapter");
             dOut = checked((int)m.DOut);
             dIn = checked((int)m.DIn);
-            var a = adapter.Weights.ReadSingles(m.A);
-            var b = adapter.Weights.ReadSingles(m.B);
+            var a = allocate(checked((int)m.A.ElementCount));
+            adapter.Weights.ReadSingles(m.A, 0, a);
+            var b = allocate(checked((int)m.B.ElementCount));
+            adapter.Weights.ReadSingles(m.B, 0, b);
             tasks.Add(new TaskFactors(a, b, m.Rank, m.Scale, m.Alpha));
         }
         return new ModuleInput(path, dOut, dIn, tasks);

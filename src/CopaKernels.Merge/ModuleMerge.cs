@@ -13,7 +13,14 @@ public sealed record TaskFactors(float[] A, float[] B, int Rank, double Scale, d
 /// <param name="DOut">Output dimension.</param>
 /// <param name="DIn">Input dimension.</param>
 /// <param name="Tasks">One entry per adapter, in order.</param>
-public sealed record ModuleInput(string Path, int DOut, int DIn, IReadOnlyList<TaskFactors> Tasks);
+public sealed record ModuleInput(string Path, int DOut, int DIn, IReadOnlyList<TaskFactors> Tasks)
+{
+    /// <summary>
+    /// The factor arrays belong to this merge alone (the streaming feed's fresh reads), so a method may
+    /// trim them in place instead of copying them first. False for inputs a caller handed in.
+    /// </summary>
+    internal bool Transient { get; init; }
+}
 
 /// <summary>A merged module: a low-rank pair (ΔW = Scale·B·A) or a dense ΔW.</summary>
 public abstract record ModuleResult

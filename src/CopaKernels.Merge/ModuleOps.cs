@@ -3,6 +3,7 @@ using System.Runtime.Intrinsics;
 using System.Runtime.InteropServices;
 using CopaKernels.Formats;
 using CopaKernels.Kernels;
+using CopaKernels.Kernels.Cpu;
 
 namespace CopaKernels.Merge;
 
@@ -95,11 +96,77 @@ internal static class ModuleOps
     }
 
     /// <summary>
-    /// dst[i, col + j] = x[i, j]·s[j] (or += with <paramref name="accumulate"/>: the product rounded
-    /// before the add, no fused multiply-add) for the rows × r matrix x, into a matrix with row stride
+    /// Host threads for the merge's own array passes: the CPU backend's thread count (so
+    /// <c>--threads</c> holds everywhere), every core when the kernels run on a device.
+    /// </summary>
+    public static ParallelOptions HostParallel(IMergeBackend backend) =>
+        new() { MaxDegreeOfParallelism = backend is CpuBackend cpu ? cpu.Threads : Environment.ProcessorCount };
+
+    /// <summary>Elements per work item of the fused sums: a few L1-sized blocks of every input.</summary>
+    private const int SumChunk = 4096;
+
+    /// <summary>
+    /// dst = λ·(x_0 + x_1 + … + x_{N−1}), added in task order and multiplied once, as the scalar
+    /// definition; one pass over memory (each block of dst stays in L1 while every input is added).
+    /// </summary>
+    public static void SumThenScale(IReadOnlyList<float[]> xs, float lambda, float[] dst, ParallelOptions parallel)
+    {
+        var x = xs.ToArray();
+        int n = dst.Length;
+        Parallel.For(0, (n + SumChunk - 1) / SumChunk, parallel, c =>
+        {
+            int start = c * SumChunk, len = Math.Min(SumChunk, n - start);
+            var d = dst.AsSpan(start, len);
+            x[0].AsSpan(start, len).CopyTo(d);
+            for (int t = 1; t < x.Length; t++) TensorPrimitives.Add(d, x[t].AsSpan(start, len), d);
+            TensorPrimitives.Multiply(d, lambda, d);
+        });
+    }
+
+    /// <summary>
+    /// dst[i, j] = λ·Σ_t x_t[i, j]·s_t[j] for rows × r matrices: each product rounded before its add
+    /// (no fused multiply-add), tasks in order from 0, then one multiply by λ; one pass over memory.
+    /// </summary>
+    public static void SumScaledColumnsThenScale(IReadOnlyList<float[]> xs, IReadOnlyList<float[]> s, int rows, int r, float lambda,
+        float[] dst, ParallelOptions parallel)
+    {
+        var x = xs.ToArray();
+        var c = s.ToArray();
+        int w = Vector256<float>.Count;
+        bool simd = Vector256.IsHardwareAccelerated && r % w == 0;
+        // The coefficients as vectors, task-major: sv[t·(r/w) + v] holds s_t[v·w .. v·w + w).
+        var sv = simd ? new Vector256<float>[x.Length * (r / w)] : [];
+        for (int t = 0; t < x.Length && simd; t++)
+            for (int v = 0; v < r / w; v++) sv[t * (r / w) + v] = Vector256.Create(c[t], v * w);
+        int rowsPerChunk = Math.Max(1, SumChunk / Math.Max(1, r));
+        Parallel.For(0, (rows + rowsPerChunk - 1) / rowsPerChunk, parallel, chunk =>
+        {
+            int r0 = chunk * rowsPerChunk, r1 = Math.Min(rows, r0 + rowsPerChunk);
+            var d = dst.AsSpan(r0 * r, (r1 - r0) * r);
+            d.Clear();
+            for (int t = 0; t < x.Length; t++)
+            {
+                var xt = x[t].AsSpan(r0 * r, d.Length);
+                if (simd)
+                {
+                    ref float xr = ref MemoryMarshal.GetReference(xt);
+                    ref float dr = ref MemoryMarshal.GetReference(d);
+                    int vs = r / w;
+                    for (int o = 0, k = 0; o < d.Length; o += w, k = k + 1 == vs ? 0 : k + 1)
+                        (Vector256.LoadUnsafe(ref xr, (nuint)o) * sv[t * vs + k] + Vector256.LoadUnsafe(ref dr, (nuint)o)).StoreUnsafe(ref dr, (nuint)o);
+                }
+                else
+                    for (int o = 0; o < d.Length; o++) d[o] = xt[o] * c[t][o % r] + d[o];
+            }
+            TensorPrimitives.Multiply(d, lambda, d);
+        });
+    }
+
+    /// <summary>
+    /// dst[i, col + j] = x[i, j]·s[j] for the rows × r matrix x, into a matrix with row stride
     /// <paramref name="stride"/>.
     /// </summary>
-    internal static void ScaleColumnsInto(float[] x, float[] s, int rows, int r, float[] dst, int stride, int col, bool accumulate = false)
+    internal static void ScaleColumnsInto(float[] x, float[] s, int rows, int r, float[] dst, int stride, int col)
     {
         int w = Vector256<float>.Count;
         if (Vector256.IsHardwareAccelerated && r % w == 0)
@@ -110,17 +177,14 @@ internal static class ModuleOps
                 for (int v = 0; v < sv.Length; v++)
                 {
                     int o = i * stride + col + v * w;
-                    var p = Vector256.Create(x, i * r + v * w) * sv[v];
-                    (accumulate ? p + Vector256.Create(dst, o) : p).CopyTo(dst, o);
+                    (Vector256.Create(x, i * r + v * w) * sv[v]).CopyTo(dst, o);
                 }
             return;
         }
         for (int i = 0; i < rows; i++)
             for (int j = 0; j < r; j++)
             {
-                float p = x[(long)i * r + j] * s[j];
-                long o = (long)i * stride + col + j;
-                dst[o] = accumulate ? p + dst[o] : p;
+                dst[(long)i * stride + col + j] = x[(long)i * r + j] * s[j];
             }
     }
 }

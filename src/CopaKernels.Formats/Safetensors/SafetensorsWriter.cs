@@ -24,6 +24,7 @@ public sealed class SafetensorsWriter : IDisposable
     private long _writtenInTensor;
     private bool _committed;
     private readonly bool _flushToDisk;
+    private long _writebackFrom;
 
     /// <summary>Declares the tensors and writes the header to a temporary file beside <paramref name="path"/>.</summary>
     /// <param name="path">Final file path.</param>
@@ -55,6 +56,7 @@ public sealed class SafetensorsWriter : IDisposable
             _stream.Write(header);
             _stream.SetLength(8 + header.Length + DataLength);
             _stream.Position = 8 + header.Length;
+            _writebackFrom = 0;
         }
         catch
         {
@@ -116,6 +118,14 @@ public sealed class SafetensorsWriter : IDisposable
         _stream.Write(bytes);
         _writtenInTensor += bytes.Length;
         Advance();
+        // Every 32 MiB, hand the kernel what was written so far, so the disk works while we compute.
+        long end = _stream.Position;
+        if (end - _writebackFrom >= Writeback.Chunk)
+        {
+            _stream.Flush();
+            Writeback.Start(_stream.SafeFileHandle, _writebackFrom, end - _writebackFrom);
+            _writebackFrom = end;
+        }
     }
 
     /// <summary>Appends F32 values to tensor <paramref name="name"/>, converted (rounded to nearest-even) to its dtype.</summary>

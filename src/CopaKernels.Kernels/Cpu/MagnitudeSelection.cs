@@ -47,7 +47,7 @@ internal static unsafe class MagnitudeSelection
         bool finite;
         SelectionResult r = n >= LargeThreshold
             ? SelectLarge(backend, p, n, k, applyMask, out finite)
-            : SelectSmall(p, n, k, applyMask, out finite);
+            : SelectOneThread(p, n, k, applyMask, out finite);
         if (!finite) throw new NonFiniteInputException(0);
         return r;
     }
@@ -68,7 +68,7 @@ internal static unsafe class MagnitudeSelection
         {
             var rg = rangesArray[i];
             if (rg.Length >= LargeThreshold) return;
-            local[i] = SelectSmall((float*)f + rg.Offset, rg.Length, SelectionResult.KFor(rg.Length, density), applyMask, out var finite);
+            local[i] = SelectOneThread((float*)f + rg.Offset, rg.Length, SelectionResult.KFor(rg.Length, density), applyMask, out var finite);
             bad[i] = !finite;
         });
         // Large tensors: each uses every thread on its own.
@@ -85,7 +85,7 @@ internal static unsafe class MagnitudeSelection
 
     // ---------------------------------------------------------------- small: radix select
 
-    private static SelectionResult SelectSmall(float* p, long n, long k, bool applyMask, out bool finite)
+    internal static SelectionResult SelectOneThread(float* p, long n, long k, bool applyMask, out bool finite)
     {
         if (k == 0)
         {

@@ -1,4 +1,3 @@
-using System.Numerics.Tensors;
 using CopaKernels.Formats;
 using CopaKernels.Kernels;
 
@@ -40,14 +39,12 @@ public sealed class CopaOfficialMethod : IMergeMethod
         float lambda = (float)options.EffectiveLambda;
         // A_m = λ Σ_n Ã_n and B_m = λ Σ_n B̃_n·diag(S̃_n): sums in task order, each product rounded
         // before its add (no fused multiply-add), as the scalar definition.
+        var parallel = ModuleOps.HostParallel(backend);
         var a = GC.AllocateUninitializedArray<float>(checked(r * dIn));
-        scaled.ATrimmed[0].CopyTo(a, 0);
-        for (int task = 1; task < module.Tasks.Count; task++) TensorPrimitives.Add(a, scaled.ATrimmed[task], a);
-        TensorPrimitives.Multiply(a, lambda, a);
-        var b = new float[checked(dOut * r)];
-        for (int task = 0; task < module.Tasks.Count; task++)
-            ModuleOps.ScaleColumnsInto(scaled.BTrimmed[task], scaled.S[task].Select(x => (float)x).ToArray(), dOut, r, b, r, 0, accumulate: true);
-        TensorPrimitives.Multiply(b, lambda, b);
+        ModuleOps.SumThenScale(scaled.ATrimmed, lambda, a, parallel);
+        var b = GC.AllocateUninitializedArray<float>(checked(dOut * r));
+        var coefficients = scaled.S.Select(sn => sn.Select(x => (float)x).ToArray()).ToArray();
+        ModuleOps.SumScaledColumnsThenScale(scaled.BTrimmed, coefficients, dOut, r, lambda, b, parallel);
         return new LowRankResult(b, a, r, first.Scale, first.Alpha) { Stats = stats };
     }
 }

@@ -226,6 +226,7 @@ public sealed class MergeRunner
             result = new LowRankResult(t.B, t.A, n, 1.0, n) { Stats = lr.Stats };
         }
         _compute.Stop();
+        feed.Recycle(input, result);
         var s = result.Stats;
         _reports.Add(new MergeReport.ModuleReport(m.Path, m.DOut, m.DIn, m.Ranks,
             result is LowRankResult l ? l.Rank : 0, result is DenseResult, s.ThresholdsA, s.ThresholdsB, s.Kept, s.Total,

@@ -9,6 +9,7 @@ internal sealed class ModuleFeed : IDisposable
 {
     private readonly MergePlan _plan;
     private readonly CancellationToken _ct;
+    private readonly FactorPool _pool;
     private Task<ModuleInput>? _next;
     private int _index;
 
@@ -16,6 +17,7 @@ internal sealed class ModuleFeed : IDisposable
     {
         _plan = plan;
         _ct = ct;
+        _pool = new FactorPool(plan.Modules.Count == 0 ? 0 : plan.Modules.Max(m => m.InputBytes));
     }
 
     /// <summary>The factors of <paramref name="module"/>, which must be the next planned module.</summary>
@@ -37,7 +39,27 @@ internal sealed class ModuleFeed : IDisposable
     private ModuleInput Load(int i)
     {
         _ct.ThrowIfCancellationRequested();
-        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Path);
+        // The arrays are this merge's own, so a method may trim them in place.
+        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Path, _pool.Rent) with { Transient = true };
+    }
+
+    /// <summary>
+    /// Hands a merged module's factor arrays back for the next reads, except any the result still
+    /// refers to (a method may return an input array as its result).
+    /// </summary>
+    public void Recycle(ModuleInput input, ModuleResult result)
+    {
+        var kept = result switch
+        {
+            LowRankResult lr => new[] { lr.A, lr.B },
+            DenseResult d => new[] { d.Delta },
+            _ => [],
+        };
+        foreach (var t in input.Tasks)
+        {
+            if (!kept.Any(k => ReferenceEquals(k, t.A))) _pool.Return(t.A);
+            if (!kept.Any(k => ReferenceEquals(k, t.B))) _pool.Return(t.B);
+        }
     }
 
     public void Dispose()

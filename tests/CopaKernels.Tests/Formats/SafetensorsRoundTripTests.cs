@@ -156,4 +156,31 @@ public class SafetensorsRoundTripTests
         Assert.Equal([1.5f, -2.5f], f.ReadSingles(f.Get("small")));
         Assert.True(GC.GetAllocatedBytesForCurrentThread() - before < 1 << 20);
     }
+
+    [Fact]
+    public void FilePastTheWritebackChunk_IsWrittenWhole()
+    {
+        // Every 32 MiB the writer flushes and asks the kernel to start writing back (sync_file_range);
+        // the bytes, their order and the tensors around the chunk boundaries must not change.
+        using var dir = new TempDir();
+        var path = dir.File("w.safetensors");
+        const int n = (40 << 20) / 4 + 5;
+        var rng = new Random(3);
+        var bytes = new byte[4L * n];
+        rng.NextBytes(bytes);
+        using (var w = new SafetensorsWriter(path, [new("a", DType.F32, [n]), new("b", DType.U8, [7])]))
+        {
+            for (int done = 0; done < bytes.Length; done += 3_000_001)
+                w.Append("a", bytes.AsSpan(done, Math.Min(3_000_001, bytes.Length - done)));
+            w.Append("b", [1, 2, 3, 4, 5, 6, 7]);
+            w.Commit();
+        }
+        using var f = SafetensorsFile.Open(path);
+        var back = new byte[bytes.Length];
+        f.ReadBytes(f.Get("a"), 0, back);
+        Assert.True(bytes.AsSpan().SequenceEqual(back));
+        var tail = new byte[7];
+        f.ReadBytes(f.Get("b"), 0, tail);
+        Assert.Equal(new byte[] { 1, 2, 3, 4, 5, 6, 7 }, tail);
+    }
 }

@@ -244,4 +244,42 @@ public class MergeMethodTests
             Assert.Contains("adapter 2", e.Message);
         }
     }
+
+    [Fact]
+    public void NaNInSeveralFactors_NamesTheFirstAdapterWithABadA_ThenB()
+    {
+        // The CPU path trims every factor in parallel; it must name the same adapter as a device does
+        // (A's are selected first there): the first adapter whose A is bad, else the first with a bad B.
+        var m = Module(26, 3, 8, 8);
+        m.Tasks[0].B[1] = float.NaN;
+        m.Tasks[2].A[5] = float.PositiveInfinity;
+        var e = Assert.Throws<CopaInputException>(() => MergeMethods.Get("copa").MergeModule(Backend, m, new MergeOptions { Method = "copa" }));
+        Assert.Contains("adapter 3", e.Message);
+        m.Tasks[2].A[5] = 0;
+        e = Assert.Throws<CopaInputException>(() => MergeMethods.Get("copa-official").MergeModule(Backend, m, new MergeOptions { Method = "copa-official" }));
+        Assert.Contains("adapter 1", e.Message);
+    }
+
+    [Theory]
+    [InlineData("copa")]
+    [InlineData("copa-official")]
+    public void CallersFactors_AreNotModified_TheFeedsAreTrimmedInPlace(string method)
+    {
+        var m = Module(27, 3, 24, 40);
+        var before = m.Tasks.Select(t => (A: (float[])t.A.Clone(), B: (float[])t.B.Clone())).ToList();
+        var opts = new MergeOptions { Method = method };
+        var want = (LowRankResult)MergeMethods.Get(method).MergeModule(Backend, m, opts);
+        for (int t = 0; t < m.Tasks.Count; t++)
+        {
+            Assert.Equal(before[t].A, m.Tasks[t].A);
+            Assert.Equal(before[t].B, m.Tasks[t].B);
+        }
+        // A transient module (the streaming feed's own arrays) gives the same result, trimming in place.
+        var transient = m with { Transient = true };
+        var got = (LowRankResult)MergeMethods.Get(method).MergeModule(Backend, transient, opts);
+        Assert.Equal(want.A, got.A);
+        Assert.Equal(want.B, got.B);
+        Assert.Equal(want.Stats.ThresholdsA, got.Stats.ThresholdsA);
+        Assert.Contains(m.Tasks[0].A, v => v == 0);
+    }
 }

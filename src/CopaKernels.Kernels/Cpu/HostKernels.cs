@@ -1,0 +1,47 @@
+namespace CopaKernels.Kernels.Cpu;
+
+/// <summary>
+/// Families 1 and 2 on host memory, on the calling thread: for callers that hold their tensors in
+/// managed arrays and parallelise across tensors themselves (the merge's CPU path runs one task's
+/// factors per thread), so nothing is copied into or out of a <see cref="KernelBuffer"/>.
+/// </summary>
+/// <remarks>
+/// The same algorithms as <see cref="CpuBackend"/>'s kernels, so thresholds, masks and kept counts are
+/// identical bit for bit to the backend's (and to the scalar reference), and the row sums add in the
+/// same order. Only the threading differs: these never start threads.
+/// </remarks>
+public static unsafe class HostKernels
+{
+    /// <summary>
+    /// Family 1: t = k-th smallest |x| with k = floor(n·(1−ρ)); when <paramref name="applyMask"/>,
+    /// entries with |x| &lt; t are set to +0 in place.
+    /// Throws <see cref="NonFiniteInputException"/> if <paramref name="x"/> holds NaN or ±Inf.
+    /// </summary>
+    public static SelectionResult SelectByMagnitude(Span<float> x, double density, bool applyMask = true)
+    {
+        SelectionResult.CheckDensity(density);
+        fixed (float* p = x)
+        {
+            var r = MagnitudeSelection.SelectOneThread(p, x.Length, SelectionResult.KFor(x.Length, density), applyMask, out bool finite);
+            if (!finite) throw new NonFiniteInputException(0);
+            return r;
+        }
+    }
+
+    /// <summary>
+    /// Family 2: for the rows × cols row-major matrix <paramref name="x"/>, sums[i] = Σ_j |x[i,j]| and
+    /// maskedSums[i] = Σ_j |x[i,j]|·[|x[i,j]| ≥ threshold] in one pass; with <paramref name="applyMask"/>
+    /// the entries below the threshold are zeroed (written +0) in the same pass.
+    /// </summary>
+    public static void RowAbsSums(Span<float> x, int rows, int cols, Span<float> sums, float threshold, Span<float> maskedSums, bool applyMask)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(rows);
+        ArgumentOutOfRangeException.ThrowIfNegative(cols);
+        if ((long)rows * cols > x.Length) throw new ArgumentException($"x holds {x.Length} values, fewer than {rows} × {cols}", nameof(x));
+        if (sums.Length < rows || maskedSums.Length < rows) throw new ArgumentException($"the sums need {rows} entries each", nameof(sums));
+        uint t = BitConverter.SingleToUInt32Bits(Math.Abs(threshold));
+        fixed (float* p = x)
+            for (int i = 0; i < rows; i++)
+                (sums[i], maskedSums[i]) = Cpu.RowAbsSums.Fused(p + (long)i * cols, cols, t, applyMask);
+    }
+}
