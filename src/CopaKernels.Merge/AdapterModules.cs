@@ -38,8 +38,12 @@ public static class AdapterModules
     /// <summary>Reads one module of every adapter as F32.</summary>
     public static ModuleInput Load(IReadOnlyList<LoraAdapter> adapters, string path) => Load(adapters, path, n => GC.AllocateUninitializedArray<float>(n));
 
-    /// <summary>Reads one module of every adapter as F32 into arrays from <paramref name="allocate"/> (exact lengths).</summary>
-    internal static ModuleInput Load(IReadOnlyList<LoraAdapter> adapters, string path, Func<int, float[]> allocate)
+    /// <summary>
+    /// Reads one module of every adapter as F32 into arrays from <paramref name="allocate"/> (exact
+    /// lengths); with <paramref name="defer"/> the arrays are only allocated, and the module's
+    /// <see cref="ModuleInput.Deferred"/> reads them on demand.
+    /// </summary>
+    internal static ModuleInput Load(IReadOnlyList<LoraAdapter> adapters, string path, Func<int, float[]> allocate, bool defer = false)
     {
         var tasks = new List<TaskFactors>(adapters.Count);
         int dOut = 0, dIn = 0;
@@ -50,11 +54,44 @@ public static class AdapterModules
             dOut = checked((int)m.DOut);
             dIn = checked((int)m.DIn);
             var a = allocate(checked((int)m.A.ElementCount));
-            adapter.Weights.ReadSingles(m.A, 0, a);
             var b = allocate(checked((int)m.B.ElementCount));
-            adapter.Weights.ReadSingles(m.B, 0, b);
+            if (!defer)
+            {
+                adapter.Weights.ReadSingles(m.A, 0, a);
+                adapter.Weights.ReadSingles(m.B, 0, b);
+            }
             tasks.Add(new TaskFactors(a, b, m.Rank, m.Scale, m.Alpha));
         }
-        return new ModuleInput(path, dOut, dIn, tasks);
+        var input = new ModuleInput(path, dOut, dIn, tasks);
+        return defer ? input with { Deferred = new DeferredFactors(adapters, path, tasks) } : input;
+    }
+}
+
+/// <summary>
+/// A module's factors that are allocated but not read yet: each is read (and decoded to F32) when a
+/// method asks for it, so the thread that trims a factor reads it too, and it is still in cache.
+/// </summary>
+internal sealed class DeferredFactors(IReadOnlyList<LoraAdapter> adapters, string path, IReadOnlyList<TaskFactors> tasks)
+{
+    private readonly int[] _read = new int[2 * tasks.Count];
+
+    /// <summary>Reads one factor into its array, once; each factor must be asked for by one thread at a time.</summary>
+    public void Read(int task, bool b)
+    {
+        if (Interlocked.Exchange(ref _read[2 * task + (b ? 1 : 0)], 1) == 1) return;
+        var adapter = adapters[task];
+        if (!adapter.TryGetModule(path, out var m))
+            throw new CopaInputException(adapter.Folder, path, "module not found in this adapter");
+        adapter.Weights.ReadSingles(b ? m.B : m.A, 0, b ? tasks[task].B : tasks[task].A);
+    }
+
+    /// <summary>Reads every factor not read yet.</summary>
+    public void ReadAll()
+    {
+        for (int task = 0; task < tasks.Count; task++)
+        {
+            Read(task, false);
+            Read(task, true);
+        }
     }
 }

@@ -21,6 +21,9 @@ internal static class CopaScaling
 {
     public sealed record Result(float[][] ATrimmed, float[][] BTrimmed, double[][] S);
 
+    /// <summary>The CPU route reads deferred factors itself, each on the thread that trims it.</summary>
+    public static bool ReadsDeferred(IMergeBackend backend) => backend is CpuBackend;
+
     public static Result Compute(IMergeBackend backend, ModuleInput m, double density, double clamp, bool normalize, ModuleStats stats)
     {
         if (normalize) ModuleOps.RequireEqualRanks(m, "CoPA's cross-task normalisation needs equal ranks (or normalize: false)");
@@ -71,6 +74,7 @@ internal static class CopaScaling
         int n = m.Tasks.Count;
         // B is trimmed in place; A only gets its threshold here, because its row sums need the
         // untrimmed values: the fused row-sum kernel then sums, masks and zeroes in one pass.
+        m.Deferred?.ReadAll();
         using var a = new PackedTensors(backend, m.Tasks.Select(t => t.A).ToList());
         using var b = new PackedTensors(backend, m.Tasks.Select(t => t.B).ToList());
         var selA = new SelectionResult[n];
@@ -115,10 +119,12 @@ internal static class CopaScaling
         var selB = new SelectionResult[n];
         var rowSums = new float[n][];
         var bad = new bool[2 * n];
-        // One factor per work item (A's and B's interleaved), so two threads stay busy for any n.
-        Parallel.For(0, 2 * n, ModuleOps.HostParallel(cpu), item =>
+        // One factor per work item (A's and B's interleaved), so two threads stay busy for any n; a
+        // deferred factor is read by the thread that trims it, just before, so it is still in cache.
+        ModuleOps.ParallelFor(2 * n, ModuleOps.HostParallel(cpu), item =>
         {
             int task = item >> 1;
+            m.Deferred?.Read(task, (item & 1) == 1);
             try
             {
                 if ((item & 1) == 1)

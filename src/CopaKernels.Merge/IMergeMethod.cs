@@ -26,6 +26,15 @@ public interface IMergeMethod
     ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options);
 }
 
+/// <summary>
+/// A method that reads a deferred module's factors itself (<see cref="ModuleInput.Deferred"/>), each
+/// right before it uses it, on the backends for which this says true.
+/// </summary>
+internal interface IReadsDeferredFactors
+{
+    bool ReadsDeferred(IMergeBackend backend);
+}
+
 /// <summary>The shape of a merged module, known before merging.</summary>
 /// <param name="Rank">Inner dimension of the low-rank result, or 0 for a dense ΔW.</param>
 public readonly record struct ResultForm(int Rank)

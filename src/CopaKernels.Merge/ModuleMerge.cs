@@ -20,6 +20,12 @@ public sealed record ModuleInput(string Path, int DOut, int DIn, IReadOnlyList<T
     /// trim them in place instead of copying them first. False for inputs a caller handed in.
     /// </summary>
     internal bool Transient { get; init; }
+
+    /// <summary>
+    /// Set when the factor arrays are allocated but not read yet (the streaming feed, for a method that
+    /// reads each factor itself right before it trims it, while it is in cache). Null otherwise.
+    /// </summary>
+    internal DeferredFactors? Deferred { get; init; }
 }
 
 /// <summary>A merged module: a low-rank pair (ΔW = Scale·B·A) or a dense ΔW.</summary>

@@ -102,6 +102,20 @@ internal static class ModuleOps
     public static ParallelOptions HostParallel(IMergeBackend backend) =>
         new() { MaxDegreeOfParallelism = backend is CpuBackend cpu ? cpu.Threads : Environment.ProcessorCount };
 
+    /// <summary>
+    /// <see cref="Parallel.For(int, int, ParallelOptions, Action{int})"/> that rethrows the first failure
+    /// as itself, not wrapped in an <see cref="AggregateException"/>, so an input error read on a worker
+    /// (a truncated file, say) reaches the command's one-line error handling unchanged.
+    /// </summary>
+    public static void ParallelFor(int count, ParallelOptions parallel, Action<int> body)
+    {
+        try { Parallel.For(0, count, parallel, body); }
+        catch (AggregateException e) when (e.InnerExceptions.Count > 0)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw();
+        }
+    }
+
     /// <summary>Elements per work item of the fused sums: a few L1-sized blocks of every input.</summary>
     private const int SumChunk = 4096;
 

@@ -6,7 +6,7 @@ namespace CopaKernels.Merge.Methods;
 /// CoPA-Merging as in the paper's Algorithm 1 (SPEC §2): ΔW = λ Σ_n s_n B̃_n diag(S̃_n) Ã_n, returned
 /// losslessly as a LoRA pair of rank Σ r_n: B = [λ s_1 B̃_1 diag(S̃_1) | …], A = [Ã_1; …; Ã_N], scale 1.
 /// </summary>
-public sealed class CopaMethod : IMergeMethod
+public sealed class CopaMethod : IMergeMethod, IReadsDeferredFactors
 {
     /// <inheritdoc/>
     public string Name => "copa";
@@ -20,6 +20,8 @@ public sealed class CopaMethod : IMergeMethod
         if (options.Normalize) ResultForm.EqualRanks(path, tasks, "CoPA's cross-task normalisation needs one rank (or set normalize: false)");
         return ResultForm.LowRank(tasks.Sum(t => t.Rank));
     }
+
+    bool IReadsDeferredFactors.ReadsDeferred(IMergeBackend backend) => CopaScaling.ReadsDeferred(backend);
 
     /// <inheritdoc/>
     public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options)

@@ -8,7 +8,7 @@ namespace CopaKernels.Merge.Methods;
 /// B_m = λ Σ_n B̃_n diag(S̃_n), a LoRA of the inputs' rank r with the first adapter's lora_alpha.
 /// The effective update (α/r)·B_m·A_m holds the cross-task terms B̃_t·Ã_s, as the released code does.
 /// </summary>
-public sealed class CopaOfficialMethod : IMergeMethod
+public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
 {
     /// <inheritdoc/>
     public string Name => "copa-official";
@@ -26,6 +26,8 @@ public sealed class CopaOfficialMethod : IMergeMethod
 
     private static string SharedRankMessage(IEnumerable<(int Rank, double Alpha)> tasks) =>
         $"copa-official needs every adapter to share r and lora_alpha (got r = {string.Join("/", tasks.Select(x => x.Rank))}, alpha = {string.Join("/", tasks.Select(x => x.Alpha))})";
+
+    bool IReadsDeferredFactors.ReadsDeferred(IMergeBackend backend) => CopaScaling.ReadsDeferred(backend);
 
     /// <inheritdoc/>
     public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options)

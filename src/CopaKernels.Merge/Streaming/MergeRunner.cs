@@ -90,7 +90,7 @@ public sealed class MergeRunner
         _progress?.Start(writer.Weights.DataLength, writer.Weights.Layout.Count);
         var written = new List<(string Path, int Rank, double Scale, double Alpha)>();
         using (var queue = new WriteQueue(_ => writer.Weights))
-        using (var feed = new ModuleFeed(_plan, _ct))
+        using (var feed = new ModuleFeed(_plan, DeferReads, _ct))
         {
             var tiles = new TileWriter(_backend, queue, _progress, _ct);
             // The layout is sorted by name, so a module's lora_A and lora_B come next to each other, in plan order.
@@ -159,7 +159,7 @@ public sealed class MergeRunner
         var order = writer.WriteOrder.ToList();
         _progress?.Start(writer.TotalSize, order.Count);
         using (var queue = new WriteQueue(writer.For))
-        using (var feed = new ModuleFeed(_plan, _ct))
+        using (var feed = new ModuleFeed(_plan, DeferReads, _ct))
         {
             var tiles = new TileWriter(_backend, queue, _progress, _ct);
             foreach (var t in order)
@@ -207,6 +207,9 @@ public sealed class MergeRunner
     }
 
     // ---- shared ----
+
+    /// <summary>Whether the method reads each factor itself on this backend (see <see cref="ModuleInput.Deferred"/>).</summary>
+    private bool DeferReads => _plan.Method is IReadsDeferredFactors d && d.ReadsDeferred(_backend);
 
     private ModuleResult Merge(ModuleFeed feed, PlannedModule m)
     {

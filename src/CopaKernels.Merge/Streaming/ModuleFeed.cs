@@ -10,11 +10,16 @@ internal sealed class ModuleFeed : IDisposable
     private readonly MergePlan _plan;
     private readonly CancellationToken _ct;
     private readonly FactorPool _pool;
+    private readonly bool _defer;
     private Task<ModuleInput>? _next;
     private int _index;
 
-    public ModuleFeed(MergePlan plan, CancellationToken ct)
+    /// <param name="plan">The plan whose modules are handed out.</param>
+    /// <param name="defer">Hand out modules whose factors the method reads itself (<see cref="ModuleInput.Deferred"/>).</param>
+    /// <param name="ct">Cancellation.</param>
+    public ModuleFeed(MergePlan plan, bool defer, CancellationToken ct)
     {
+        _defer = defer;
         _plan = plan;
         _ct = ct;
         _pool = new FactorPool(plan.Modules.Count == 0 ? 0 : plan.Modules.Max(m => m.InputBytes));
@@ -40,7 +45,7 @@ internal sealed class ModuleFeed : IDisposable
     {
         _ct.ThrowIfCancellationRequested();
         // The arrays are this merge's own, so a method may trim them in place.
-        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Path, _pool.Rent) with { Transient = true };
+        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Path, _pool.Rent, _defer) with { Transient = true };
     }
 
     /// <summary>
