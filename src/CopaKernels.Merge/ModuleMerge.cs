@@ -26,6 +26,12 @@ public sealed record ModuleInput(string Path, int DOut, int DIn, IReadOnlyList<T
     /// reads each factor itself right before it trims it, while it is in cache). Null otherwise.
     /// </summary>
     internal DeferredFactors? Deferred { get; init; }
+
+    /// <summary>Where a method takes its result arrays: the streaming feed's pool, which gets them back once written.</summary>
+    internal Streaming.FactorPool? Pool { get; init; }
+
+    /// <summary>An uninitialised array of <paramref name="length"/> floats for a result (pooled when streaming).</summary>
+    internal float[] NewArray(int length) => Pool?.Rent(length) ?? GC.AllocateUninitializedArray<float>(length);
 }
 
 /// <summary>A merged module: a low-rank pair (ΔW = Scale·B·A) or a dense ΔW.</summary>

@@ -80,8 +80,8 @@ internal static class ModuleOps
     {
         int total = m.Tasks.Sum(t => t.Rank), dOut = m.DOut, dIn = m.DIn;
         // Every entry is written below, so skip the zeroing.
-        var b = GC.AllocateUninitializedArray<float>(checked(dOut * total));
-        var a = GC.AllocateUninitializedArray<float>(checked(total * dIn));
+        var b = m.NewArray(checked(dOut * total));
+        var a = m.NewArray(checked(total * dIn));
         int col = 0;
         for (int task = 0; task < m.Tasks.Count; task++)
         {

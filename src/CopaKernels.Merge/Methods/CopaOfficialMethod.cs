@@ -42,9 +42,9 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
         // A_m = λ Σ_n Ã_n and B_m = λ Σ_n B̃_n·diag(S̃_n): sums in task order, each product rounded
         // before its add (no fused multiply-add), as the scalar definition.
         var parallel = ModuleOps.HostParallel(backend);
-        var a = GC.AllocateUninitializedArray<float>(checked(r * dIn));
+        var a = module.NewArray(checked(r * dIn));
         ModuleOps.SumThenScale(scaled.ATrimmed, lambda, a, parallel);
-        var b = GC.AllocateUninitializedArray<float>(checked(dOut * r));
+        var b = module.NewArray(checked(dOut * r));
         var coefficients = scaled.S.Select(sn => sn.Select(x => (float)x).ToArray()).ToArray();
         ModuleOps.SumScaledColumnsThenScale(scaled.BTrimmed, coefficients, dOut, r, lambda, b, parallel);
         return new LowRankResult(b, a, r, first.Scale, first.Alpha) { Stats = stats };

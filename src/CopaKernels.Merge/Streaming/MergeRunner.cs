@@ -110,6 +110,7 @@ public sealed class MergeRunner
                     _progress?.Advance(t.ByteLength, t.Name);
                 }
                 written.Add((m.Path, r.Rank, r.Scale, r.Alpha));
+                feed.Recycle(r); // converted and queued: the floats are free
             }
             queue.Complete();
         }

@@ -22,7 +22,11 @@ internal sealed class ModuleFeed : IDisposable
         _defer = defer;
         _plan = plan;
         _ct = ct;
-        _pool = new FactorPool(plan.Modules.Count == 0 ? 0 : plan.Modules.Max(m => m.InputBytes));
+        // Idle arrays: two modules' inputs and low-rank results, so that arrays of the shapes in use
+        // (q/k/v/o and gate/up/down differ) wait for the next module of their shape. Less than the
+        // plan counts per module for the copies a device backend makes (MergePlanner.Working).
+        _pool = new FactorPool(plan.Modules.Count == 0 ? 0
+            : 2 * plan.Modules.Max(m => m.InputBytes + (m.Form.IsDense ? 0 : (long)m.Form.Rank * (m.DIn + m.DOut) * sizeof(float))));
     }
 
     /// <summary>The factors of <paramref name="module"/>, which must be the next planned module.</summary>
@@ -45,7 +49,7 @@ internal sealed class ModuleFeed : IDisposable
     {
         _ct.ThrowIfCancellationRequested();
         // The arrays are this merge's own, so a method may trim them in place.
-        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Path, _pool.Rent, _defer) with { Transient = true };
+        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Path, _pool.Rent, _defer) with { Transient = true, Pool = _pool };
     }
 
     /// <summary>
@@ -65,6 +69,13 @@ internal sealed class ModuleFeed : IDisposable
             if (!kept.Any(k => ReferenceEquals(k, t.A))) _pool.Return(t.A);
             if (!kept.Any(k => ReferenceEquals(k, t.B))) _pool.Return(t.B);
         }
+    }
+
+    /// <summary>Hands a low-rank result's arrays back once they are written (adapter output).</summary>
+    public void Recycle(LowRankResult written)
+    {
+        _pool.Return(written.A);
+        _pool.Return(written.B);
     }
 
     public void Dispose()
