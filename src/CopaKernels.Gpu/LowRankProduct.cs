@@ -41,6 +41,7 @@ internal sealed class LowRankProduct : IDisposable
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int, int,
         ArrayView<float>, ArrayView<ushort>, int, ArrayView<float>, ArrayView<ushort>, int> _gemm;
     private MemoryBuffer1D<float, Stride1D.Dense>? _bPanel, _aPanel;
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>>? _exact;
 
     public LowRankProduct(IlgpuBackend backend)
     {
@@ -78,6 +79,13 @@ internal sealed class LowRankProduct : IDisposable
 
         var output = (IlgpuBuffer)tile.Output;
         long count = (long)m * n;
+        if (tile.BitExact)
+        {
+            // Loaded on first use: it needs fp64, which the fp32 product and a device without it do not.
+            _exact ??= LoadExact();
+            _exact(stream, (int)count, bPanel, aPanel, n, k, output.Floats.SubView(tile.OutputOffset, count));
+            return;
+        }
         int outType = Code(tile.OutputType);
         ArrayView<float> outF = outType == TypeF32 ? output.Floats.SubView(tile.OutputOffset, count) : output.Floats;
         ArrayView<ushort> outH = outType != TypeF32 ? output.Halves.SubView(tile.OutputOffset, count) : output.Halves;
@@ -94,6 +102,13 @@ internal sealed class LowRankProduct : IDisposable
         int tilesM = (m + tileRows - 1) / tileRows, tilesN = (n + tileRows - 1) / tileRows;
         _gemm(stream, new KernelConfig(tilesM * tilesN, side * side), bPanel, aPanel, m, n, k, side,
             outF, outH, outType, baseF, baseH, baseType);
+    }
+
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>> LoadExact()
+    {
+        if (_backend.Accelerator.Capabilities is ILGPU.Runtime.OpenCL.CLCapabilityContext { Float64: false })
+            throw new NotSupportedException($"{_backend.Name}: the device has no fp64, which the bit-exact product (delta-space merges) needs; use --device cpu");
+        return _backend.Accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>>(ExactKernel);
     }
 
     private static int Code(StorageType t) => t switch { StorageType.F32 => TypeF32, StorageType.BF16 => TypeBf16, _ => TypeF16 };
@@ -119,6 +134,20 @@ internal sealed class LowRankProduct : IDisposable
         int i = index / rank, j = index - i * rank;
         float coef = hasScale != 0 ? factor * scale[j] : factor;
         panel[(long)i * kTotal + k0 + j] = b[index] * coef;
+    }
+
+    /// <summary>
+    /// The bit-exact product (ProductTile.BitExact), one thread per output element: Σ_k b'[i,k]·a[k,j] in
+    /// double over k ascending from +0 (each product exact in double, so a fused multiply-add rounds the
+    /// same), rounded once to fp32. The CPU backend returns the same bits.
+    /// </summary>
+    [GpuKernel(KernelGrouping.Implicit)]
+    internal static void ExactKernel(Index1D index, ArrayView<float> b, ArrayView<float> a, int n, int kTotal, ArrayView<float> output)
+    {
+        int i = index / n, j = index - i * n;
+        double acc = 0;
+        for (int k = 0; k < kTotal; k++) acc += (double)b[(long)i * kTotal + k] * a[(long)k * n + j];
+        output[index] = (float)acc;
     }
 
     /// <summary>One 4T × 4T output tile per group of T × T threads: out = b·a (+ base), rounded once to the output type.</summary>

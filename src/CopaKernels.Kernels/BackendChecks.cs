@@ -84,6 +84,8 @@ internal static class BackendChecks
                 Floats(t.Scale, t.ScaleOffset, t.Rank);
             }
         }
+        if (tile.BitExact && (tile.Base != null || tile.OutputType != StorageType.F32))
+            throw new ArgumentException("a bit-exact product writes F32 without a base tile", nameof(tile));
         long tileElements = tile.RowCount * dIn;
         Own(backend, tile.Output);
         Range(tile.Output, tile.OutputOffset * tile.OutputType.Size(), tileElements * tile.OutputType.Size());

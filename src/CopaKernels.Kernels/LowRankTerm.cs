@@ -30,6 +30,15 @@ public readonly record struct LowRankTerm(
 /// <param name="Base">Optional base tile to add (may be the output buffer itself for in-place accumulation).</param>
 /// <param name="BaseOffset">Element offset of the base tile (in <paramref name="BaseType"/> elements).</param>
 /// <param name="BaseType">Stored type of the base tile.</param>
+/// <param name="BitExact">
+/// Compute every element as the same bits on every backend: with c[k] = Factor·Scale[k] and
+/// B'[i,k] = B[i,k]·c[k] (each one fp32 multiply, as in the fast path), out[i,j] is
+/// Σ_k B'[i,k]·A[k,j] over k ascending from +0, each product (exact in double) added in double, the sum
+/// rounded once to fp32. No rounding depends on fused multiply-adds, vector widths or thread counts, so
+/// a value that is then trimmed by magnitude (delta-space merges) gives identical masks on a CPU and a
+/// GPU. F32 output without a base only. Slower than the fp32 product at high rank; at LoRA ranks it is
+/// bound by the output write all the same.
+/// </param>
 public readonly record struct ProductTile(
     long RowStart, int RowCount, KernelBuffer Output, long OutputOffset = 0, StorageType OutputType = StorageType.F32,
-    KernelBuffer? Base = null, long BaseOffset = 0, StorageType BaseType = StorageType.F32);
+    KernelBuffer? Base = null, long BaseOffset = 0, StorageType BaseType = StorageType.F32, bool BitExact = false);

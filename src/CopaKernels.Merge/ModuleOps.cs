@@ -55,7 +55,7 @@ internal static class ModuleOps
         return y;
     }
 
-    /// <summary>ΔW_n = s_n·B_n·A_n on the backend (family 3, one term).</summary>
+    /// <summary>ΔW_n = s_n·B_n·A_n on the backend (family 3, one term, bit-exact: the same bits on every backend).</summary>
     public static float[] Delta(IMergeBackend backend, ModuleInput m, int task)
     {
         var t = m.Tasks[task];
@@ -65,7 +65,9 @@ internal static class ModuleOps
         backend.Upload(MemoryMarshal.AsBytes(t.B.AsSpan()), b, 0);
         backend.Upload(MemoryMarshal.AsBytes(t.A.AsSpan()), a, 0);
         LowRankTerm[] terms = [new LowRankTerm(b, 0, a, 0, t.Rank, (float)t.Scale)];
-        backend.LowRankProduct(terms, m.DOut, m.DIn, new ProductTile(0, m.DOut, o));
+        // Bit-exact: the delta-space methods trim this ΔW by magnitude, and the masks must be the same on
+        // every backend, which an fp32 product (fused or not, in any order) does not guarantee.
+        backend.LowRankProduct(terms, m.DOut, m.DIn, new ProductTile(0, m.DOut, o, BitExact: true));
         var result = GC.AllocateUninitializedArray<float>(checked(m.DOut * m.DIn));
         backend.Download(o, 0, MemoryMarshal.AsBytes(result.AsSpan()));
         return result;

@@ -82,7 +82,8 @@ public sealed class CpuBackend : IMergeBackend
     public void LowRankProduct(ReadOnlySpan<LowRankTerm> terms, long dOut, long dIn, in ProductTile tile)
     {
         BackendChecks.LowRankProduct(this, terms, dOut, dIn, tile);
-        Cpu.LowRankProduct.Run(this, terms, dOut, dIn, tile);
+        if (tile.BitExact) LowRankProductExact.Run(this, terms, dIn, tile);
+        else Cpu.LowRankProduct.Run(this, terms, dOut, dIn, tile);
     }
 
     /// <inheritdoc/>

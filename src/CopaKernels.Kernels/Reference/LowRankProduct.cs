@@ -39,4 +39,32 @@ public static class ReferenceLowRankProduct
         }
         return result;
     }
+
+    /// <summary>
+    /// The bit-exact product (<see cref="ProductTile.BitExact"/>), as its definition reads: c[k] and
+    /// B'[i,k] = B[i,k]·c[k] in fp32, then Σ_k (double)B'[i,k]·(double)A[k,j] over k ascending from +0,
+    /// rounded once to fp32. Every backend must return these bits.
+    /// </summary>
+    public static float[] ComputeBitExact(IReadOnlyList<(float[] B, float[] A, int Rank, float Factor, float[]? Scale)> terms,
+        int dOut, int dIn, int rowStart, int rowCount)
+    {
+        if (rowStart < 0 || rowCount < 0 || rowStart + rowCount > dOut) throw new ArgumentOutOfRangeException(nameof(rowCount));
+        var result = new float[rowCount * dIn];
+        var sums = new double[dIn];
+        for (int i = 0; i < rowCount; i++)
+        {
+            Array.Clear(sums);
+            foreach (var (b, a, rank, factor, scale) in terms)
+            {
+                for (int k = 0; k < rank; k++)
+                {
+                    float coef = scale != null ? factor * scale[k] : factor;
+                    double w = b[(rowStart + i) * rank + k] * coef;
+                    for (int j = 0; j < dIn; j++) sums[j] += w * a[k * dIn + j];
+                }
+            }
+            for (int j = 0; j < dIn; j++) result[i * dIn + j] = (float)sums[j];
+        }
+        return result;
+    }
 }

@@ -86,12 +86,12 @@ public abstract class LowRankProductSuite
     /// element offsets inside larger buffers, whose padding must stay untouched.
     /// </summary>
     protected Result RunBackend(int threads, Term[] terms, int dOut, int dIn, int rowStart, int rowCount,
-        StorageType outType, StorageType? baseType = null, float[]? baseTile = null, bool inPlace = false)
+        StorageType outType, StorageType? baseType = null, float[]? baseTile = null, bool inPlace = false, bool bitExact = false)
     {
         var backend = CreateBackend(threads);
         try
         {
-            return RunOn(backend, terms, dOut, dIn, rowStart, rowCount, outType, baseType, baseTile, inPlace);
+            return RunOn(backend, terms, dOut, dIn, rowStart, rowCount, outType, baseType, baseTile, inPlace, bitExact);
         }
         finally
         {
@@ -100,7 +100,7 @@ public abstract class LowRankProductSuite
     }
 
     private static Result RunOn(IMergeBackend backend, Term[] terms, int dOut, int dIn, int rowStart, int rowCount,
-        StorageType outType, StorageType? baseType, float[]? baseTile, bool inPlace)
+        StorageType outType, StorageType? baseType, float[]? baseTile, bool inPlace, bool bitExact)
     {
         long total = 3;
         var offsets = new (long B, long A, long S)[terms.Length];
@@ -146,7 +146,7 @@ public abstract class LowRankProductSuite
         try
         {
             backend.LowRankProduct(lrt, dOut, dIn,
-                new ProductTile(rowStart, rowCount, output, outOff, outType, baseBuf, baseOff, baseType ?? StorageType.F32));
+                new ProductTile(rowStart, rowCount, output, outOff, outType, baseBuf, baseOff, baseType ?? StorageType.F32, bitExact));
             var raw = new byte[output.ByteLength];
             backend.Download(output, 0, raw);
             for (int i = 0; i < raw.Length; i++)
@@ -291,6 +291,33 @@ public abstract class LowRankProductSuite
         CheckAgainstReference(2, [], 31, 33, 0, 31, scaled: false);
         CheckAgainstReference(2, [0, 0], 31, 33, 3, 20, scaled: true, StorageType.BF16, StorageType.F32);
         CheckAgainstReference(2, [0], 31, 33, 3, 20, scaled: true, StorageType.F32, StorageType.F16, inPlace: true);
+    }
+
+    [BackendFact]
+    public void BitExact_IsItsDefinition_BitForBit()
+    {
+        // The same bits as the scalar definition on every backend (what makes delta-space trims agree).
+        foreach (var (dOut, dIn) in new[] { (1, 1), (31, 33), (127, 1027), (33, 7), (9, 8) })
+            foreach (var ranks in new[] { new[] { 1 }, [16], [16, 3], [1, 3, 16, 64], [0] })
+                foreach (bool scaled in new[] { false, true })
+                    foreach (var (start, count) in new[] { (0, dOut), (dOut / 3, dOut - dOut / 3) })
+                    {
+                        int rows = (long)count * dIn > MaxTileElements ? (int)Math.Max(1, MaxTileElements / dIn) : count;
+                        var terms = MakeTerms(ranks, dOut, dIn, scaled, dOut + dIn + ranks.Sum());
+                        var want = ReferenceLowRankProduct.ComputeBitExact(terms.Select(t => (t.B, t.A, t.Rank, t.Factor, t.Scale)).ToList(),
+                            dOut, dIn, start, rows);
+                        var got = RunBackend(2, terms, dOut, dIn, start, rows, StorageType.F32, bitExact: true);
+                        AssertSameBits(new Result(want, want.Select(BitConverter.SingleToUInt32Bits).ToArray()), got,
+                            Shape(terms, dOut, dIn, start, rows, "bit-exact"));
+                    }
+    }
+
+    [BackendFact]
+    public void BitExact_WithABaseOrA16BitOutput_IsRefused()
+    {
+        var terms = MakeTerms([4], 8, 8, scaled: false, seed: 3);
+        Assert.Throws<ArgumentException>(() => RunBackend(1, terms, 8, 8, 0, 8, StorageType.BF16, bitExact: true));
+        Assert.Throws<ArgumentException>(() => RunBackend(1, terms, 8, 8, 0, 8, StorageType.F32, StorageType.F32, new float[64], bitExact: true));
     }
 
     protected static void AssertSameBits(Result expected, Result actual, string label)

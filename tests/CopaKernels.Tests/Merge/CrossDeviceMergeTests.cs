@@ -14,20 +14,23 @@ namespace CopaKernels.Tests.Merge;
 [RequiresOpenCl]
 public sealed class CrossDeviceMergeTests(StreamingFixture fx) : IClassFixture<StreamingFixture>
 {
-    public static TheoryData<string, string> Cases()
+    public static TheoryData<string, string, string> Cases()
     {
-        var d = new TheoryData<string, string>();
-        foreach (var m in MergeMethods.Names) d.Add(m, "adapter");
-        d.Add("copa", "model");
-        d.Add("ties", "model");
+        var d = new TheoryData<string, string, string>();
+        foreach (var m in MergeMethods.Names) d.Add(m, "adapter", "factors");
+        d.Add("copa", "model", "factors");
+        d.Add("ties", "model", "factors");
+        // Delta space: the trims run on products (bit-exact on every backend), so thresholds must match too.
+        foreach (var m in new[] { "ties", "magnitude-prune", "pcb", "dare" }) d.Add(m, "delta", "delta");
+        d.Add("ties", "model", "delta");
         return d;
     }
 
-    private string Merge(string device, string method, string mode)
+    private string Merge(string device, string method, string mode, string space)
     {
-        var output = fx.NewOutput($"{device}-{method}-{mode}");
+        var output = fx.NewOutput($"{device}-{method}-{mode}-{space}");
         var args = new List<string> { "merge", "--method", method, "--output", mode, "--base", fx.Base, "--out", output,
-            "--device", device, "--out-dtype", "f32", "--seed", "9", "--quiet" };
+            "--device", device, "--out-dtype", "f32", "--seed", "9", "--space", space, "--quiet" };
         foreach (var a in fx.Adapters) args.AddRange(["--adapter", a]);
         var (code, _, err) = CliRunner.Run(args.ToArray());
         Assert.True(code == 0, $"{device}: {err}");
@@ -36,10 +39,10 @@ public sealed class CrossDeviceMergeTests(StreamingFixture fx) : IClassFixture<S
 
     [BackendTheory]
     [MemberData(nameof(Cases))]
-    public void OpenCl_MatchesCpu(string method, string mode)
+    public void OpenCl_MatchesCpu(string method, string mode, string space)
     {
-        var cpu = Merge("cpu", method, mode);
-        var gpu = Merge("opencl", method, mode);
+        var cpu = Merge("cpu", method, mode, space);
+        var gpu = Merge("opencl", method, mode, space);
         var rc = MergeReport.FromJson(File.ReadAllText(Path.Combine(cpu, MergeReport.FileName)));
         var rg = MergeReport.FromJson(File.ReadAllText(Path.Combine(gpu, MergeReport.FileName)));
         Assert.Contains("opencl", rg.Device, StringComparison.OrdinalIgnoreCase);

@@ -12,10 +12,9 @@ namespace CopaKernels.Tests.Merge;
 /// factors or ΔW within fp32 rounding.
 /// </summary>
 /// <remarks>
-/// In the delta space only the methods that select nothing by value run here: the others trim a ΔW that
-/// is itself a product, and a product is the same only within fp32 rounding on another backend (the CPU
-/// fuses each multiply-add, ILGPU 1.5 has no fused multiply-add to ask for), so an entry within rounding
-/// of the threshold may fall on the other side. Their trims are the same kernels as in the factor space.
+/// Both spaces, every method: in the delta space the task deltas ΔW_n are bit-exact products
+/// (ProductTile.BitExact), so a trim of ΔW_n sees the same values on every backend, and its threshold and
+/// mask are the same bits too.
 /// </remarks>
 public abstract class MergeBackendParitySuite
 {
@@ -28,8 +27,7 @@ public abstract class MergeBackendParitySuite
         var d = new TheoryData<string, MergeSpace>();
         foreach (var m in MergeMethods.Names)
             foreach (var space in new[] { MergeSpace.Factors, MergeSpace.Delta })
-                if (space == MergeSpace.Factors || m is "task-arithmetic" or "dare")
-                    d.Add(m, space);
+                d.Add(m, space);
         return d;
     }
 
