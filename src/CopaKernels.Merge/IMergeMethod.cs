@@ -37,10 +37,17 @@ internal interface IReadsDeferredFactors
 
 /// <summary>The shape of a merged module, known before merging.</summary>
 /// <param name="Rank">Inner dimension of the low-rank result, or 0 for a dense ΔW.</param>
-public readonly record struct ResultForm(int Rank)
+/// <param name="DenseArrays">
+/// For a dense result: how many d_out × d_in F32 arrays the method holds at once besides the N task
+/// deltas (its result included), for the memory plan.
+/// </param>
+public readonly record struct ResultForm(int Rank, int DenseArrays = 0)
 {
-    /// <summary>A dense d_out × d_in ΔW.</summary>
-    public static ResultForm Dense => new(0);
+    /// <summary>A dense d_out × d_in ΔW made with the task deltas and one more array (the result).</summary>
+    public static ResultForm Dense => new(0, 1);
+
+    /// <summary>A dense ΔW whose method holds <paramref name="arrays"/> d_out × d_in arrays besides the task deltas.</summary>
+    public static ResultForm DenseHolding(int arrays) => new(0, arrays);
 
     /// <summary>A low-rank pair of inner dimension <paramref name="rank"/>.</summary>
     public static ResultForm LowRank(int rank) => new(rank);

@@ -44,4 +44,52 @@ public static unsafe class HostKernels
             for (int i = 0; i < rows; i++)
                 (sums[i], maskedSums[i]) = Cpu.RowAbsSums.Fused(p + (long)i * cols, cols, t, applyMask);
     }
+
+    /// <summary>
+    /// The k-th smallest |x| (1-based), exact, without modifying <paramref name="x"/>: the order statistic
+    /// family 1 is built on, for callers that need it at other positions (PCB's clipping quantiles).
+    /// Throws <see cref="NonFiniteInputException"/> if <paramref name="x"/> holds NaN or ±Inf.
+    /// </summary>
+    public static float KthSmallestMagnitude(ReadOnlySpan<float> x, long k)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(k, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(k, x.Length);
+        fixed (float* p = x)
+        {
+            uint t = MagnitudeSelection.SelectKeys((uint*)p, x.Length, k, out _, out bool finite);
+            if (!finite) throw new NonFiniteInputException(0);
+            return BitConverter.UInt32BitsToSingle(t);
+        }
+    }
+
+    /// <summary>
+    /// The k-th smallest value of <paramref name="x"/> (1-based, signed order; −0 and +0 are equal),
+    /// exact, without modifying it: the negatives are selected by magnitude from the other end.
+    /// Throws <see cref="NonFiniteInputException"/> if <paramref name="x"/> holds NaN or ±Inf.
+    /// </summary>
+    public static float KthSmallest(ReadOnlySpan<float> x, long k) => KthSmallest(x, k, new float[x.Length]);
+
+    /// <summary>
+    /// <see cref="KthSmallest(ReadOnlySpan{float}, long)"/> with caller-owned scratch of at least
+    /// x.Length elements (overwritten), so repeated calls on large tensors allocate nothing.
+    /// </summary>
+    public static float KthSmallest(ReadOnlySpan<float> x, long k, Span<float> scratch)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(k, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(k, x.Length);
+        if (scratch.Length < x.Length) throw new ArgumentException($"scratch holds {scratch.Length} values, fewer than {x.Length}", nameof(scratch));
+        int negatives = 0;
+        foreach (float v in x)
+        {
+            if (!float.IsFinite(v)) throw new NonFiniteInputException(0);
+            if (v < 0) negatives++;
+        }
+        bool below = k <= negatives;
+        int w = 0;
+        foreach (float v in x)
+            if ((v < 0) == below) scratch[w++] = v;
+        // Ascending values among the negatives are descending magnitudes.
+        var part = scratch[..w];
+        return below ? -KthSmallestMagnitude(part, negatives - k + 1) : KthSmallestMagnitude(part, k - negatives);
+    }
 }

@@ -1,5 +1,7 @@
+using System.Numerics.Tensors;
 using CopaKernels.Formats;
 using CopaKernels.Kernels;
+using CopaKernels.Kernels.Cpu;
 
 namespace CopaKernels.Merge.Methods;
 
@@ -25,8 +27,9 @@ public sealed class PcbMethod : IMergeMethod
     public string Description => "Parameter Competition Balancing: intra/inter-task balancing, top-q weights (Du et al. 2024)";
 
     /// <inheritdoc/>
+    /// <remarks>In delta space <see cref="Merge"/> holds six d-length arrays besides the task deltas: Σx, the two running sums, |x̂|, p and the selection scratch.</remarks>
     public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options) =>
-        options.Space == MergeSpace.Delta ? ResultForm.Dense : ResultForm.LowRank(ResultForm.EqualRanks(path, tasks, ModuleOps.FactorSpaceRanks));
+        options.Space == MergeSpace.Delta ? ResultForm.DenseHolding(6) : ResultForm.LowRank(ResultForm.EqualRanks(path, tasks, ModuleOps.FactorSpaceRanks));
 
     /// <inheritdoc/>
     public ModuleResult MergeModule(IMergeBackend backend, ModuleInput m, MergeOptions o)
@@ -38,87 +41,102 @@ public sealed class PcbMethod : IMergeMethod
             for (int t = 0; t < n; t++)
             {
                 var d = ModuleOps.Delta(backend, m, t);
-                System.Numerics.Tensors.TensorPrimitives.Multiply(d, (float)o.WeightOf(t), d);
+                TensorPrimitives.Multiply(d, (float)o.WeightOf(t), d);
                 deltas.Add(d);
             }
-            return new DenseResult(Merge(deltas, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path));
+            return new DenseResult(Merge(deltas, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path, ModuleOps.HostParallel(backend)));
         }
         var (xa, xb, r) = ModuleOps.WeightedFactors(m, o);
-        var am = Merge(xa, o.EffectivePcbRatio, 1f, m.Path);
-        var bm = Merge(xb, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path);
+        var am = Merge(xa, o.EffectivePcbRatio, 1f, m.Path, ModuleOps.HostParallel(backend));
+        var bm = Merge(xb, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path, ModuleOps.HostParallel(backend));
         return new LowRankResult(bm, am, r, 1.0, r);
     }
 
     /// <summary>SPEC §4 pcb steps 1–5 over N same-length tensors.</summary>
-    internal static float[] Merge(IReadOnlyList<float[]> xs, double q, float lambda, string path)
+    /// <remarks>
+    /// The order statistics (the clipping quantiles of |x_n| and the top-q cut of p_n) are exact selections,
+    /// never sorts; exp and tanh stay MathF's scalar functions, as the definition reads (a vectorised
+    /// approximation moved entries across the top-q cut against the double reference in the tests, and its
+    /// last bits may differ between AVX2 and AVX-512 machines); the element-wise steps run in blocks over
+    /// the threads. Tasks are processed one after another and folded into the running
+    /// sums of step 5 (Σ_n β_n·x̂_n and Σ_n β_n, in task order), so only a few length-d arrays live at once
+    /// whatever N is.
+    /// </remarks>
+    internal static float[] Merge(IReadOnlyList<float[]> xs, double q, float lambda, string path, ParallelOptions? parallel = null)
     {
+        parallel ??= new ParallelOptions();
         int n = xs.Count;
         int d = xs[0].Length;
-        var result = new float[d];
-        if (d == 0) return result;
-        var sumAll = new float[d];
+        if (d == 0) return [];
         for (int t = 0; t < n; t++)
-        {
-            var x = xs[t];
-            for (int i = 0; i < d; i++)
-            {
-                if (!float.IsFinite(x[i])) throw ModuleOps.NonFinite(path, t);
-                sumAll[i] += x[i];
-            }
-        }
-        var clipped = new float[n][];
-        var beta = new float[n][];
+            if (!float.IsFinite(TensorPrimitives.MaxMagnitude(xs[t]))) throw ModuleOps.NonFinite(path, t);
+        var sumAll = new float[d];
+        foreach (var x in xs) TensorPrimitives.Add(sumAll, x, sumAll);
+        var numerator = new float[d];
         var betaSum = new float[d];
+        var absC = GC.AllocateUninitializedArray<float>(d);
+        var p = GC.AllocateUninitializedArray<float>(d);
+        var scratch = GC.AllocateUninitializedArray<float>(d);
         for (int t = 0; t < n; t++)
         {
             var x = xs[t];
             // Step 1: clip |x| to two order statistics of |x|.
-            var mags = new float[d];
-            for (int i = 0; i < d; i++) mags[i] = MathF.Abs(x[i]);
-            var sorted = (float[])mags.Clone();
-            Array.Sort(sorted);
-            float lo = sorted[Math.Clamp((int)Math.Floor(d * 1e-4), 0, d - 1)];
-            float hi = sorted[Math.Clamp((int)Math.Floor(d * (1 - 1e-4)) - 1, 0, d - 1)];
-            var xc = new float[d];
-            var absC = new float[d];
-            for (int i = 0; i < d; i++)
+            float lo = HostKernels.KthSmallestMagnitude(x, Math.Clamp((long)Math.Floor(d * 1e-4), 0, d - 1) + 1);
+            float hi = HostKernels.KthSmallestMagnitude(x, Math.Clamp((long)Math.Floor(d * (1 - 1e-4)) - 1, 0, d - 1) + 1);
+            float top = Math.Max(lo, hi);
+            Blocks(d, parallel, (i0, i1) =>
             {
-                absC[i] = Math.Clamp(mags[i], lo, Math.Max(lo, hi));
-                xc[i] = MathF.CopySign(absC[i], x[i]) * (x[i] == 0 ? 0 : 1);
-            }
-            clipped[t] = xc;
-            // Steps 2–3: intra-task importance times inter-task agreement.
-            var mm = MinMax(absC);
-            var p = new float[d];
-            for (int i = 0; i < d; i++)
-                p[i] = MathF.Exp(n * mm[i] * mm[i]) * MathF.Tanh(x[i] * sumAll[i]);
+                for (int i = i0; i < i1; i++) absC[i] = Math.Clamp(MathF.Abs(x[i]), lo, top);
+            });
+            // Steps 2–3: intra-task importance exp(N·mm²) times inter-task agreement tanh(x ⊙ Σx).
+            MinMaxInto(absC, p);
+            Blocks(d, parallel, (i0, i1) =>
+            {
+                for (int i = i0; i < i1; i++) p[i] = MathF.Exp(n * p[i] * p[i]) * MathF.Tanh(x[i] * sumAll[i]);
+            });
             // Step 4: keep the top q fraction (by value), min-max scale.
-            var ps = (float[])p.Clone();
-            Array.Sort(ps);
-            float tau = ps[Math.Clamp((int)Math.Floor(d * (1 - q)), 0, d - 1)];
-            for (int i = 0; i < d; i++) if (p[i] < tau) p[i] = 0f;
-            beta[t] = MinMax(p);
-            for (int i = 0; i < d; i++) betaSum[i] += beta[t][i];
+            float tau = HostKernels.KthSmallest(p, Math.Clamp((long)Math.Floor(d * (1 - q)), 0, d - 1) + 1, scratch);
+            Blocks(d, parallel, (i0, i1) =>
+            {
+                for (int i = i0; i < i1; i++) if (p[i] < tau) p[i] = 0f;
+            });
+            MinMaxInto(p, p); // β_n
+            // Step 5, folded: Σ_n x̂_n·β_n and Σ_n β_n, with x̂ = sign(x)·clipped |x| (0 where x = 0).
+            Blocks(d, parallel, (i0, i1) =>
+            {
+                for (int i = i0; i < i1; i++)
+                {
+                    float xc = MathF.CopySign(absC[i], x[i]) * (x[i] == 0 ? 0 : 1);
+                    numerator[i] += xc * p[i];
+                    betaSum[i] += p[i];
+                }
+            });
         }
-        // Step 5.
-        for (int i = 0; i < d; i++)
+        Blocks(d, parallel, (i0, i1) =>
         {
-            float acc = 0;
-            for (int t = 0; t < n; t++) acc += clipped[t][i] * beta[t][i];
-            result[i] = lambda * acc / MathF.Max(betaSum[i], 1e-12f);
-        }
-        return result;
+            for (int i = i0; i < i1; i++) numerator[i] = lambda * numerator[i] / MathF.Max(betaSum[i], 1e-12f);
+        });
+        return numerator;
     }
 
-    /// <summary>(v − min)/(max − min); zeros when max = min (SPEC).</summary>
-    private static float[] MinMax(float[] v)
+    /// <summary>Runs <paramref name="body"/>(start, end) over [0, d) in blocks spread over the threads.</summary>
+    private static void Blocks(int d, ParallelOptions parallel, Action<int, int> body)
     {
-        float min = float.PositiveInfinity, max = float.NegativeInfinity;
-        foreach (var x in v) { min = MathF.Min(min, x); max = MathF.Max(max, x); }
-        var r = new float[v.Length];
-        if (!(max > min)) return r;
+        const int Block = 1 << 15;
+        ModuleOps.ParallelFor((d + Block - 1) / Block, parallel, c => body(c * Block, Math.Min(d, (c + 1) * Block)));
+    }
+
+    /// <summary>dst = (v − min)/(max − min); zeros when max = min (SPEC). dst may be v.</summary>
+    private static void MinMaxInto(float[] v, float[] dst)
+    {
+        float min = TensorPrimitives.Min(v), max = TensorPrimitives.Max(v);
+        if (!(max > min))
+        {
+            Array.Clear(dst);
+            return;
+        }
         float range = max - min;
-        for (int i = 0; i < v.Length; i++) r[i] = (v[i] - min) / range;
-        return r;
+        TensorPrimitives.Subtract(v, min, dst);
+        TensorPrimitives.Divide(dst, range, dst);
     }
 }

@@ -209,6 +209,9 @@ public sealed class MergeRunner
 
     // ---- shared ----
 
+    /// <summary>Working memory of a dense module above which the previous module's garbage is collected first.</summary>
+    private const long DenseCollectBytes = 256L << 20;
+
     /// <summary>Whether the method reads each factor itself on this backend (see <see cref="ModuleInput.Deferred"/>).</summary>
     private bool DeferReads => _plan.Method is IReadsDeferredFactors d && d.ReadsDeferred(_backend);
 
@@ -216,6 +219,11 @@ public sealed class MergeRunner
     {
         var input = feed.Take(m);
         _ct.ThrowIfCancellationRequested();
+        // Dense modules allocate and drop arrays of hundreds of MB (task deltas, their trims, the result);
+        // collect the previous module's before this one allocates, or the garbage of two modules can be
+        // resident at once and the peak outgrows --max-memory. A small live heap makes this cheap.
+        if (m.Form.IsDense && m.WorkingBytes >= DenseCollectBytes)
+            GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true, compacting: false);
         var sw = Stopwatch.StartNew();
         _compute.Start();
         var result = _plan.Method.MergeModule(_backend, input, _plan.Request.Options);

@@ -86,4 +86,29 @@ public class HostKernelsTests
         Assert.Throws<ArgumentException>(() => HostKernels.RowAbsSums(new float[5], 2, 3, new float[2], 0, new float[2], false));
         Assert.Throws<ArgumentException>(() => HostKernels.RowAbsSums(new float[6], 2, 3, new float[1], 0, new float[2], false));
     }
+
+    [Theory]
+    [InlineData("gaussian", 1)]
+    [InlineData("gaussian", 5000)]
+    [InlineData("ties", 5001)]
+    [InlineData("signed-zeros", 300)]
+    [InlineData("lora-b", 70_000)]
+    public void OrderStatistics_AreTheSortedValues(string kind, int n)
+    {
+        var x = TestData.Make(kind, n, 11);
+        var copy = (float[])x.Clone();
+        var byValue = x.OrderBy(v => v).ToArray();
+        var byMagnitude = x.Select(MathF.Abs).OrderBy(v => v).ToArray();
+        foreach (long k in new long[] { 1, 2, n / 3 + 1, n / 2 + 1, n - 1, n }.Where(k => k >= 1 && k <= n).Distinct())
+        {
+            Assert.Equal(byMagnitude[k - 1], HostKernels.KthSmallestMagnitude(x, k));
+            Assert.Equal(byValue[k - 1], HostKernels.KthSmallest(x, k)); // −0 and +0 compare equal
+        }
+        Assert.Equal(copy, x); // read only
+        Assert.Throws<ArgumentOutOfRangeException>(() => HostKernels.KthSmallest(x, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => HostKernels.KthSmallestMagnitude(x, n + 1L));
+        x[0] = float.NaN;
+        Assert.Throws<NonFiniteInputException>(() => HostKernels.KthSmallest(x, 1));
+        Assert.Throws<NonFiniteInputException>(() => HostKernels.KthSmallestMagnitude(x, 1));
+    }
 }
