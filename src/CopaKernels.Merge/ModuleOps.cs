@@ -59,6 +59,17 @@ internal static class ModuleOps
     public static float[] Delta(IMergeBackend backend, ModuleInput m, int task)
     {
         var t = m.Tasks[task];
+        if (backend is CpuBackend cpu)
+        {
+            // Host memory already: the product reads the factors and writes the result array in place.
+            var delta = GC.AllocateUninitializedArray<float>(checked(m.DOut * m.DIn));
+            using var hb = cpu.Wrap(t.B);
+            using var ha = cpu.Wrap(t.A);
+            using var ho = cpu.Wrap(delta);
+            LowRankTerm[] hostTerms = [new LowRankTerm(hb, 0, ha, 0, t.Rank, (float)t.Scale)];
+            cpu.LowRankProduct(hostTerms, m.DOut, m.DIn, new ProductTile(0, m.DOut, ho, BitExact: true));
+            return delta;
+        }
         using var b = backend.Allocate(Math.Max(1, t.B.LongLength) * 4);
         using var a = backend.Allocate(Math.Max(1, t.A.LongLength) * 4);
         using var o = backend.Allocate(Math.Max(1, (long)m.DOut * m.DIn) * 4);
@@ -103,6 +114,48 @@ internal static class ModuleOps
     /// </summary>
     public static ParallelOptions HostParallel(IMergeBackend backend) =>
         new() { MaxDegreeOfParallelism = backend is CpuBackend cpu ? cpu.Threads : Environment.ProcessorCount };
+
+    /// <summary>
+    /// Trims every tensor in place to its top-ρ magnitudes (family 1, each tensor on its own) and
+    /// returns the selections; a non-finite value is an input error naming the task. On the CPU backend
+    /// the arrays are trimmed where they lie (large ones with every thread, small ones one per thread);
+    /// a device gets them packed into one batched launch and they are read back.
+    /// </summary>
+    public static SelectionResult[] TrimInPlace(IMergeBackend backend, List<float[]> xs, double density, string path)
+    {
+        var sel = new SelectionResult[xs.Count];
+        if (backend is CpuBackend cpu)
+        {
+            var bad = new bool[xs.Count];
+            var small = Enumerable.Range(0, xs.Count).Where(i => xs[i].Length < LargeTensor).ToArray();
+            ParallelFor(small.Length, HostParallel(cpu), j =>
+            {
+                try { sel[small[j]] = HostKernels.SelectByMagnitude(xs[small[j]], density); }
+                catch (NonFiniteInputException) { bad[small[j]] = true; }
+            });
+            for (int i = 0; i < xs.Count; i++)
+            {
+                if (xs[i].Length < LargeTensor) continue;
+                using var buffer = cpu.Wrap(xs[i]);
+                try { sel[i] = cpu.SelectByMagnitude(buffer, new TensorRange(0, xs[i].Length), density); }
+                catch (NonFiniteInputException) { bad[i] = true; }
+            }
+            int first = Array.IndexOf(bad, true);
+            if (first >= 0) throw NonFinite(path, first);
+            return sel;
+        }
+        using var packed = new PackedTensors(backend, xs);
+        try { backend.SelectByMagnitudeBatched(packed.Buffer, packed.Ranges, density, sel); }
+        catch (NonFiniteInputException e)
+        {
+            throw NonFinite(path, e.RangeIndex);
+        }
+        for (int i = 0; i < xs.Count; i++) xs[i] = packed.Download(i);
+        return sel;
+    }
+
+    /// <summary>Tensors this long are selected with every thread on their own (dense task deltas).</summary>
+    private const int LargeTensor = 1 << 20;
 
     /// <summary>
     /// <see cref="Parallel.For(int, int, ParallelOptions, Action{int})"/> that rethrows the first failure

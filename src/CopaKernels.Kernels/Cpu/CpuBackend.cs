@@ -38,6 +38,17 @@ public sealed class CpuBackend : IMergeBackend
     /// <inheritdoc/>
     public KernelBuffer Allocate(long byteLength) => new CpuBuffer(this, byteLength);
 
+    /// <summary>
+    /// A buffer over <paramref name="array"/> itself, for callers whose tensors already live in managed
+    /// arrays: no copy in or out, no clear. The array stays pinned until the buffer is disposed, and
+    /// kernels that write the buffer write the array.
+    /// </summary>
+    public KernelBuffer Wrap(float[] array)
+    {
+        ArgumentNullException.ThrowIfNull(array);
+        return new CpuBuffer(this, array);
+    }
+
     /// <inheritdoc/>
     public unsafe void Upload(ReadOnlySpan<byte> source, KernelBuffer destination, long byteOffset)
     {

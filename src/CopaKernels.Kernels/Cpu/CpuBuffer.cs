@@ -10,6 +10,7 @@ public sealed unsafe class CpuBuffer : KernelBuffer
 {
     private readonly CpuBackend _owner;
     private void* _ptr;
+    private GCHandle _pin; // set when the buffer is a view of a pinned managed array (CpuBackend.Wrap)
 
     internal CpuBuffer(CpuBackend owner, long byteLength)
     {
@@ -19,6 +20,15 @@ public sealed unsafe class CpuBuffer : KernelBuffer
         _ptr = BufferPool.Rent(byteLength);
         NativeMemory.Clear(_ptr, (nuint)byteLength);
         if (byteLength > 0) GC.AddMemoryPressure(byteLength);
+    }
+
+    /// <summary>A view of <paramref name="array"/>, pinned until disposed; no copy, no clear.</summary>
+    internal CpuBuffer(CpuBackend owner, float[] array)
+    {
+        _owner = owner;
+        _pin = GCHandle.Alloc(array, GCHandleType.Pinned);
+        ByteLength = (long)array.Length * sizeof(float);
+        _ptr = (void*)_pin.AddrOfPinnedObject();
     }
 
     /// <inheritdoc/>
@@ -44,9 +54,15 @@ public sealed unsafe class CpuBuffer : KernelBuffer
     /// <inheritdoc/>
     public override void Dispose()
     {
-        if (_ptr == null) return;
-        BufferPool.Return(_ptr, ByteLength);
+        var p = _ptr;
+        if (p == null) return;
         _ptr = null;
+        if (_pin.IsAllocated)
+        {
+            _pin.Free();
+            return;
+        }
+        BufferPool.Return(p, ByteLength);
         if (ByteLength > 0) GC.RemoveMemoryPressure(ByteLength);
     }
 }

@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using CopaKernels.Formats;
 using CopaKernels.Kernels;
 
@@ -65,8 +66,9 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         Sparsify(backend, xa, $"{m.Path}.lora_A", o, stats, stats.ThresholdsA, m.Path);
         Sparsify(backend, xb, $"{m.Path}.lora_B", o, stats, stats.ThresholdsB, m.Path);
         var unit = Enumerable.Repeat(1.0, n).ToArray();
-        var a = Combine(xa, unit, 1.0);
-        var b = Combine(xb, unit, o.EffectiveLambda);
+        var parallel = ModuleOps.HostParallel(backend);
+        var a = Combine(xa, unit, 1.0, parallel);
+        var b = Combine(xb, unit, o.EffectiveLambda, parallel);
         return new LowRankResult(b, a, r, 1.0, r) { Stats = stats };
     }
 
@@ -82,7 +84,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         for (int task = 0; task < n; task++) deltas.Add(ModuleOps.Delta(backend, m, task));
         Sparsify(backend, deltas, m.Path, o, stats, stats.ThresholdsA, m.Path);
         var w = Enumerable.Range(0, n).Select(o.WeightOf).ToArray();
-        return new DenseResult(Combine(deltas, w, o.EffectiveLambda)) { Stats = stats };
+        return new DenseResult(Combine(deltas, w, o.EffectiveLambda, ModuleOps.HostParallel(backend))) { Stats = stats };
     }
 
     private static LowRankResult Concatenated(ModuleInput m, MergeOptions o) =>
@@ -98,16 +100,9 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
                 return;
             case Sparsifier.Trim:
             {
-                using var packed = new PackedTensors(backend, xs);
-                var sel = new SelectionResult[xs.Count];
-                try { backend.SelectByMagnitudeBatched(packed.Buffer, packed.Ranges, rho, sel); }
-                catch (NonFiniteInputException e)
-                {
-                    throw ModuleOps.NonFinite(path, e.RangeIndex);
-                }
+                var sel = ModuleOps.TrimInPlace(backend, xs, rho, path);
                 for (int i = 0; i < xs.Count; i++)
                 {
-                    xs[i] = packed.Download(i);
                     thresholds.Add(sel[i].Threshold);
                     stats.Kept += sel[i].Kept;
                     stats.Total += xs[i].Length;
@@ -139,36 +134,72 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
     }
 
     /// <summary>λ·Σ w_n x_n, or with <see cref="Consensus"/> the TIES disjoint mean over sign-agreeing entries.</summary>
-    internal float[] Combine(IReadOnlyList<float[]> xs, double[] weights, double lambda)
+    /// <remarks>
+    /// Per element, in fp32: total = Σ_t w_t·x_t from +0 in task order (each product rounded, then added);
+    /// with consensus, the entries y_t = w_t·x_t that are non-zero and on the side of total (y &gt; 0 exactly
+    /// when total ≥ 0) are summed from +0 in task order and divided by their count (at least 1), then
+    /// multiplied by λ. Vector256 lanes do exactly these operations (a masked-out lane adds +0, which leaves
+    /// a sum that cannot be −0 unchanged), in blocks spread over the threads.
+    /// </remarks>
+    internal float[] Combine(IReadOnlyList<float[]> xs, double[] weights, double lambda, ParallelOptions parallel)
     {
-        int n = xs.Count;
-        long len = xs[0].LongLength;
-        var result = new float[len];
-        var w = weights.Select(x => (float)x).ToArray();
+        var x = xs.ToArray();
+        int n = x.Length;
+        int len = x[0].Length;
+        var result = GC.AllocateUninitializedArray<float>(len);
+        var w = weights.Select(v => (float)v).ToArray();
         float l = (float)lambda;
-        for (long i = 0; i < len; i++)
+        bool consensus = Consensus;
+        const int Block = 1 << 14;
+        ModuleOps.ParallelFor((len + Block - 1) / Block, parallel, c =>
         {
-            float total = 0;
-            for (int t = 0; t < n; t++) total += w[t] * xs[t][i];
-            if (!Consensus)
-            {
-                result[i] = l * total;
-                continue;
-            }
-            bool positive = total >= 0;
-            float sum = 0;
-            int count = 0;
-            for (int t = 0; t < n; t++)
-            {
-                float y = w[t] * xs[t][i];
-                if (y != 0 && (y > 0) == positive)
+            int i = c * Block, end = Math.Min(len, i + Block);
+            if (Vector256.IsHardwareAccelerated)
+                for (; i <= end - Vector256<float>.Count; i += Vector256<float>.Count)
                 {
-                    sum += y;
-                    count++;
+                    var total = Vector256<float>.Zero;
+                    for (int t = 0; t < n; t++) total += Vector256.Create(w[t]) * Vector256.Create(x[t], i);
+                    if (!consensus)
+                    {
+                        (Vector256.Create(l) * total).CopyTo(result, i);
+                        continue;
+                    }
+                    var positive = Vector256.GreaterThanOrEqual(total, Vector256<float>.Zero).AsInt32();
+                    var sum = Vector256<float>.Zero;
+                    var count = Vector256<int>.Zero;
+                    for (int t = 0; t < n; t++)
+                    {
+                        var y = Vector256.Create(w[t]) * Vector256.Create(x[t], i);
+                        var agree = ~Vector256.Equals(y, Vector256<float>.Zero).AsInt32()
+                            & ~(Vector256.GreaterThan(y, Vector256<float>.Zero).AsInt32() ^ positive);
+                        sum += (y.AsInt32() & agree).AsSingle();
+                        count -= agree;
+                    }
+                    var divisor = Vector256.ConvertToSingle(Vector256.Max(count, Vector256<int>.One));
+                    (Vector256.Create(l) * (sum / divisor)).CopyTo(result, i);
                 }
-            }
-            result[i] = l * (sum / Math.Max(1, count));
-        }
+            for (; i < end; i++) result[i] = CombineOne(x, w, l, i);
+        });
         return result;
+    }
+
+    internal float CombineOne(float[][] x, float[] w, float l, int i)
+    {
+        float total = 0;
+        for (int t = 0; t < x.Length; t++) total += w[t] * x[t][i];
+        if (!Consensus) return l * total;
+        bool positive = total >= 0;
+        float sum = 0;
+        int count = 0;
+        for (int t = 0; t < x.Length; t++)
+        {
+            float y = w[t] * x[t][i];
+            if (y != 0 && (y > 0) == positive)
+            {
+                sum += y;
+                count++;
+            }
+        }
+        return l * (sum / Math.Max(1, count));
     }
 }

@@ -282,4 +282,31 @@ public class MergeMethodTests
         Assert.Equal(want.Stats.ThresholdsA, got.Stats.ThresholdsA);
         Assert.Contains(m.Tasks[0].A, v => v == 0);
     }
+
+    [Theory]
+    [InlineData("ties")]
+    [InlineData("task-arithmetic")]
+    [InlineData("magnitude-prune")]
+    public void Combine_VectorLanes_AreTheScalarDefinitionBitForBit(string method)
+    {
+        var m = (ArithmeticMethod)MergeMethods.Get(method);
+        var rng = new Random(5);
+        int len = (1 << 14) * 2 + 13; // two blocks and a scalar tail
+        var xs = Enumerable.Range(0, 4).Select(_ => Enumerable.Range(0, len).Select(_ => rng.Next(6) switch
+        {
+            0 => 0f,
+            1 => -0f,
+            2 => 0.5f,
+            3 => -0.5f,
+            _ => (float)TestData.Gaussian(rng),
+        }).ToArray()).ToArray();
+        double[] w = [1.0, -0.5, 2.0, 0.3];
+        var got = m.Combine(xs, w, 1.7, new ParallelOptions { MaxDegreeOfParallelism = 2 });
+        var wf = w.Select(x => (float)x).ToArray();
+        for (int i = 0; i < len; i++)
+        {
+            float want = m.CombineOne(xs, wf, 1.7f, i);
+            Assert.True(BitConverter.SingleToUInt32Bits(want) == BitConverter.SingleToUInt32Bits(got[i]), $"element {i}: expected {want:G9}, got {got[i]:G9}");
+        }
+    }
 }
