@@ -23,8 +23,8 @@
 #   DIR     adapter cache folder (default /tmp/copa-7b-adapters)
 #   ROUNDS  runs of each (method, tool) pair (default 1)
 # Environment:
-#   COPA     copa command (default: dotnet src/CopaKernels.Cli/bin/Release/net10.0/copa.dll, relative
-#            to the repository root; this script does not build it)
+#   COPA     copa command (default: artifacts/copa/copa, the published tool with ReadyToRun code, as a
+#            user installs it; published here by `dotnet publish -r linux-x64` when it is missing)
 #   PYTHON   interpreter with Debian's python3-torch (default /usr/bin/python3)
 #   THREADS  threads for both tools: copa --threads and torch.set_num_threads (default: nproc).
 #            torch is always given --threads explicitly, because its own default here can be 1.
@@ -34,7 +34,13 @@ dir=$(realpath -m "${1:-/tmp/copa-7b-adapters}")   # resolved before the cd belo
 rounds=${2:-1}
 if [ -n "${SCRATCH:-}" ]; then SCRATCH=$(realpath -m "$SCRATCH"); fi
 cd "$(dirname "$0")/../.."
-COPA=${COPA:-dotnet src/CopaKernels.Cli/bin/Release/net10.0/copa.dll}
+if [ -z "${COPA:-}" ]; then
+  COPA=artifacts/copa/copa
+  if [ ! -x "$COPA" ]; then
+    echo "publishing copa to artifacts/copa (once)"
+    dotnet publish src/CopaKernels.Cli -c Release -r linux-x64 --self-contained false -o artifacts/copa -v q >/dev/null
+  fi
+fi
 PYTHON=${PYTHON:-/usr/bin/python3}
 THREADS=${THREADS:-$(nproc)}
 scratch=${SCRATCH:-$(mktemp -d)}

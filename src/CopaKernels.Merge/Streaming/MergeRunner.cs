@@ -254,7 +254,7 @@ public sealed class MergeRunner
         {
             ["tool"] = ToolName,
             ["method"] = o.Method,
-            ["parameters"] = JsonSerializer.SerializeToNode(Parameters()),
+            ["parameters"] = JsonSerializer.SerializeToNode(Parameters(), MergeReportJson.Default.SortedDictionaryStringObject),
             ["adapters"] = new JsonArray(_plan.Adapters.Select(a => (JsonNode)new JsonObject
             {
                 ["path"] = Path.GetFullPath(a.Folder),
