@@ -29,6 +29,24 @@ public static unsafe class HostKernels
     }
 
     /// <summary>
+    /// Family 1 on 16-bit float storage: <paramref name="bits"/> holds BF16 or F16 values (as read from
+    /// a file), selected without widening them. The threshold, kept count and mask are those of
+    /// <see cref="SelectByMagnitude(Span{float}, double, bool)"/> on the widened values, bit for bit;
+    /// masked entries are set to +0 (bits 0).
+    /// Throws <see cref="NonFiniteInputException"/> if <paramref name="bits"/> holds NaN or ±Inf.
+    /// </summary>
+    public static SelectionResult SelectByMagnitude(Span<ushort> bits, Float16Format format, double density, bool applyMask = true)
+    {
+        SelectionResult.CheckDensity(density);
+        fixed (ushort* p = bits)
+        {
+            var r = MagnitudeSelection16.Select(p, bits.Length, SelectionResult.KFor(bits.Length, density), format, applyMask, out bool finite);
+            if (!finite) throw new NonFiniteInputException(0);
+            return r;
+        }
+    }
+
+    /// <summary>
     /// Family 2: for the rows × cols row-major matrix <paramref name="x"/>, sums[i] = Σ_j |x[i,j]| and
     /// maskedSums[i] = Σ_j |x[i,j]|·[|x[i,j]| ≥ threshold] in one pass; with <paramref name="applyMask"/>
     /// the entries below the threshold are zeroed (written +0) in the same pass.
