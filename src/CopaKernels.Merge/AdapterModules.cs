@@ -1,5 +1,8 @@
 using CopaKernels.Formats;
+using System.Runtime.InteropServices;
 using CopaKernels.Formats.Peft;
+using CopaKernels.Formats.Safetensors;
+using CopaKernels.Kernels.Cpu;
 
 namespace CopaKernels.Merge;
 
@@ -79,10 +82,40 @@ internal sealed class DeferredFactors(IReadOnlyList<LoraAdapter> adapters, strin
     public void Read(int task, bool b)
     {
         if (Interlocked.Exchange(ref _read[2 * task + (b ? 1 : 0)], 1) == 1) return;
+        Weights(task, b).Weights.ReadSingles(Weights(task, b).Tensor, 0, b ? tasks[task].B : tasks[task].A);
+    }
+
+    /// <summary>The factor's storage format when it is stored as BF16 or F16 and not read yet (see <see cref="ReadRaw"/>), else null.</summary>
+    public Float16Format? RawFormat(int task, bool b)
+    {
+        if (Volatile.Read(ref _read[2 * task + (b ? 1 : 0)]) == 1) return null;
+        return Weights(task, b).Tensor.DType switch
+        {
+            DType.BF16 => Float16Format.BFloat16,
+            DType.F16 => Float16Format.Half,
+            _ => null,
+        };
+    }
+
+    /// <summary>
+    /// Reads one BF16/F16 factor's stored bits into <paramref name="into"/> (exactly its length) and marks
+    /// it read: the caller widens them into the factor's array after working on them (a trim selects on
+    /// the 16-bit keys themselves, at half the bytes of F32).
+    /// </summary>
+    public void ReadRaw(int task, bool b, Span<ushort> into)
+    {
+        if (Interlocked.Exchange(ref _read[2 * task + (b ? 1 : 0)], 1) == 1)
+            throw new InvalidOperationException($"factor {(b ? "B" : "A")} of task {task} of {path} was read already");
+        var (file, tensor) = Weights(task, b);
+        file.ReadBytes(tensor, 0, MemoryMarshal.AsBytes(into));
+    }
+
+    private (SafetensorsFile Weights, TensorInfo Tensor) Weights(int task, bool b)
+    {
         var adapter = adapters[task];
         if (!adapter.TryGetModule(path, out var m))
             throw new CopaInputException(adapter.Folder, path, "module not found in this adapter");
-        adapter.Weights.ReadSingles(b ? m.B : m.A, 0, b ? tasks[task].B : tasks[task].A);
+        return (adapter.Weights, b ? m.B : m.A);
     }
 
     /// <summary>Reads every factor not read yet.</summary>

@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using CopaKernels.Formats;
+using CopaKernels.Formats.Numerics;
 using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
 
@@ -124,16 +125,17 @@ internal static class CopaScaling
         ModuleOps.ParallelFor(2 * n, ModuleOps.HostParallel(cpu), item =>
         {
             int task = item >> 1;
-            m.Deferred?.Read(task, (item & 1) == 1);
+            bool isB = (item & 1) == 1;
             try
             {
-                if ((item & 1) == 1)
+                var selection = SelectDeferred(m.Deferred, task, isB, isB ? bTrim[task] : aTrim[task], density);
+                if (isB)
                 {
-                    selB[task] = HostKernels.SelectByMagnitude(bTrim[task], density, applyMask: true);
+                    selB[task] = selection ?? HostKernels.SelectByMagnitude(bTrim[task], density, applyMask: true);
                     return;
                 }
                 int r = m.Tasks[task].Rank;
-                selA[task] = HostKernels.SelectByMagnitude(aTrim[task], density, applyMask: false);
+                selA[task] = selection ?? HostKernels.SelectByMagnitude(aTrim[task], density, applyMask: false);
                 var sums = new float[2 * r];
                 HostKernels.RowAbsSums(aTrim[task], r, m.DIn, sums.AsSpan(0, r), selA[task].Threshold, sums.AsSpan(r), applyMask: true);
                 rowSums[task] = sums;
@@ -148,6 +150,31 @@ internal static class CopaScaling
             for (int task = 0; task < n; task++)
                 if (bad[2 * task + side]) throw ModuleOps.NonFinite(m.Path, task);
         return new Trimmed(aTrim, bTrim, selA, selB, rowSums);
+    }
+
+    [ThreadStatic] private static ushort[]? t_raw;
+
+    /// <summary>
+    /// Reads a deferred factor into <paramref name="into"/>. A BF16/F16 factor is selected on its stored
+    /// bits before it is widened (the trim's passes read 2 bytes a value, not 4; the threshold and mask
+    /// are the F32 ones bit for bit), B masked there, A left whole for its row sums; the selection is
+    /// returned. Otherwise the factor is read as F32 and null says the caller selects.
+    /// </summary>
+    private static SelectionResult? SelectDeferred(DeferredFactors? deferred, int task, bool isB, float[] into, double density)
+    {
+        if (deferred?.RawFormat(task, isB) is not { } format)
+        {
+            deferred?.Read(task, isB);
+            return null;
+        }
+        // One scratch per thread, as long as the longest factor read so far (2 bytes a value).
+        var raw = t_raw is { } r && r.Length >= into.Length ? r : t_raw = new ushort[into.Length];
+        var bits = raw.AsSpan(0, into.Length);
+        deferred.ReadRaw(task, isB, bits);
+        var selection = HostKernels.SelectByMagnitude(bits, format, density, applyMask: isB);
+        if (format == Float16Format.BFloat16) FloatConversion.Bf16ToSingle(bits, into);
+        else FloatConversion.HalfToSingle(bits, into);
+        return selection;
     }
 
     /// <summary>The released code's clamp: S_n raised to its floor(r·(1−c))-th smallest value (0-based).</summary>

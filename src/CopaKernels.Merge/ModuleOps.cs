@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 using System.Runtime.InteropServices;
@@ -88,23 +89,43 @@ internal static class ModuleOps
     /// The exact rank-Σr pair of Σ_n B_n·diag(c_n)·A_n: B = [B_1·diag(c_1) | …] (d_out × Σr),
     /// A = [A_1; …] (Σr × d_in), scale 1. <paramref name="coefficient"/>(n, j) is rounded once to fp32.
     /// </summary>
+    /// <remarks>
+    /// B is built row by row, each output row written once with every task's segment (one fp32
+    /// multiply per entry), in row blocks over the threads: column by column, task after task, each
+    /// task's pass would stream the whole d_out × Σr output through the cache again.
+    /// </remarks>
     public static LowRankResult Concatenate(ModuleInput m, IReadOnlyList<float[]> bs, IReadOnlyList<float[]> @as,
-        Func<int, int, double> coefficient, ModuleStats stats)
+        Func<int, int, double> coefficient, ModuleStats stats, ParallelOptions parallel)
     {
-        int total = m.Tasks.Sum(t => t.Rank), dOut = m.DOut, dIn = m.DIn;
+        int n = m.Tasks.Count, total = m.Tasks.Sum(t => t.Rank), dOut = m.DOut, dIn = m.DIn;
         // Every entry is written below, so skip the zeroing.
         var b = m.NewArray(checked(dOut * total));
         var a = m.NewArray(checked(total * dIn));
-        int col = 0;
-        for (int task = 0; task < m.Tasks.Count; task++)
+        var coef = new float[total];
+        var start = new int[n + 1];
+        for (int task = 0; task < n; task++)
         {
             int r = m.Tasks[task].Rank;
-            var coef = new float[r];
-            for (int j = 0; j < r; j++) coef[j] = (float)coefficient(task, j);
-            ScaleColumnsInto(bs[task], coef, dOut, r, b, total, col);
-            Array.Copy(@as[task], 0, a, (long)col * dIn, (long)r * dIn);
-            col += r;
+            start[task + 1] = start[task] + r;
+            for (int j = 0; j < r; j++) coef[start[task] + j] = (float)coefficient(task, j);
         }
+        int rowsPerChunk = Math.Max(1, SumChunk / Math.Max(1, total));
+        ParallelFor((dOut + rowsPerChunk - 1) / rowsPerChunk + n, parallel, item =>
+        {
+            int chunks = (dOut + rowsPerChunk - 1) / rowsPerChunk;
+            if (item >= chunks)
+            {
+                int task = item - chunks; // A: the tasks' trimmed A's one under the other
+                Array.Copy(@as[task], 0, a, (long)start[task] * dIn, (long)m.Tasks[task].Rank * dIn);
+                return;
+            }
+            for (int i = item * rowsPerChunk, end = Math.Min(dOut, i + rowsPerChunk); i < end; i++)
+                for (int task = 0; task < n; task++)
+                {
+                    int r = start[task + 1] - start[task];
+                    MultiplyShort(bs[task].AsSpan(i * r, r), coef.AsSpan(start[task], r), b.AsSpan(i * total + start[task], r));
+                }
+        });
         return new LowRankResult(b, a, total, 1.0, total) { Stats = stats };
     }
 
@@ -232,28 +253,23 @@ internal static class ModuleOps
     }
 
     /// <summary>
-    /// dst[i, col + j] = x[i, j]·s[j] for the rows × r matrix x, into a matrix with row stride
-    /// <paramref name="stride"/>.
+    /// dst = x ⊙ c for the short spans of one row of a low-rank factor (r entries): the same one fp32
+    /// multiply per entry as <see cref="TensorPrimitives.Multiply(ReadOnlySpan{float}, ReadOnlySpan{float}, Span{float})"/>,
+    /// without its per-call dispatch, which costs as much as the work at r = 16.
     /// </summary>
-    internal static void ScaleColumnsInto(float[] x, float[] s, int rows, int r, float[] dst, int stride, int col)
+    private static void MultiplyShort(ReadOnlySpan<float> x, ReadOnlySpan<float> c, Span<float> dst)
     {
-        int w = Vector256<float>.Count;
-        if (Vector256.IsHardwareAccelerated && r % w == 0)
-        {
-            var sv = new Vector256<float>[r / w];
-            for (int v = 0; v < sv.Length; v++) sv[v] = Vector256.Create(s, v * w);
-            for (int i = 0; i < rows; i++)
-                for (int v = 0; v < sv.Length; v++)
-                {
-                    int o = i * stride + col + v * w;
-                    (Vector256.Create(x, i * r + v * w) * sv[v]).CopyTo(dst, o);
-                }
-            return;
-        }
-        for (int i = 0; i < rows; i++)
-            for (int j = 0; j < r; j++)
-            {
-                dst[(long)i * stride + col + j] = x[(long)i * r + j] * s[j];
-            }
+        int n = dst.Length, i = 0;
+        ref float xr = ref MemoryMarshal.GetReference(x);
+        ref float cr = ref MemoryMarshal.GetReference(c);
+        ref float dr = ref MemoryMarshal.GetReference(dst);
+        if (x.Length < n || c.Length < n) throw new ArgumentException("spans shorter than the destination");
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
+                (Vector512.LoadUnsafe(ref xr, (nuint)i) * Vector512.LoadUnsafe(ref cr, (nuint)i)).StoreUnsafe(ref dr, (nuint)i);
+        if (Vector256.IsHardwareAccelerated)
+            for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
+                (Vector256.LoadUnsafe(ref xr, (nuint)i) * Vector256.LoadUnsafe(ref cr, (nuint)i)).StoreUnsafe(ref dr, (nuint)i);
+        for (; i < n; i++) Unsafe.Add(ref dr, i) = Unsafe.Add(ref xr, i) * Unsafe.Add(ref cr, i);
     }
 }

@@ -78,7 +78,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         // Plain task arithmetic is a sum of products: λ Σ w_n s_n B_n A_n is exactly the LoRA pair
         // [λ w_1 s_1 B_1 | …] · [A_1; …] of rank Σ r_n, which an adapter output or an exact re-rank
         // can use without ever forming the dense matrix.
-        if (Sparsifier == Sparsifier.None && !Consensus) return Concatenated(m, o);
+        if (Sparsifier == Sparsifier.None && !Consensus) return Concatenated(backend, m, o);
         var stats = new ModuleStats();
         var deltas = new List<float[]>(n);
         for (int task = 0; task < n; task++) deltas.Add(ModuleOps.Delta(backend, m, task));
@@ -87,9 +87,9 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         return new DenseResult(Combine(deltas, w, o.EffectiveLambda, ModuleOps.HostParallel(backend))) { Stats = stats };
     }
 
-    private static LowRankResult Concatenated(ModuleInput m, MergeOptions o) =>
+    private static LowRankResult Concatenated(IMergeBackend backend, ModuleInput m, MergeOptions o) =>
         ModuleOps.Concatenate(m, m.Tasks.Select(t => t.B).ToList(), m.Tasks.Select(t => t.A).ToList(),
-            (task, _) => o.EffectiveLambda * o.WeightOf(task) * m.Tasks[task].Scale, new ModuleStats());
+            (task, _) => o.EffectiveLambda * o.WeightOf(task) * m.Tasks[task].Scale, new ModuleStats(), ModuleOps.HostParallel(backend));
 
     private void Sparsify(IMergeBackend backend, List<float[]> xs, string streamName, MergeOptions o, ModuleStats stats, List<float> thresholds, string path)
     {

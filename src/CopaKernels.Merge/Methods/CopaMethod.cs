@@ -31,6 +31,6 @@ public sealed class CopaMethod : IMergeMethod, IReadsDeferredFactors
         double lambda = options.EffectiveLambda;
         // One coefficient per inner index, λ·s_n·S̃_n[j], computed in double and rounded once.
         return ModuleOps.Concatenate(module, scaled.BTrimmed, scaled.ATrimmed,
-            (task, j) => lambda * module.Tasks[task].Scale * scaled.S[task][j], stats);
+            (task, j) => lambda * module.Tasks[task].Scale * scaled.S[task][j], stats, ModuleOps.HostParallel(backend));
     }
 }
