@@ -20,15 +20,37 @@ namespace CopaKernels.Merge;
 /// </remarks>
 internal static class CopaScaling
 {
-    public sealed record Result(float[][] ATrimmed, float[][] BTrimmed, double[][] S);
+    /// <param name="ATrimmed">Ã_n per task.</param>
+    /// <param name="BTrimmed">B̃_n per task.</param>
+    /// <param name="S">S̃_n per task (after the clamp and the normalisation).</param>
+    /// <param name="Raw">
+    /// Set when the trimmed factors were kept in their stored 16-bit format (see <see cref="RawBits"/>):
+    /// each array's first half of bytes holds the values, not F32.
+    /// </param>
+    public sealed record Result(float[][] ATrimmed, float[][] BTrimmed, double[][] S, Float16Format? Raw = null);
+
+    /// <summary>The 16-bit values a factor array of a <see cref="Result.Raw"/> result holds: its first <paramref name="length"/> halves.</summary>
+    public static Span<ushort> RawBits(float[] array, int length) => MemoryMarshal.Cast<float, ushort>(array.AsSpan())[..length];
 
     /// <summary>The CPU route reads deferred factors itself, each on the thread that trims it.</summary>
     public static bool ReadsDeferred(IMergeBackend backend) => backend is CpuBackend;
 
-    public static Result Compute(IMergeBackend backend, ModuleInput m, double density, double clamp, bool normalize, ModuleStats stats)
+    /// <summary>Steps 1–4 for one module: trimmed factors and S̃, statistics into <paramref name="stats"/>.</summary>
+    /// <param name="backend">Where the trims run.</param>
+    /// <param name="m">The module's factors.</param>
+    /// <param name="density">ρ, the fraction kept.</param>
+    /// <param name="clamp">c of step 3 (0: off).</param>
+    /// <param name="normalize">Step 4 on or off.</param>
+    /// <param name="stats">Thresholds, kept counts and fallback rows go here.</param>
+    /// <param name="keepRaw">
+    /// The caller can take the trimmed factors in their stored 16-bit format (<see cref="Result.Raw"/>):
+    /// granted on the CPU route when every factor of the module is read deferred and shares one 16-bit format.
+    /// </param>
+    public static Result Compute(IMergeBackend backend, ModuleInput m, double density, double clamp, bool normalize, ModuleStats stats,
+        bool keepRaw = false)
     {
         if (normalize) ModuleOps.RequireEqualRanks(m, "CoPA's cross-task normalisation needs equal ranks (or normalize: false)");
-        var trimmed = backend is CpuBackend cpu ? TrimOnHost(cpu, m, density) : TrimOnDevice(backend, m, density);
+        var trimmed = backend is CpuBackend cpu ? TrimOnHost(cpu, m, density, keepRaw ? CommonRawFormat(m) : null) : TrimOnDevice(backend, m, density);
         int n = m.Tasks.Count;
         var s = new double[n][];
         for (int task = 0; task < n; task++)
@@ -64,11 +86,26 @@ internal static class CopaScaling
                 for (int task = 0; task < n; task++) s[task][i] /= total;
             }
         }
-        return new Result(trimmed.A, trimmed.B, s);
+        return new Result(trimmed.A, trimmed.B, s, trimmed.Raw);
+    }
+
+    /// <summary>The one 16-bit format every factor of a deferred module is stored in, else null.</summary>
+    private static Float16Format? CommonRawFormat(ModuleInput m)
+    {
+        if (m.Deferred is not { } d) return null;
+        Float16Format? common = null;
+        for (int task = 0; task < m.Tasks.Count; task++)
+            foreach (bool isB in new[] { false, true })
+            {
+                if (d.RawFormat(task, isB) is not { } f || (common is { } c && c != f)) return null;
+                common = f;
+            }
+        return common;
     }
 
     /// <summary>Step 1 and the sums of step 2, per task: trimmed factors, selections, and row sums (plain at [0, r), trimmed at [r, 2r)).</summary>
-    private sealed record Trimmed(float[][] A, float[][] B, SelectionResult[] SelA, SelectionResult[] SelB, float[][] RowSums);
+    private sealed record Trimmed(float[][] A, float[][] B, SelectionResult[] SelA, SelectionResult[] SelB, float[][] RowSums,
+        Float16Format? Raw = null);
 
     private static Trimmed TrimOnDevice(IMergeBackend backend, ModuleInput m, double density)
     {
@@ -110,7 +147,7 @@ internal static class CopaScaling
         return new Trimmed(aTrim, bTrim, selA, selB, rowSums);
     }
 
-    private static Trimmed TrimOnHost(CpuBackend cpu, ModuleInput m, double density)
+    private static Trimmed TrimOnHost(CpuBackend cpu, ModuleInput m, double density, Float16Format? raw)
     {
         int n = m.Tasks.Count;
         // The streaming feed's arrays are trimmed where they lie; a caller's are copied first.
@@ -126,15 +163,31 @@ internal static class CopaScaling
         {
             int task = item >> 1;
             bool isB = (item & 1) == 1;
+            int r = m.Tasks[task].Rank;
             try
             {
+                if (raw is { } format)
+                {
+                    // Kept in the stored format, in the array's own bytes: selected, summed and masked there.
+                    var array = isB ? bTrim[task] : aTrim[task];
+                    var bits = RawBits(array, array.Length);
+                    m.Deferred!.ReadRaw(task, isB, bits);
+                    if (isB)
+                    {
+                        selB[task] = HostKernels.SelectByMagnitude(bits, format, density, applyMask: true);
+                        return;
+                    }
+                    selA[task] = HostKernels.SelectByMagnitude(bits, format, density, applyMask: false);
+                    rowSums[task] = RawRowSums(bits, format, r, m.DIn, selA[task].Threshold);
+                    HostKernels.MaskByMagnitude(bits, format, selA[task].Threshold);
+                    return;
+                }
                 var selection = SelectDeferred(m.Deferred, task, isB, isB ? bTrim[task] : aTrim[task], density);
                 if (isB)
                 {
                     selB[task] = selection ?? HostKernels.SelectByMagnitude(bTrim[task], density, applyMask: true);
                     return;
                 }
-                int r = m.Tasks[task].Rank;
                 selA[task] = selection ?? HostKernels.SelectByMagnitude(aTrim[task], density, applyMask: false);
                 var sums = new float[2 * r];
                 HostKernels.RowAbsSums(aTrim[task], r, m.DIn, sums.AsSpan(0, r), selA[task].Threshold, sums.AsSpan(r), applyMask: true);
@@ -149,10 +202,34 @@ internal static class CopaScaling
         for (int side = 0; side < 2; side++)
             for (int task = 0; task < n; task++)
                 if (bad[2 * task + side]) throw ModuleOps.NonFinite(m.Path, task);
-        return new Trimmed(aTrim, bTrim, selA, selB, rowSums);
+        return new Trimmed(aTrim, bTrim, selA, selB, rowSums, raw);
     }
 
     [ThreadStatic] private static ushort[]? t_raw;
+    [ThreadStatic] private static float[]? t_row;
+
+    /// <summary>
+    /// Plain and trimmed |x| sums of each row of a 16-bit A, at [0, r) and [r, 2r): each row widened into
+    /// a per-thread scratch and summed by the F32 kernel, so the sums are the F32 route's bit for bit.
+    /// </summary>
+    private static float[] RawRowSums(ReadOnlySpan<ushort> bits, Float16Format format, int rows, int cols, float threshold)
+    {
+        var row = t_row is { } t && t.Length >= cols ? t : t_row = new float[cols];
+        var sums = new float[2 * rows];
+        for (int i = 0; i < rows; i++)
+        {
+            Widen(bits.Slice(i * cols, cols), format, row.AsSpan(0, cols));
+            HostKernels.RowAbsSums(row.AsSpan(0, cols), 1, cols, sums.AsSpan(i, 1), threshold, sums.AsSpan(rows + i, 1), applyMask: false);
+        }
+        return sums;
+    }
+
+    /// <summary>Widens 16-bit values to F32 (exact).</summary>
+    public static void Widen(ReadOnlySpan<ushort> bits, Float16Format format, Span<float> into)
+    {
+        if (format == Float16Format.BFloat16) FloatConversion.Bf16ToSingle(bits, into);
+        else FloatConversion.HalfToSingle(bits, into);
+    }
 
     /// <summary>
     /// Reads a deferred factor into <paramref name="into"/>. A BF16/F16 factor is selected on its stored
@@ -172,8 +249,7 @@ internal static class CopaScaling
         var bits = raw.AsSpan(0, into.Length);
         deferred.ReadRaw(task, isB, bits);
         var selection = HostKernels.SelectByMagnitude(bits, format, density, applyMask: isB);
-        if (format == Float16Format.BFloat16) FloatConversion.Bf16ToSingle(bits, into);
-        else FloatConversion.HalfToSingle(bits, into);
+        Widen(bits, format, into);
         return selection;
     }
 

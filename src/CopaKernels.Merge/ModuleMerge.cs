@@ -27,6 +27,13 @@ public sealed record ModuleInput(string Path, int DOut, int DIn, IReadOnlyList<T
     /// </summary>
     internal DeferredFactors? Deferred { get; init; }
 
+    /// <summary>
+    /// Set by the streaming feed when the result is written as it is, in this dtype (adapter output of
+    /// the method's exact rank): a method may then hand back its factors already encoded
+    /// (<see cref="LowRankResult.Encoded"/>) instead of as F32. Null otherwise.
+    /// </summary>
+    internal Formats.Safetensors.DType? EncodeAs { get; init; }
+
     /// <summary>Where a method takes its result arrays: the streaming feed's pool, which gets them back once written.</summary>
     internal Streaming.FactorPool? Pool { get; init; }
 
@@ -47,7 +54,22 @@ public abstract record ModuleResult
 /// <param name="Rank">Inner dimension.</param>
 /// <param name="Scale">The LoRA scale the factors are meant with (1 when folded in).</param>
 /// <param name="Alpha">lora_alpha to write for this module (Rank when Scale = 1).</param>
-public sealed record LowRankResult(float[] B, float[] A, int Rank, double Scale, double Alpha) : ModuleResult;
+public sealed record LowRankResult(float[] B, float[] A, int Rank, double Scale, double Alpha) : ModuleResult
+{
+    /// <summary>
+    /// The factors already in the output's bytes (only for a <see cref="ModuleInput.EncodeAs"/> input);
+    /// <see cref="B"/> and <see cref="A"/> are then empty.
+    /// </summary>
+    internal EncodedFactors? Encoded { get; init; }
+}
+
+/// <summary>A low-rank result's factors encoded in <paramref name="DType"/>, in pooled buffers the write queue takes over.</summary>
+/// <param name="DType">The element type of the bytes.</param>
+/// <param name="B">d_out × rank values.</param>
+/// <param name="BLength">Bytes of <paramref name="B"/> in use.</param>
+/// <param name="A">rank × d_in values.</param>
+/// <param name="ALength">Bytes of <paramref name="A"/> in use.</param>
+internal sealed record EncodedFactors(Formats.Safetensors.DType DType, byte[] B, int BLength, byte[] A, int ALength);
 
 /// <summary>A dense ΔW, d_out × d_in row-major F32.</summary>
 /// <param name="Delta">The update.</param>

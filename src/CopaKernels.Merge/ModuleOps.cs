@@ -3,6 +3,8 @@ using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 using System.Runtime.InteropServices;
 using CopaKernels.Formats;
+using CopaKernels.Formats.Numerics;
+using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
 
@@ -97,18 +99,12 @@ internal static class ModuleOps
     public static LowRankResult Concatenate(ModuleInput m, IReadOnlyList<float[]> bs, IReadOnlyList<float[]> @as,
         Func<int, int, double> coefficient, ModuleStats stats, ParallelOptions parallel)
     {
-        int n = m.Tasks.Count, total = m.Tasks.Sum(t => t.Rank), dOut = m.DOut, dIn = m.DIn;
+        int n = m.Tasks.Count, dOut = m.DOut, dIn = m.DIn;
+        var (coef, start) = ColumnCoefficients(m, coefficient);
+        int total = start[n];
         // Every entry is written below, so skip the zeroing.
         var b = m.NewArray(checked(dOut * total));
         var a = m.NewArray(checked(total * dIn));
-        var coef = new float[total];
-        var start = new int[n + 1];
-        for (int task = 0; task < n; task++)
-        {
-            int r = m.Tasks[task].Rank;
-            start[task + 1] = start[task] + r;
-            for (int j = 0; j < r; j++) coef[start[task] + j] = (float)coefficient(task, j);
-        }
         int rowsPerChunk = Math.Max(1, SumChunk / Math.Max(1, total));
         ParallelFor((dOut + rowsPerChunk - 1) / rowsPerChunk + n, parallel, item =>
         {
@@ -127,6 +123,83 @@ internal static class ModuleOps
                 }
         });
         return new LowRankResult(b, a, total, 1.0, total) { Stats = stats };
+    }
+
+    /// <summary>
+    /// <see cref="Concatenate"/> for factors kept in their stored 16-bit format
+    /// (<see cref="CopaScaling.Result.Raw"/>), written straight into <paramref name="outType"/>'s bytes for
+    /// the output: A is the trimmed values as they are (copied when the format is the output's), each B
+    /// entry the same fp32 product as <see cref="Concatenate"/>'s, rounded once by the same encoder. No F32
+    /// copy of the result is made, and the writer has nothing left to convert.
+    /// </summary>
+    public static LowRankResult ConcatenateEncoded(ModuleInput m, IReadOnlyList<float[]> bs, IReadOnlyList<float[]> @as, Float16Format format,
+        DType outType, Func<int, int, double> coefficient, ModuleStats stats, ParallelOptions parallel)
+    {
+        int n = m.Tasks.Count, dOut = m.DOut, dIn = m.DIn, size = outType.Bits() / 8;
+        var (coef, start) = ColumnCoefficients(m, coefficient);
+        int total = start[n];
+        int bLength = checked(dOut * total * size), aLength = checked(total * dIn * size);
+        var bBytes = Streaming.WriteQueue.Rent(bLength);
+        var aBytes = Streaming.WriteQueue.Rent(aLength);
+        bool sameFormat = outType == (format == Float16Format.BFloat16 ? DType.BF16 : DType.F16);
+        int rowsPerChunk = Math.Max(1, SumChunk / Math.Max(1, total));
+        int chunks = (dOut + rowsPerChunk - 1) / rowsPerChunk;
+        // Per-thread F32 scratch: a row block of the output B (or a block of A) at [0, valuesLength),
+        // one task's widened B rows after it.
+        int valuesLength = Math.Max(SumChunk, total), widenedLength = Math.Max(SumChunk, m.Tasks.Max(t => t.Rank));
+        ParallelFor(chunks + n, parallel, item =>
+        {
+            int need = valuesLength + widenedLength;
+            var scratch = t_encode is { } e && e.Length >= need ? e : t_encode = new float[need];
+            if (item >= chunks)
+            {
+                int task = item - chunks, count = m.Tasks[task].Rank * dIn;
+                var bits = CopaScaling.RawBits(@as[task], count);
+                var dst = aBytes.AsSpan(start[task] * dIn * size, count * size);
+                if (sameFormat)
+                {
+                    MemoryMarshal.AsBytes(bits).CopyTo(dst);
+                    return;
+                }
+                for (int done = 0; done < count; done += SumChunk)
+                {
+                    int len = Math.Min(SumChunk, count - done);
+                    CopaScaling.Widen(bits.Slice(done, len), format, scratch.AsSpan(0, len));
+                    ElementCodec.Encode(outType, scratch.AsSpan(0, len), dst.Slice(done * size, len * size));
+                }
+                return;
+            }
+            int i0 = item * rowsPerChunk, rows = Math.Min(dOut, i0 + rowsPerChunk) - i0;
+            var values = scratch.AsSpan(0, rows * total);
+            var widened = scratch.AsSpan(valuesLength, widenedLength);
+            for (int task = 0; task < n; task++)
+            {
+                int r = start[task + 1] - start[task];
+                CopaScaling.Widen(CopaScaling.RawBits(bs[task], dOut * r).Slice(i0 * r, rows * r), format, widened[..(rows * r)]);
+                for (int i = 0; i < rows; i++)
+                    MultiplyShort(widened.Slice(i * r, r), coef.AsSpan(start[task], r), values.Slice(i * total + start[task], r));
+            }
+            ElementCodec.Encode(outType, values, bBytes.AsSpan(i0 * total * size, rows * total * size));
+        });
+        return new LowRankResult([], [], total, 1.0, total)
+        {
+            Stats = stats,
+            Encoded = new EncodedFactors(outType, bBytes, bLength, aBytes, aLength),
+        };
+    }
+
+    [ThreadStatic] private static float[]? t_encode;
+
+    /// <summary>One fp32 coefficient per inner index of the concatenation (coefficient(n, j) rounded once), and where each task's columns start.</summary>
+    private static (float[] Coef, int[] Start) ColumnCoefficients(ModuleInput m, Func<int, int, double> coefficient)
+    {
+        int n = m.Tasks.Count;
+        var start = new int[n + 1];
+        for (int task = 0; task < n; task++) start[task + 1] = start[task] + m.Tasks[task].Rank;
+        var coef = new float[start[n]];
+        for (int task = 0; task < n; task++)
+            for (int j = 0; j < m.Tasks[task].Rank; j++) coef[start[task] + j] = (float)coefficient(task, j);
+        return (coef, start);
     }
 
     /// <summary>

@@ -47,6 +47,21 @@ public static unsafe class HostKernels
     }
 
     /// <summary>
+    /// The mask of family 1 on 16-bit float storage, for a threshold found earlier (a factor whose row
+    /// sums needed its untrimmed values first): entries with |x| &lt; <paramref name="threshold"/> are
+    /// set to +0 (bits 0); returns how many were kept. NaN and ±Inf are not looked for.
+    /// </summary>
+    public static long MaskByMagnitude(Span<ushort> bits, Float16Format format, float threshold)
+    {
+        // The smallest key whose value is ≥ |threshold|: exact for a threshold that came from a selection
+        // on this format, and the right cut for any other.
+        float t = Math.Abs(threshold);
+        uint key = format == Float16Format.BFloat16 ? BitConverter.SingleToUInt32Bits(t) >> 16 : BitConverter.HalfToUInt16Bits((Half)t);
+        while (key < 0x8000 && MagnitudeSelection16.Widen(key, format) < t) key++;
+        fixed (ushort* p = bits) return MagnitudeSelection16.Mask(p, bits.Length, key);
+    }
+
+    /// <summary>
     /// Family 2: for the rows × cols row-major matrix <paramref name="x"/>, sums[i] = Σ_j |x[i,j]| and
     /// maskedSums[i] = Σ_j |x[i,j]|·[|x[i,j]| ≥ threshold] in one pass; with <paramref name="applyMask"/>
     /// the entries below the threshold are zeroed (written +0) in the same pass.

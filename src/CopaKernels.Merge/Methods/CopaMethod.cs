@@ -27,10 +27,14 @@ public sealed class CopaMethod : IMergeMethod, IReadsDeferredFactors
     public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options)
     {
         var stats = new ModuleStats();
-        var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.Normalize, stats);
+        var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.Normalize, stats,
+            keepRaw: module.EncodeAs is not null);
         double lambda = options.EffectiveLambda;
         // One coefficient per inner index, λ·s_n·S̃_n[j], computed in double and rounded once.
-        return ModuleOps.Concatenate(module, scaled.BTrimmed, scaled.ATrimmed,
-            (task, j) => lambda * module.Tasks[task].Scale * scaled.S[task][j], stats, ModuleOps.HostParallel(backend));
+        Func<int, int, double> coefficient = (task, j) => lambda * module.Tasks[task].Scale * scaled.S[task][j];
+        var parallel = ModuleOps.HostParallel(backend);
+        return scaled.Raw is { } format
+            ? ModuleOps.ConcatenateEncoded(module, scaled.BTrimmed, scaled.ATrimmed, format, module.EncodeAs!.Value, coefficient, stats, parallel)
+            : ModuleOps.Concatenate(module, scaled.BTrimmed, scaled.ATrimmed, coefficient, stats, parallel);
     }
 }

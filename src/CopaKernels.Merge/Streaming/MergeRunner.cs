@@ -106,7 +106,15 @@ public sealed class MergeRunner
                     if (!isA && t.Name != LoraAdapter.KeyB(m.Path))
                         throw new InvalidOperationException($"{t.Name} is next in the layout, not a factor of {m.Path}");
                     BeforeTensor?.Invoke(t.Name);
-                    tiles.Values(t, isA ? r.A : r.B);
+                    if (r.Encoded is { } e)
+                    {
+                        // Encoded by the method in this tensor's dtype (ModuleInput.EncodeAs): written as it is.
+                        var (bytes, length) = isA ? (e.A, e.ALength) : (e.B, e.BLength);
+                        if (e.DType != t.DType || length != t.ByteLength)
+                            throw new InvalidOperationException($"{t.Name}: encoded as {e.DType}, {length} bytes, but declared {t.DType}, {t.ByteLength} bytes");
+                        queue.Append(t.Name, bytes, length);
+                    }
+                    else tiles.Values(t, isA ? r.A : r.B);
                     _progress?.Advance(t.ByteLength, t.Name);
                 }
                 written.Add((m.Path, r.Rank, r.Scale, r.Alpha));

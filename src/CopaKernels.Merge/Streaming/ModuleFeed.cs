@@ -49,7 +49,9 @@ internal sealed class ModuleFeed : IDisposable
     {
         _ct.ThrowIfCancellationRequested();
         // The arrays are this merge's own, so a method may trim them in place.
-        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Path, _pool.Rent, _defer) with { Transient = true, Pool = _pool };
+        // Adapter output of the method's exact result is written as it comes: a method may encode it itself.
+        var encodeAs = _plan.Request.Mode == OutputMode.Adapter && _plan.Request.Rank is null ? _plan.OutDType : null;
+        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Path, _pool.Rent, _defer) with { Transient = true, Pool = _pool, EncodeAs = encodeAs };
     }
 
     /// <summary>
@@ -74,6 +76,7 @@ internal sealed class ModuleFeed : IDisposable
     /// <summary>Hands a low-rank result's arrays back once they are written (adapter output).</summary>
     public void Recycle(LowRankResult written)
     {
+        if (written.Encoded is not null) return; // its buffers went to the write queue
         _pool.Return(written.A);
         _pool.Return(written.B);
     }

@@ -100,6 +100,25 @@ public unsafe class Selection16Tests
         }
     }
 
+    [Theory]
+    [InlineData(Float16Format.BFloat16)]
+    [InlineData(Float16Format.Half)]
+    public void MaskByMagnitude_CutsAtTheThreshold_WhateverItsPrecision(Float16Format format)
+    {
+        var bits = Narrow(TestData.Make("gaussian", 5003, 2), format);
+        var widened = Widen(bits, format);
+        var t = ReferenceMagnitudeSelection.Select((float[])widened.Clone(), 0.3).Threshold;
+        // The selected threshold itself, and thresholds between two representable values.
+        foreach (float threshold in new[] { t, -t, t * 1.0001f, t * 0.9999f, 0f })
+        {
+            var masked = (ushort[])bits.Clone();
+            long kept = HostKernels.MaskByMagnitude(masked, format, threshold);
+            var want = widened.Select(v => MathF.Abs(v) >= MathF.Abs(threshold) ? v : 0f).ToArray();
+            Assert.Equal(want.Count(v => MathF.Abs(v) >= MathF.Abs(threshold)), kept);
+            Assert.Equal(want.Select(BitConverter.SingleToUInt32Bits), Widen(masked, format).Select(BitConverter.SingleToUInt32Bits));
+        }
+    }
+
     private static void AssertMatchesReference(ushort[] bits, double density, Float16Format format)
     {
         var widened = Widen(bits, format);

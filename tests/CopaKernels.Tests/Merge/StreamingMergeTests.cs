@@ -93,6 +93,34 @@ public sealed class StreamingMergeTests(StreamingFixture fx) : IClassFixture<Str
         }
     }
 
+    [Theory]
+    [InlineData("copa")]
+    [InlineData("copa-official")]
+    public void CopaAdapter_InTheInputsDtype_IsTheLibraryMergeRoundedOnce_BitForBit(string method)
+    {
+        // The default output dtype is the inputs' (BF16): copa then trims on the stored bits and writes
+        // its factors already encoded; the bytes must be those of the F32 library merge rounded once.
+        var output = fx.NewOutput($"{method}-bf16");
+        var (code, _, err) = Merge(output, "--method", method);
+        Assert.True(code == 0, err);
+        var reference = fx.Reference(new MergeOptions { Method = method });
+        using var a = LoraAdapter.Open(output);
+        foreach (var (path, expected) in reference)
+        {
+            var m = a.Modules.Single(x => x.Path == path);
+            var lr = (LowRankResult)expected;
+            foreach (var (tensor, values) in new[] { (m.A, lr.A), (m.B, lr.B) })
+            {
+                Assert.Equal(DType.BF16, tensor.DType);
+                var bytes = new byte[tensor.ByteLength];
+                a.Weights.ReadBytes(tensor, 0, bytes);
+                var want = new ushort[values.Length];
+                CopaKernels.Formats.Numerics.FloatConversion.SingleToBf16(values, want);
+                Assert.Equal(want, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes).ToArray());
+            }
+        }
+    }
+
     private static (string, int, int) Dims(string path)
     {
         var p = StreamingFixture.Shape.Projections.Single(x => path.EndsWith(x.Module, StringComparison.Ordinal));
