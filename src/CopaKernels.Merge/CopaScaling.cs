@@ -20,17 +20,17 @@ namespace CopaKernels.Merge;
 /// </remarks>
 internal static class CopaScaling
 {
-    /// <param name="ATrimmed">Ã_n per task.</param>
-    /// <param name="BTrimmed">B̃_n per task.</param>
+    /// <param name="ATrimmed">Ã_n per task (not filled when the trimmed factors went to a raw sink).</param>
+    /// <param name="BTrimmed">B̃_n per task (likewise).</param>
     /// <param name="S">S̃_n per task (after the clamp and the normalisation).</param>
-    /// <param name="Raw">
-    /// Set when the trimmed factors were kept in their stored 16-bit format (see <see cref="RawBits"/>):
-    /// each array's first half of bytes holds the values, not F32.
-    /// </param>
+    /// <param name="Raw">Set when the trimmed factors went to the raw sink in this 16-bit format instead.</param>
     public sealed record Result(float[][] ATrimmed, float[][] BTrimmed, double[][] S, Float16Format? Raw = null);
 
-    /// <summary>The 16-bit values a factor array of a <see cref="Result.Raw"/> result holds: its first <paramref name="length"/> halves.</summary>
-    public static Span<ushort> RawBits(float[] array, int length) => MemoryMarshal.Cast<float, ushort>(array.AsSpan())[..length];
+    /// <summary>
+    /// Takes a trimmed factor in its stored 16-bit format, on the worker thread that trimmed it, while
+    /// it is in cache: (task, isB, values). Called once per factor, from several threads at once.
+    /// </summary>
+    public delegate void RawSink(int task, bool isB, ReadOnlySpan<ushort> trimmed);
 
     /// <summary>The CPU route reads deferred factors itself, each on the thread that trims it.</summary>
     public static bool ReadsDeferred(IMergeBackend backend) => backend is CpuBackend;
@@ -42,15 +42,16 @@ internal static class CopaScaling
     /// <param name="clamp">c of step 3 (0: off).</param>
     /// <param name="normalize">Step 4 on or off.</param>
     /// <param name="stats">Thresholds, kept counts and fallback rows go here.</param>
-    /// <param name="keepRaw">
-    /// The caller can take the trimmed factors in their stored 16-bit format (<see cref="Result.Raw"/>):
-    /// granted on the CPU route when every factor of the module is read deferred and shares one 16-bit format.
+    /// <param name="rawSink">
+    /// Where the trimmed factors go in their stored 16-bit format, instead of into F32 arrays
+    /// (<see cref="Result.Raw"/>): used on the CPU route when <see cref="RawFormatOf"/> is not null.
     /// </param>
     public static Result Compute(IMergeBackend backend, ModuleInput m, double density, double clamp, bool normalize, ModuleStats stats,
-        bool keepRaw = false)
+        RawSink? rawSink = null)
     {
         if (normalize) ModuleOps.RequireEqualRanks(m, "CoPA's cross-task normalisation needs equal ranks (or normalize: false)");
-        var trimmed = backend is CpuBackend cpu ? TrimOnHost(cpu, m, density, keepRaw ? CommonRawFormat(m) : null) : TrimOnDevice(backend, m, density);
+        var raw = backend is CpuBackend && rawSink != null ? RawFormatOf(m) : null;
+        var trimmed = backend is CpuBackend cpu ? TrimOnHost(cpu, m, density, raw is { } f ? (f, rawSink!) : null) : TrimOnDevice(backend, m, density);
         int n = m.Tasks.Count;
         var s = new double[n][];
         for (int task = 0; task < n; task++)
@@ -89,8 +90,11 @@ internal static class CopaScaling
         return new Result(trimmed.A, trimmed.B, s, trimmed.Raw);
     }
 
-    /// <summary>The one 16-bit format every factor of a deferred module is stored in, else null.</summary>
-    private static Float16Format? CommonRawFormat(ModuleInput m)
+    /// <summary>
+    /// The one 16-bit format every factor of a module is stored in when the module is read deferred
+    /// (the streaming feed on the CPU route), else null: then the trims can run on the stored values.
+    /// </summary>
+    public static Float16Format? RawFormatOf(ModuleInput m)
     {
         if (m.Deferred is not { } d) return null;
         Float16Format? common = null;
@@ -147,12 +151,12 @@ internal static class CopaScaling
         return new Trimmed(aTrim, bTrim, selA, selB, rowSums);
     }
 
-    private static Trimmed TrimOnHost(CpuBackend cpu, ModuleInput m, double density, Float16Format? raw)
+    private static Trimmed TrimOnHost(CpuBackend cpu, ModuleInput m, double density, (Float16Format Format, RawSink Sink)? raw)
     {
         int n = m.Tasks.Count;
         // The streaming feed's arrays are trimmed where they lie; a caller's are copied first.
-        var aTrim = m.Tasks.Select(t => m.Transient ? t.A : (float[])t.A.Clone()).ToArray();
-        var bTrim = m.Tasks.Select(t => m.Transient ? t.B : (float[])t.B.Clone()).ToArray();
+        var aTrim = m.Tasks.Select(t => m.Transient || raw != null ? t.A : (float[])t.A.Clone()).ToArray();
+        var bTrim = m.Tasks.Select(t => m.Transient || raw != null ? t.B : (float[])t.B.Clone()).ToArray();
         var selA = new SelectionResult[n];
         var selB = new SelectionResult[n];
         var rowSums = new float[n][];
@@ -166,20 +170,19 @@ internal static class CopaScaling
             int r = m.Tasks[task].Rank;
             try
             {
-                if (raw is { } format)
+                if (raw is var (format, sink))
                 {
-                    // Kept in the stored format, in the array's own bytes: selected, summed and masked there.
-                    var array = isB ? bTrim[task] : aTrim[task];
-                    var bits = RawBits(array, array.Length);
+                    // Read into this thread's scratch, trimmed there, handed on while it is in cache.
+                    var bits = RawScratch(isB ? bTrim[task].Length : aTrim[task].Length);
                     m.Deferred!.ReadRaw(task, isB, bits);
-                    if (isB)
+                    if (isB) selB[task] = HostKernels.SelectByMagnitude(bits, format, density, applyMask: true);
+                    else
                     {
-                        selB[task] = HostKernels.SelectByMagnitude(bits, format, density, applyMask: true);
-                        return;
+                        selA[task] = HostKernels.SelectByMagnitude(bits, format, density, applyMask: false);
+                        rowSums[task] = RawRowSums(bits, format, r, m.DIn, selA[task].Threshold);
+                        HostKernels.MaskByMagnitude(bits, format, selA[task].Threshold);
                     }
-                    selA[task] = HostKernels.SelectByMagnitude(bits, format, density, applyMask: false);
-                    rowSums[task] = RawRowSums(bits, format, r, m.DIn, selA[task].Threshold);
-                    HostKernels.MaskByMagnitude(bits, format, selA[task].Threshold);
+                    sink(task, isB, bits);
                     return;
                 }
                 var selection = SelectDeferred(m.Deferred, task, isB, isB ? bTrim[task] : aTrim[task], density);
@@ -202,7 +205,14 @@ internal static class CopaScaling
         for (int side = 0; side < 2; side++)
             for (int task = 0; task < n; task++)
                 if (bad[2 * task + side]) throw ModuleOps.NonFinite(m.Path, task);
-        return new Trimmed(aTrim, bTrim, selA, selB, rowSums, raw);
+        return new Trimmed(aTrim, bTrim, selA, selB, rowSums, raw?.Format);
+    }
+
+    /// <summary>This thread's 16-bit scratch, at least <paramref name="length"/> long (as long as the longest factor so far).</summary>
+    private static Span<ushort> RawScratch(int length)
+    {
+        var raw = t_raw is { } r && r.Length >= length ? r : t_raw = new ushort[length];
+        return raw.AsSpan(0, length);
     }
 
     [ThreadStatic] private static ushort[]? t_raw;
@@ -244,9 +254,7 @@ internal static class CopaScaling
             deferred?.Read(task, isB);
             return null;
         }
-        // One scratch per thread, as long as the longest factor read so far (2 bytes a value).
-        var raw = t_raw is { } r && r.Length >= into.Length ? r : t_raw = new ushort[into.Length];
-        var bits = raw.AsSpan(0, into.Length);
+        var bits = RawScratch(into.Length);
         deferred.ReadRaw(task, isB, bits);
         var selection = HostKernels.SelectByMagnitude(bits, format, density, applyMask: isB);
         Widen(bits, format, into);

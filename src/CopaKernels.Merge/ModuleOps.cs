@@ -125,73 +125,8 @@ internal static class ModuleOps
         return new LowRankResult(b, a, total, 1.0, total) { Stats = stats };
     }
 
-    /// <summary>
-    /// <see cref="Concatenate"/> for factors kept in their stored 16-bit format
-    /// (<see cref="CopaScaling.Result.Raw"/>), written straight into <paramref name="outType"/>'s bytes for
-    /// the output: A is the trimmed values as they are (copied when the format is the output's), each B
-    /// entry the same fp32 product as <see cref="Concatenate"/>'s, rounded once by the same encoder. No F32
-    /// copy of the result is made, and the writer has nothing left to convert.
-    /// </summary>
-    public static LowRankResult ConcatenateEncoded(ModuleInput m, IReadOnlyList<float[]> bs, IReadOnlyList<float[]> @as, Float16Format format,
-        DType outType, Func<int, int, double> coefficient, ModuleStats stats, ParallelOptions parallel)
-    {
-        int n = m.Tasks.Count, dOut = m.DOut, dIn = m.DIn, size = outType.Bits() / 8;
-        var (coef, start) = ColumnCoefficients(m, coefficient);
-        int total = start[n];
-        int bLength = checked(dOut * total * size), aLength = checked(total * dIn * size);
-        var bBytes = Streaming.WriteQueue.Rent(bLength);
-        var aBytes = Streaming.WriteQueue.Rent(aLength);
-        bool sameFormat = outType == (format == Float16Format.BFloat16 ? DType.BF16 : DType.F16);
-        int rowsPerChunk = Math.Max(1, SumChunk / Math.Max(1, total));
-        int chunks = (dOut + rowsPerChunk - 1) / rowsPerChunk;
-        // Per-thread F32 scratch: a row block of the output B (or a block of A) at [0, valuesLength),
-        // one task's widened B rows after it.
-        int valuesLength = Math.Max(SumChunk, total), widenedLength = Math.Max(SumChunk, m.Tasks.Max(t => t.Rank));
-        ParallelFor(chunks + n, parallel, item =>
-        {
-            int need = valuesLength + widenedLength;
-            var scratch = t_encode is { } e && e.Length >= need ? e : t_encode = new float[need];
-            if (item >= chunks)
-            {
-                int task = item - chunks, count = m.Tasks[task].Rank * dIn;
-                var bits = CopaScaling.RawBits(@as[task], count);
-                var dst = aBytes.AsSpan(start[task] * dIn * size, count * size);
-                if (sameFormat)
-                {
-                    MemoryMarshal.AsBytes(bits).CopyTo(dst);
-                    return;
-                }
-                for (int done = 0; done < count; done += SumChunk)
-                {
-                    int len = Math.Min(SumChunk, count - done);
-                    CopaScaling.Widen(bits.Slice(done, len), format, scratch.AsSpan(0, len));
-                    ElementCodec.Encode(outType, scratch.AsSpan(0, len), dst.Slice(done * size, len * size));
-                }
-                return;
-            }
-            int i0 = item * rowsPerChunk, rows = Math.Min(dOut, i0 + rowsPerChunk) - i0;
-            var values = scratch.AsSpan(0, rows * total);
-            var widened = scratch.AsSpan(valuesLength, widenedLength);
-            for (int task = 0; task < n; task++)
-            {
-                int r = start[task + 1] - start[task];
-                CopaScaling.Widen(CopaScaling.RawBits(bs[task], dOut * r).Slice(i0 * r, rows * r), format, widened[..(rows * r)]);
-                for (int i = 0; i < rows; i++)
-                    MultiplyShort(widened.Slice(i * r, r), coef.AsSpan(start[task], r), values.Slice(i * total + start[task], r));
-            }
-            ElementCodec.Encode(outType, values, bBytes.AsSpan(i0 * total * size, rows * total * size));
-        });
-        return new LowRankResult([], [], total, 1.0, total)
-        {
-            Stats = stats,
-            Encoded = new EncodedFactors(outType, bBytes, bLength, aBytes, aLength),
-        };
-    }
-
-    [ThreadStatic] private static float[]? t_encode;
-
     /// <summary>One fp32 coefficient per inner index of the concatenation (coefficient(n, j) rounded once), and where each task's columns start.</summary>
-    private static (float[] Coef, int[] Start) ColumnCoefficients(ModuleInput m, Func<int, int, double> coefficient)
+    internal static (float[] Coef, int[] Start) ColumnCoefficients(ModuleInput m, Func<int, int, double> coefficient)
     {
         int n = m.Tasks.Count;
         var start = new int[n + 1];
@@ -266,22 +201,52 @@ internal static class ModuleOps
     }
 
     /// <summary>Elements per work item of the fused sums: a few L1-sized blocks of every input.</summary>
-    private const int SumChunk = 4096;
+    internal const int SumChunk = 4096;
+
+    /// <summary>Where the ordered sums read task t's values [start, start + length) from: F32 arrays, or 16-bit storage widened on the way.</summary>
+    internal interface IFactorRows
+    {
+        /// <summary>The values, F32; <paramref name="scratch"/> (at least <paramref name="length"/> long) may hold them.</summary>
+        ReadOnlySpan<float> Get(int task, int start, int length, Span<float> scratch);
+    }
+
+    /// <summary>F32 factor arrays, read where they lie.</summary>
+    internal readonly struct F32Rows(IReadOnlyList<float[]> x) : IFactorRows
+    {
+        public ReadOnlySpan<float> Get(int task, int start, int length, Span<float> scratch) => x[task].AsSpan(start, length);
+    }
+
+    /// <summary>Factors in a 16-bit format, stored in the first half of each array's bytes; widened (exactly) into the scratch.</summary>
+    internal readonly struct Raw16Rows(IReadOnlyList<float[]> storage, Float16Format format) : IFactorRows
+    {
+        public ReadOnlySpan<float> Get(int task, int start, int length, Span<float> scratch)
+        {
+            var values = scratch[..length];
+            CopaScaling.Widen(MemoryMarshal.Cast<float, ushort>(storage[task].AsSpan()).Slice(start, length), format, values);
+            return values;
+        }
+    }
+
+    [ThreadStatic] private static float[]? t_rows;
 
     /// <summary>
     /// dst = λ·(x_0 + x_1 + … + x_{N−1}), added in task order and multiplied once, as the scalar
     /// definition; one pass over memory (each block of dst stays in L1 while every input is added).
     /// </summary>
-    public static void SumThenScale(IReadOnlyList<float[]> xs, float lambda, float[] dst, ParallelOptions parallel)
+    public static void SumThenScale(IReadOnlyList<float[]> xs, float lambda, float[] dst, ParallelOptions parallel) =>
+        SumThenScale(new F32Rows(xs), xs.Count, lambda, dst, parallel);
+
+    /// <inheritdoc cref="SumThenScale(IReadOnlyList{float[]}, float, float[], ParallelOptions)"/>
+    internal static void SumThenScale<TRows>(TRows x, int tasks, float lambda, float[] dst, ParallelOptions parallel) where TRows : IFactorRows
     {
-        var x = xs.ToArray();
         int n = dst.Length;
-        Parallel.For(0, (n + SumChunk - 1) / SumChunk, parallel, c =>
+        ParallelFor((n + SumChunk - 1) / SumChunk, parallel, c =>
         {
             int start = c * SumChunk, len = Math.Min(SumChunk, n - start);
+            var scratch = t_rows ??= new float[SumChunk];
             var d = dst.AsSpan(start, len);
-            x[0].AsSpan(start, len).CopyTo(d);
-            for (int t = 1; t < x.Length; t++) TensorPrimitives.Add(d, x[t].AsSpan(start, len), d);
+            x.Get(0, start, len, scratch).CopyTo(d);
+            for (int t = 1; t < tasks; t++) TensorPrimitives.Add(d, x.Get(t, start, len, scratch), d);
             TensorPrimitives.Multiply(d, lambda, d);
         });
     }
@@ -291,25 +256,30 @@ internal static class ModuleOps
     /// (no fused multiply-add), tasks in order from 0, then one multiply by λ; one pass over memory.
     /// </summary>
     public static void SumScaledColumnsThenScale(IReadOnlyList<float[]> xs, IReadOnlyList<float[]> s, int rows, int r, float lambda,
-        float[] dst, ParallelOptions parallel)
+        float[] dst, ParallelOptions parallel) => SumScaledColumnsThenScale(new F32Rows(xs), s, rows, r, lambda, dst, parallel);
+
+    /// <inheritdoc cref="SumScaledColumnsThenScale(IReadOnlyList{float[]}, IReadOnlyList{float[]}, int, int, float, float[], ParallelOptions)"/>
+    internal static void SumScaledColumnsThenScale<TRows>(TRows x, IReadOnlyList<float[]> s, int rows, int r, float lambda,
+        float[] dst, ParallelOptions parallel) where TRows : IFactorRows
     {
-        var x = xs.ToArray();
         var c = s.ToArray();
+        int tasks = c.Length;
         int w = Vector256<float>.Count;
         bool simd = Vector256.IsHardwareAccelerated && r % w == 0;
         // The coefficients as vectors, task-major: sv[t·(r/w) + v] holds s_t[v·w .. v·w + w).
-        var sv = simd ? new Vector256<float>[x.Length * (r / w)] : [];
-        for (int t = 0; t < x.Length && simd; t++)
+        var sv = simd ? new Vector256<float>[tasks * (r / w)] : [];
+        for (int t = 0; t < tasks && simd; t++)
             for (int v = 0; v < r / w; v++) sv[t * (r / w) + v] = Vector256.Create(c[t], v * w);
         int rowsPerChunk = Math.Max(1, SumChunk / Math.Max(1, r));
-        Parallel.For(0, (rows + rowsPerChunk - 1) / rowsPerChunk, parallel, chunk =>
+        ParallelFor((rows + rowsPerChunk - 1) / rowsPerChunk, parallel, chunk =>
         {
             int r0 = chunk * rowsPerChunk, r1 = Math.Min(rows, r0 + rowsPerChunk);
+            var scratch = t_rows is { } z && z.Length >= (r1 - r0) * r ? z : t_rows = new float[Math.Max(SumChunk, (r1 - r0) * r)];
             var d = dst.AsSpan(r0 * r, (r1 - r0) * r);
             d.Clear();
-            for (int t = 0; t < x.Length; t++)
+            for (int t = 0; t < tasks; t++)
             {
-                var xt = x[t].AsSpan(r0 * r, d.Length);
+                var xt = x.Get(t, r0 * r, d.Length, scratch);
                 if (simd)
                 {
                     ref float xr = ref MemoryMarshal.GetReference(xt);

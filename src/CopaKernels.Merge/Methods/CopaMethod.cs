@@ -1,4 +1,6 @@
+using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels;
+using CopaKernels.Kernels.Cpu;
 
 namespace CopaKernels.Merge.Methods;
 
@@ -27,14 +29,21 @@ public sealed class CopaMethod : IMergeMethod, IReadsDeferredFactors
     public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options)
     {
         var stats = new ModuleStats();
-        var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.Normalize, stats,
-            keepRaw: module.EncodeAs is not null);
         double lambda = options.EffectiveLambda;
-        // One coefficient per inner index, λ·s_n·S̃_n[j], computed in double and rounded once.
-        Func<int, int, double> coefficient = (task, j) => lambda * module.Tasks[task].Scale * scaled.S[task][j];
         var parallel = ModuleOps.HostParallel(backend);
-        return scaled.Raw is { } format
-            ? ModuleOps.ConcatenateEncoded(module, scaled.BTrimmed, scaled.ATrimmed, format, module.EncodeAs!.Value, coefficient, stats, parallel)
-            : ModuleOps.Concatenate(module, scaled.BTrimmed, scaled.ATrimmed, coefficient, stats, parallel);
+        // One coefficient per inner index, λ·s_n·S̃_n[j], computed in double and rounded once.
+        double[][] s = [];
+        Func<int, int, double> coefficient = (task, j) => lambda * module.Tasks[task].Scale * s[task][j];
+        if (backend is CpuBackend && CopaScaling.RawFormatOf(module) is { } format && module.EncodeAs is { } outType
+            && outType == (format == Float16Format.BFloat16 ? DType.BF16 : DType.F16))
+        {
+            // Adapter output in the factors' own format: the pair is built in the output's bytes.
+            var output = new EncodedConcatenation(module, format);
+            s = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.Normalize, stats, output.Sink).S;
+            return output.Finish(coefficient, stats, parallel);
+        }
+        var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.Normalize, stats);
+        s = scaled.S;
+        return ModuleOps.Concatenate(module, scaled.BTrimmed, scaled.ATrimmed, coefficient, stats, parallel);
     }
 }

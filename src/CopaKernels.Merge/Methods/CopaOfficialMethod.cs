@@ -1,5 +1,7 @@
 using CopaKernels.Formats;
+using System.Runtime.InteropServices;
 using CopaKernels.Kernels;
+using CopaKernels.Kernels.Cpu;
 
 namespace CopaKernels.Merge.Methods;
 
@@ -36,17 +38,30 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
         if (module.Tasks.Any(t => t.Rank != first.Rank || t.Alpha != first.Alpha))
             throw new CopaInputException(null, module.Path, SharedRankMessage(module.Tasks.Select(t => (t.Rank, t.Alpha))));
         var stats = new ModuleStats();
-        var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, normalize: true, stats);
-        int r = first.Rank, dOut = module.DOut, dIn = module.DIn;
+        // On the CPU route with 16-bit factors, each trimmed factor is kept in its stored format in the
+        // first half of its own (unread) F32 array, and the sums below widen it block by block.
+        var raw = backend is CpuBackend ? CopaScaling.RawFormatOf(module) : null;
+        CopaScaling.RawSink? keep = raw is null ? null : (task, isB, trimmed) =>
+            trimmed.CopyTo(MemoryMarshal.Cast<float, ushort>((isB ? module.Tasks[task].B : module.Tasks[task].A).AsSpan()));
+        var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, normalize: true, stats, keep);
+        int r = first.Rank, dOut = module.DOut, dIn = module.DIn, n = module.Tasks.Count;
         float lambda = (float)options.EffectiveLambda;
         // A_m = λ Σ_n Ã_n and B_m = λ Σ_n B̃_n·diag(S̃_n): sums in task order, each product rounded
         // before its add (no fused multiply-add), as the scalar definition.
         var parallel = ModuleOps.HostParallel(backend);
         var a = module.NewArray(checked(r * dIn));
-        ModuleOps.SumThenScale(scaled.ATrimmed, lambda, a, parallel);
         var b = module.NewArray(checked(dOut * r));
         var coefficients = scaled.S.Select(sn => sn.Select(x => (float)x).ToArray()).ToArray();
-        ModuleOps.SumScaledColumnsThenScale(scaled.BTrimmed, coefficients, dOut, r, lambda, b, parallel);
+        if (scaled.Raw is { } format)
+        {
+            ModuleOps.SumThenScale(new ModuleOps.Raw16Rows(scaled.ATrimmed, format), n, lambda, a, parallel);
+            ModuleOps.SumScaledColumnsThenScale(new ModuleOps.Raw16Rows(scaled.BTrimmed, format), coefficients, dOut, r, lambda, b, parallel);
+        }
+        else
+        {
+            ModuleOps.SumThenScale(scaled.ATrimmed, lambda, a, parallel);
+            ModuleOps.SumScaledColumnsThenScale(scaled.BTrimmed, coefficients, dOut, r, lambda, b, parallel);
+        }
         return new LowRankResult(b, a, r, first.Scale, first.Alpha) { Stats = stats };
     }
 }
