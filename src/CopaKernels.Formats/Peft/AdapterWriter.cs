@@ -58,10 +58,13 @@ public sealed class AdapterWriter : IDisposable
         c["lora_alpha"] = Number(loraAlpha);
         c["use_rslora"] = useRsLora;
         c["target_modules"] = new JsonArray(targetModules.Distinct().Order(StringComparer.Ordinal).Select(t => (JsonNode)t!).ToArray());
+        // Sorted by key (strings, not key-value pairs: no generic code over value types to compile).
         var rp = new JsonObject();
-        foreach (var (k, v) in (rankPattern ?? new Dictionary<string, int>()).OrderBy(kv => kv.Key, StringComparer.Ordinal)) rp[k] = v;
+        if (rankPattern != null)
+            foreach (var k in rankPattern.Keys.Order(StringComparer.Ordinal)) rp[k] = rankPattern[k];
         var ap = new JsonObject();
-        foreach (var (k, v) in (alphaPattern ?? new Dictionary<string, double>()).OrderBy(kv => kv.Key, StringComparer.Ordinal)) ap[k] = Number(v);
+        if (alphaPattern != null)
+            foreach (var k in alphaPattern.Keys.Order(StringComparer.Ordinal)) ap[k] = Number(alphaPattern[k]);
         c["rank_pattern"] = rp;
         c["alpha_pattern"] = ap;
         c["use_dora"] = false;

@@ -88,7 +88,7 @@ public sealed class MergeRunner
         var first = adapters[0].Config;
         using var writer = new AdapterWriter(dir, new JsonObject(), specs, _plan.OutDType!.Value, Provenance(), flushToDisk: false);
         _progress?.Start(writer.Weights.DataLength, writer.Weights.Layout.Count);
-        var written = new List<(string Path, int Rank, double Scale, double Alpha)>();
+        var written = new List<WrittenModule>(_plan.Modules.Count);
         using (var queue = new WriteQueue(_ => writer.Weights))
         using (var feed = new ModuleFeed(_plan, DeferReads, _ct))
         {
@@ -117,7 +117,7 @@ public sealed class MergeRunner
                     else tiles.Values(t, isA ? r.A : r.B);
                     _progress?.Advance(t.ByteLength, t.Name);
                 }
-                written.Add((m.Path, r.Rank, r.Scale, r.Alpha));
+                written.Add(new WrittenModule(m.Path, r.Rank, r.Scale, r.Alpha));
                 feed.Recycle(r); // converted and queued: the floats are free
             }
             queue.Complete();
@@ -132,22 +132,52 @@ public sealed class MergeRunner
     /// rank_pattern / alpha_pattern keyed by module path. Each module's alpha is the one that makes
     /// PEFT's scale (α/r, or α/√r with rsLoRA) equal the merged result's scale exactly.
     /// </summary>
-    private JsonObject AdapterConfigFor(List<(string Path, int Rank, double Scale, double Alpha)> written, AdapterConfig first)
+    /// <remarks>
+    /// Plain loops over reference types: this runs once, at the end of a merge, where LINQ over value
+    /// tuples made the JIT compile generic code for tens of milliseconds.
+    /// </remarks>
+    private JsonObject AdapterConfigFor(List<WrittenModule> written, AdapterConfig first)
     {
         // rsLoRA is kept only when every module still carries the input's α/√r scaling (copa-official).
-        bool rs = first.UseRsLora && written.Count > 0 && written.All(w => Close(w.Scale, w.Alpha / Math.Sqrt(w.Rank)) && w.Scale != 1);
-        var alphas = written.Select(w =>
+        bool rs = first.UseRsLora && written.Count > 0;
+        foreach (var w in written)
+            if (!Close(w.Scale, w.Alpha / Math.Sqrt(w.Rank)) || w.Scale == 1) rs = false;
+        var alphas = new List<WrittenModule>(written.Count);
+        foreach (var w in written)
         {
             double denom = rs ? Math.Sqrt(w.Rank) : w.Rank;
-            return (w.Path, w.Rank, Alpha: Close(w.Scale, w.Alpha / denom) ? w.Alpha : w.Scale * denom);
-        }).ToList();
-        var (r, alpha) = alphas.Count == 0 ? (first.R, first.LoraAlpha)
-            : alphas.GroupBy(x => (x.Rank, x.Alpha)).OrderByDescending(g => g.Count()).ThenBy(g => g.Key.Rank).First().Key;
-        var rankPattern = alphas.Where(x => x.Rank != r).ToDictionary(x => x.Path, x => x.Rank);
-        var alphaPattern = alphas.Where(x => x.Alpha != alpha).ToDictionary(x => x.Path, x => x.Alpha);
-        var targets = _plan.Modules.Select(m => m.Path[(m.Path.LastIndexOf('.') + 1)..]);
+            alphas.Add(w with { Alpha = Close(w.Scale, w.Alpha / denom) ? w.Alpha : w.Scale * denom });
+        }
+        // The most common (rank, alpha); ties go to the smaller rank, then to the one seen first.
+        var (r, alpha) = (first.R, first.LoraAlpha);
+        var counts = new Dictionary<string, int>(StringComparer.Ordinal);
+        var seen = new List<WrittenModule>();
+        static string Key(WrittenModule x) => x.Rank + "/" + BitConverter.DoubleToInt64Bits(x.Alpha);
+        foreach (var x in alphas)
+        {
+            if (!counts.TryGetValue(Key(x), out int c)) seen.Add(x);
+            counts[Key(x)] = c + 1;
+        }
+        int best = 0;
+        foreach (var x in seen)
+        {
+            int c = counts[Key(x)];
+            if (c > best || (c == best && x.Rank < r)) (best, r, alpha) = (c, x.Rank, x.Alpha);
+        }
+        var rankPattern = new Dictionary<string, int>(StringComparer.Ordinal);
+        var alphaPattern = new Dictionary<string, double>(StringComparer.Ordinal);
+        foreach (var x in alphas)
+        {
+            if (x.Rank != r) rankPattern[x.Path] = x.Rank;
+            if (x.Alpha != alpha) alphaPattern[x.Path] = x.Alpha;
+        }
+        var targets = new List<string>(_plan.Modules.Count);
+        foreach (var m in _plan.Modules) targets.Add(m.Path[(m.Path.LastIndexOf('.') + 1)..]);
         return AdapterWriter.MakeConfig(r, alpha, targets, first.BaseModelNameOrPath, first.Raw, rs, rankPattern, alphaPattern);
     }
+
+    /// <summary>One module as written to an adapter: its rank, the scale its factors are meant with, and its alpha.</summary>
+    private sealed record WrittenModule(string Path, int Rank, double Scale, double Alpha);
 
     private static bool Close(double a, double b) => Math.Abs(a - b) <= 1e-12 * Math.Max(Math.Abs(a), Math.Abs(b));
 
