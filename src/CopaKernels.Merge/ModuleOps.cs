@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using System.Runtime.InteropServices;
 using CopaKernels.Formats;
 using CopaKernels.Formats.Numerics;
@@ -203,31 +204,116 @@ internal static class ModuleOps
     /// <summary>Elements per work item of the fused sums: a few L1-sized blocks of every input.</summary>
     internal const int SumChunk = 4096;
 
-    /// <summary>Where the ordered sums read task t's values [start, start + length) from: F32 arrays, or 16-bit storage widened on the way.</summary>
+    /// <summary>
+    /// Where the ordered sums read task t's values from (F32 arrays, or 16-bit storage), and the three
+    /// element-wise steps they take on them, each exactly the fp32 operation the scalar definition names.
+    /// </summary>
     internal interface IFactorRows
     {
-        /// <summary>The values, F32; <paramref name="scratch"/> (at least <paramref name="length"/> long) may hold them.</summary>
-        ReadOnlySpan<float> Get(int task, int start, int length, Span<float> scratch);
+        /// <summary>d = x_t[start ..].</summary>
+        void CopyTo(int task, int start, Span<float> d);
+
+        /// <summary>d = d + x_t[start ..].</summary>
+        void AddTo(int task, int start, Span<float> d);
+
+        /// <summary>d[o] = x_t[start + o]·c[o mod r] + d[o] (product rounded, then added), start a multiple of r.</summary>
+        void ScaleAddTo(int task, int start, float[] c, Span<float> d);
     }
 
     /// <summary>F32 factor arrays, read where they lie.</summary>
     internal readonly struct F32Rows(IReadOnlyList<float[]> x) : IFactorRows
     {
-        public ReadOnlySpan<float> Get(int task, int start, int length, Span<float> scratch) => x[task].AsSpan(start, length);
+        public void CopyTo(int task, int start, Span<float> d) => x[task].AsSpan(start, d.Length).CopyTo(d);
+
+        public void AddTo(int task, int start, Span<float> d) => TensorPrimitives.Add(d, x[task].AsSpan(start, d.Length), d);
+
+        public void ScaleAddTo(int task, int start, float[] c, Span<float> d) => ScaleAdd(x[task].AsSpan(start, d.Length), c, d);
     }
 
-    /// <summary>Factors in a 16-bit format, stored in the first half of each array's bytes; widened (exactly) into the scratch.</summary>
+    /// <summary>
+    /// Factors in a 16-bit format, stored in the first half of each array's bytes. BF16 is widened in
+    /// registers inside each step's loop (a shift); F16 block by block through a scratch.
+    /// </summary>
     internal readonly struct Raw16Rows(IReadOnlyList<float[]> storage, Float16Format format) : IFactorRows
     {
-        public ReadOnlySpan<float> Get(int task, int start, int length, Span<float> scratch)
+        private ReadOnlySpan<ushort> Bits(int task, int start, int length) =>
+            MemoryMarshal.Cast<float, ushort>(storage[task].AsSpan()).Slice(start, length);
+
+        public void CopyTo(int task, int start, Span<float> d) => CopaScaling.Widen(Bits(task, start, d.Length), format, d);
+
+        public void AddTo(int task, int start, Span<float> d)
         {
-            var values = scratch[..length];
-            CopaScaling.Widen(MemoryMarshal.Cast<float, ushort>(storage[task].AsSpan()).Slice(start, length), format, values);
-            return values;
+            var bits = Bits(task, start, d.Length);
+            int i = format == Float16Format.BFloat16 ? Bf16.AddTo(bits, d) : 0;
+            if (i == d.Length) return;
+            var x = Widened(bits[i..]);
+            TensorPrimitives.Add(d[i..], x, d[i..]);
+        }
+
+        public void ScaleAddTo(int task, int start, float[] c, Span<float> d)
+        {
+            var bits = Bits(task, start, d.Length);
+            if (format == Float16Format.BFloat16 && Bf16.ScaleAddTo(bits, c, d)) return;
+            ScaleAdd(Widened(bits), c, d);
+        }
+
+        private Span<float> Widened(ReadOnlySpan<ushort> bits)
+        {
+            var x = (t_widen is { } w && w.Length >= bits.Length ? w : t_widen = new float[Math.Max(SumChunk, bits.Length)]).AsSpan(0, bits.Length);
+            CopaScaling.Widen(bits, format, x);
+            return x;
         }
     }
 
-    [ThreadStatic] private static float[]? t_rows;
+    [ThreadStatic] private static float[]? t_widen;
+
+    /// <summary>The BF16 steps of <see cref="Raw16Rows"/>: widening is a 16-bit shift, done in registers.</summary>
+    private static class Bf16
+    {
+        private static Vector512<float> Load(ref ushort p, int i) =>
+            Vector512.ShiftLeft(Avx512F.ConvertToVector512UInt32(Vector256.LoadUnsafe(ref p, (nuint)i)), 16).AsSingle();
+
+        /// <summary>d += widen(bits) for the leading multiple of 16 elements (AVX-512 only); returns how many were done.</summary>
+        public static int AddTo(ReadOnlySpan<ushort> bits, Span<float> d)
+        {
+            if (!Vector512.IsHardwareAccelerated || !Avx512F.IsSupported) return 0;
+            ref ushort b = ref MemoryMarshal.GetReference(bits);
+            ref float dr = ref MemoryMarshal.GetReference(d);
+            int i = 0;
+            for (; i <= d.Length - 16; i += 16)
+                (Vector512.LoadUnsafe(ref dr, (nuint)i) + Load(ref b, i)).StoreUnsafe(ref dr, (nuint)i);
+            return i;
+        }
+
+        /// <summary>d[o] = widen(bits[o])·c[o mod r] + d[o] when r is a multiple of 16 (AVX-512); false otherwise.</summary>
+        public static bool ScaleAddTo(ReadOnlySpan<ushort> bits, float[] c, Span<float> d)
+        {
+            int r = c.Length;
+            if (!Vector512.IsHardwareAccelerated || !Avx512F.IsSupported || r % 16 != 0 || d.Length % r != 0) return false;
+            ref ushort b = ref MemoryMarshal.GetReference(bits);
+            ref float dr = ref MemoryMarshal.GetReference(d);
+            for (int o = 0; o < d.Length; o += r)
+                for (int j = 0; j < r; j += 16)
+                    (Load(ref b, o + j) * Vector512.Create(c, j) + Vector512.LoadUnsafe(ref dr, (nuint)(o + j))).StoreUnsafe(ref dr, (nuint)(o + j));
+            return true;
+        }
+    }
+
+    /// <summary>d[o] = x[o]·c[o mod r] + d[o]: the product rounded, then added (no fused multiply-add), r = c.Length.</summary>
+    private static void ScaleAdd(ReadOnlySpan<float> x, float[] c, Span<float> d)
+    {
+        int r = c.Length, w = Vector256<float>.Count;
+        if (Vector256.IsHardwareAccelerated && r % w == 0)
+        {
+            ref float xr = ref MemoryMarshal.GetReference(x);
+            ref float dr = ref MemoryMarshal.GetReference(d);
+            for (int o = 0; o < d.Length; o += r)
+                for (int j = 0; j < r; j += w)
+                    (Vector256.LoadUnsafe(ref xr, (nuint)(o + j)) * Vector256.Create(c, j) + Vector256.LoadUnsafe(ref dr, (nuint)(o + j))).StoreUnsafe(ref dr, (nuint)(o + j));
+            return;
+        }
+        for (int o = 0; o < d.Length; o++) d[o] = x[o] * c[o % r] + d[o];
+    }
 
     /// <summary>
     /// dst = λ·(x_0 + x_1 + … + x_{N−1}), added in task order and multiplied once, as the scalar
@@ -242,11 +328,10 @@ internal static class ModuleOps
         int n = dst.Length;
         ParallelFor((n + SumChunk - 1) / SumChunk, parallel, c =>
         {
-            int start = c * SumChunk, len = Math.Min(SumChunk, n - start);
-            var scratch = t_rows ??= new float[SumChunk];
-            var d = dst.AsSpan(start, len);
-            x.Get(0, start, len, scratch).CopyTo(d);
-            for (int t = 1; t < tasks; t++) TensorPrimitives.Add(d, x.Get(t, start, len, scratch), d);
+            int start = c * SumChunk;
+            var d = dst.AsSpan(start, Math.Min(SumChunk, n - start));
+            x.CopyTo(0, start, d);
+            for (int t = 1; t < tasks; t++) x.AddTo(t, start, d);
             TensorPrimitives.Multiply(d, lambda, d);
         });
     }
@@ -263,34 +348,14 @@ internal static class ModuleOps
         float[] dst, ParallelOptions parallel) where TRows : IFactorRows
     {
         var c = s.ToArray();
-        int tasks = c.Length;
-        int w = Vector256<float>.Count;
-        bool simd = Vector256.IsHardwareAccelerated && r % w == 0;
-        // The coefficients as vectors, task-major: sv[t·(r/w) + v] holds s_t[v·w .. v·w + w).
-        var sv = simd ? new Vector256<float>[tasks * (r / w)] : [];
-        for (int t = 0; t < tasks && simd; t++)
-            for (int v = 0; v < r / w; v++) sv[t * (r / w) + v] = Vector256.Create(c[t], v * w);
         int rowsPerChunk = Math.Max(1, SumChunk / Math.Max(1, r));
         ParallelFor((rows + rowsPerChunk - 1) / rowsPerChunk, parallel, chunk =>
         {
             int r0 = chunk * rowsPerChunk, r1 = Math.Min(rows, r0 + rowsPerChunk);
-            var scratch = t_rows is { } z && z.Length >= (r1 - r0) * r ? z : t_rows = new float[Math.Max(SumChunk, (r1 - r0) * r)];
             var d = dst.AsSpan(r0 * r, (r1 - r0) * r);
+            // From +0, as the definition: the first product is added to +0 too (−0·… becomes +0).
             d.Clear();
-            for (int t = 0; t < tasks; t++)
-            {
-                var xt = x.Get(t, r0 * r, d.Length, scratch);
-                if (simd)
-                {
-                    ref float xr = ref MemoryMarshal.GetReference(xt);
-                    ref float dr = ref MemoryMarshal.GetReference(d);
-                    int vs = r / w;
-                    for (int o = 0, k = 0; o < d.Length; o += w, k = k + 1 == vs ? 0 : k + 1)
-                        (Vector256.LoadUnsafe(ref xr, (nuint)o) * sv[t * vs + k] + Vector256.LoadUnsafe(ref dr, (nuint)o)).StoreUnsafe(ref dr, (nuint)o);
-                }
-                else
-                    for (int o = 0; o < d.Length; o++) d[o] = xt[o] * c[t][o % r] + d[o];
-            }
+            for (int t = 0; t < c.Length; t++) x.ScaleAddTo(t, r0 * r, c[t], d);
             TensorPrimitives.Multiply(d, lambda, d);
         });
     }
