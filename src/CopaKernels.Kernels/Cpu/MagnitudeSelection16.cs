@@ -1,6 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace CopaKernels.Kernels.Cpu;
 
@@ -16,8 +17,10 @@ namespace CopaKernels.Kernels.Cpu;
 /// <para>
 /// A 15-bit key has at most 32,768 values, which makes a key-space search cheap: a sample of 256
 /// keys brackets the k-th in [lo, hi]; one vectorised pass counts the keys below lo and below hi + 1
-/// (and takes the largest key, for the Inf/NaN check); then each further pass counts the keys below
-/// three points of [lo, hi] and keeps the quarter that holds the k-th, until one key is left. A pass
+/// (and takes the largest key, for the Inf/NaN check; with AVX-512 VBMI2 it also packs the keys in
+/// [lo, hi] into a scratch, so the passes after it read only those); then each further pass counts
+/// the keys below three points of [lo, hi] and keeps the quarter that holds the k-th, until one key
+/// is left. A pass
 /// reads 2 bytes per value and costs one compare and one masked add per 32 values and point (AVX-512)
 /// or per 16 (AVX2); a LoRA factor needs 4–5 of them, from L2. If the sample's bracket missed, the
 /// first pass says so and the search starts from the whole key range instead: exact either way.
@@ -51,14 +54,58 @@ internal static unsafe class MagnitudeSelection16
         }
         var (lo, hi) = forcedBracket ?? Bracket(p, n, k);
         // Invariant from here on: count(key < lo) = less < k ≤ count(key < hi + 1), so lo ≤ t ≤ hi.
-        points[0] = lo;
-        points[1] = hi + 1;
-        uint max = CountBelow(p, n, points, below, 2);
-        finite = max < inf;
-        if (!finite) return default;
+        // Where AVX-512 can pack 16-bit lanes, the first pass also copies the keys in [lo, hi] out, so
+        // the search passes after it read those (a fifth of the values, typically), not all n.
+        uint max;
+        if (Vector512.IsHardwareAccelerated && Avx512Vbmi2.IsSupported && n >= 64)
+        {
+            var scratch = t_candidates is { } c && c.Length >= n + 32 ? c : t_candidates = new ushort[Math.Max(n + 32, 4096)];
+            fixed (ushort* dst = scratch)
+            {
+                int collected;
+                (below[0], below[1], max, collected) = CountAndCollect(p, n, lo, hi, dst);
+                finite = max < inf;
+                if (!finite) return default;
+                if (below[0] < k && k <= below[1])
+                    return Finish(p, n, k, format, applyMask, dst, collected, below[0], lo, hi);
+            }
+        }
+        else
+        {
+            points[0] = lo;
+            points[1] = hi + 1;
+            max = CountBelow(p, n, points, below, 2);
+            finite = max < inf;
+            if (!finite) return default;
+        }
         long less = below[0];
         if (below[0] >= k) (lo, less) = (0, 0);
         if (below[1] < k) hi = max;
+        (lo, less) = Search(p, n, k, 0, lo, hi, less);
+        long kept = applyMask ? Mask(p, n, lo) : n - less;
+        return new SelectionResult(k, Widen(lo, format), kept);
+    }
+
+    [ThreadStatic] private static ushort[]? t_candidates;
+
+    /// <summary>The search on the keys a hit bracket collected, then the mask on the whole tensor.</summary>
+    private static SelectionResult Finish(ushort* p, int n, long k, Float16Format format, bool applyMask,
+        ushort* candidates, int count, long belowLo, uint lo, uint hi)
+    {
+        var (t, less) = Search(candidates, count, k, belowLo, lo, hi, belowLo);
+        long kept = applyMask ? Mask(p, n, t) : n - less;
+        return new SelectionResult(k, Widen(t, format), kept);
+    }
+
+    /// <summary>
+    /// Narrows [lo, hi] to the k-th smallest key. Counts over <paramref name="keys"/> are offset by
+    /// <paramref name="offset"/> (the keys below them that are not in the array); <paramref name="less"/>
+    /// is count(key &lt; lo) on entry, and on return count(key &lt; t).
+    /// </summary>
+    private static (uint T, long Less) Search(ushort* keys, int length, long k, long offset, uint lo, uint hi, long less)
+    {
+        Span<uint> points = stackalloc uint[3];
+        Span<long> below = stackalloc long[3];
         while (hi > lo)
         {
             // Up to three points strictly inside (lo, hi], spread evenly: the k-th is below the first
@@ -67,21 +114,68 @@ internal static unsafe class MagnitudeSelection16
             int count = (int)Math.Min(3u, span);
             for (int i = 0; i < count; i++)
                 points[i] = lo + 1 + (uint)((ulong)(span - 1) * (ulong)(i + 1) / (ulong)(count + 1));
-            CountBelow(p, n, points, below, count);
+            CountBelow(keys, length, points, below, count);
             uint newLo = lo, newHi = hi;
             long newLess = less;
             for (int i = 0; i < count; i++)
             {
-                if (below[i] < k)
+                long b = below[i] + offset;
+                if (b < k)
                 {
-                    if (points[i] > newLo) (newLo, newLess) = (points[i], below[i]);
+                    if (points[i] > newLo) (newLo, newLess) = (points[i], b);
                 }
                 else if (points[i] - 1 < newHi) newHi = points[i] - 1;
             }
             (lo, hi, less) = (newLo, newHi, newLess);
         }
-        long kept = applyMask ? Mask(p, n, lo) : n - less;
-        return new SelectionResult(k, Widen(lo, format), kept);
+        return (lo, less);
+    }
+
+    /// <summary>
+    /// The first pass with AVX-512 VBMI2: count(key &lt; lo), count(key &lt; hi + 1), the largest key, and
+    /// the keys in [lo, hi] packed into <paramref name="dst"/> (room for n + 32).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static (long BelowLo, long BelowHi1, uint Max, int Collected) CountAndCollect(ushort* p, int n, uint lo, uint hi, ushort* dst)
+    {
+        var abs = Vector512.Create(AbsMask);
+        var one = Vector512<ushort>.One;
+        var vlo = Vector512.Create((ushort)lo);
+        var vspan = Vector512.Create((ushort)(hi - lo));
+        var vmax = Vector512<ushort>.Zero;
+        long cLo = 0, cIn = 0;
+        int w = 0, i = 0;
+        while (i <= n - 32)
+        {
+            int end = (int)Math.Min(n - 31L, i + 32L * 32768);
+            Vector512<ushort> a0 = default, a1 = default;
+            for (; i < end; i += 32)
+            {
+                var key = Vector512.Load(p + i) & abs;
+                vmax = Vector512.Max(vmax, key);
+                a0 = Vector512.ConditionalSelect(Vector512.LessThan(key, vlo), a0 + one, a0);
+                // In [lo, hi] as one unsigned compare: key − lo ≤ hi − lo (wraps for key < lo).
+                var inside = Vector512.LessThanOrEqual(key - vlo, vspan);
+                a1 = Vector512.ConditionalSelect(inside, a1 + one, a1);
+                Avx512Vbmi2.Compress(Vector512<ushort>.Zero, inside, key).Store(dst + w);
+                w += BitOperations.PopCount(inside.ExtractMostSignificantBits());
+            }
+            cLo += Total(a0);
+            cIn += Total(a1);
+        }
+        uint max = Math.Max(MaxLane(vmax.GetLower()), MaxLane(vmax.GetUpper()));
+        for (; i < n; i++)
+        {
+            uint key = (uint)(p[i] & AbsMask);
+            max = Math.Max(max, key);
+            if (key < lo) cLo++;
+            else if (key <= hi)
+            {
+                cIn++;
+                dst[w++] = (ushort)key;
+            }
+        }
+        return (cLo, cLo + cIn, max, w);
     }
 
     /// <summary>
