@@ -11,14 +11,19 @@ namespace CopaKernels.Merge;
 /// <summary>
 /// The rank-Σr pair of <see cref="ModuleOps.Concatenate"/>, built in the output's own bytes from trimmed
 /// factors in their stored 16-bit format, for adapter output in that format: each trimmed A is copied
-/// into its rows of A as it comes off the trim (<see cref="Sink"/>), each trimmed B into its columns of
-/// B; once S̃ is known, <see cref="Finish"/> scales B's columns in place. Nothing is widened to F32
-/// outside a small per-thread block, and the writer gets bytes it writes as they are.
+/// into its rows of the output A as it comes off the trim (<see cref="Sink"/>); each trimmed B is kept,
+/// in its format, in the first half of the module's own (unread) F32 array for it; once S̃ is known,
+/// <see cref="Finish"/> writes the output B row block by row block, each block on one thread: every
+/// task's columns scaled and rounded into it. Nothing is widened to F32 outside registers or a small
+/// per-thread block, and the writer gets bytes it writes as they are.
 /// </summary>
 /// <remarks>
 /// The numbers are <see cref="ModuleOps.Concatenate"/>'s rounded once: an A entry is the trimmed value
 /// itself (exact in its format), a B entry the fp32 product coefficient × value, rounded by the same
-/// encoder the writer uses. The output buffers come from the write queue's pool and go to it.
+/// rounding the writer's encoder uses. Writing B by row blocks, not by task, keeps each output cache
+/// line on one thread (a task's 16 columns are 32 bytes of a 256-byte row: written task by task from
+/// two threads, the lines bounced between the cores). The output buffers come from the write queue's
+/// pool and go to it.
 /// </remarks>
 internal sealed unsafe class EncodedConcatenation
 {
@@ -46,42 +51,50 @@ internal sealed unsafe class EncodedConcatenation
 
     private int BLength => checked(_m.DOut * _total * 2);
 
-    /// <summary>Takes one trimmed factor (a <see cref="CopaScaling.RawSink"/>): A into its rows, B into its columns.</summary>
+    /// <summary>Takes one trimmed factor (a <see cref="CopaScaling.RawSink"/>): A into its rows of the output, B kept for <see cref="Finish"/>.</summary>
     public void Sink(int task, bool isB, ReadOnlySpan<ushort> trimmed)
     {
-        if (!isB)
-        {
-            MemoryMarshal.AsBytes(trimmed).CopyTo(_a.AsSpan(_start[task] * _m.DIn * 2));
-            return;
-        }
-        int r = _start[task + 1] - _start[task], rows = _m.DOut, stride = _total;
-        if (trimmed.Length != rows * r) throw new ArgumentException($"B of task {task} holds {trimmed.Length} values, not {rows} × {r}");
-        fixed (ushort* src = trimmed)
-        fixed (byte* dstBytes = _b)
-        {
-            var dst = (ushort*)dstBytes + _start[task];
-            for (int i = 0; i < rows; i++) CopyRow(src + (long)i * r, dst + (long)i * stride, r);
-        }
+        if (isB) trimmed.CopyTo(KeptB(task));
+        else MemoryMarshal.AsBytes(trimmed).CopyTo(_a.AsSpan(_start[task] * _m.DIn * 2));
     }
 
-    /// <summary>Scales B's columns by coefficient(n, j) (rounded once to fp32) and hands back the encoded pair.</summary>
+    /// <summary>Task <paramref name="task"/>'s trimmed B (d_out × r), kept in its own F32 array's first half.</summary>
+    private Span<ushort> KeptB(int task) => MemoryMarshal.Cast<float, ushort>(_m.Tasks[task].B.AsSpan())[..(_m.DOut * _m.Tasks[task].Rank)];
+
+    /// <summary>Writes B, coefficient(n, j) (rounded once to fp32) times each task's columns, and hands back the encoded pair.</summary>
     public LowRankResult Finish(Func<int, int, double> coefficient, ModuleStats stats, ParallelOptions parallel)
     {
         var (coef, _) = ModuleOps.ColumnCoefficients(_m, coefficient);
-        int rows = _m.DOut, total = _total;
+        int rows = _m.DOut, total = _total, n = _m.Tasks.Count;
         int rowsPerChunk = Math.Max(1, ModuleOps.SumChunk / Math.Max(1, total));
+        bool fused = _format == Float16Format.BFloat16 && Vector512.IsHardwareAccelerated && _m.Tasks.All(t => t.Rank % 16 == 0);
         ModuleOps.ParallelFor((rows + rowsPerChunk - 1) / rowsPerChunk, parallel, chunk =>
         {
             int i0 = chunk * rowsPerChunk, count = Math.Min(rows, i0 + rowsPerChunk) - i0;
-            var bits = MemoryMarshal.Cast<byte, ushort>(_b.AsSpan(i0 * total * 2, count * total * 2));
-            var values = Scratch(count * total);
-            CopaScaling.Widen(bits, _format, values);
-            for (int i = 0; i < count; i++)
+            var output = MemoryMarshal.Cast<byte, ushort>(_b.AsSpan(i0 * total * 2, count * total * 2));
+            if (fused)
             {
-                var row = values.Slice(i * total, total);
-                TensorPrimitives.Multiply(row, coef, row);
+                fixed (ushort* dst = output)
+                fixed (float* c = coef)
+                    for (int task = 0; task < n; task++)
+                    {
+                        int r = _start[task + 1] - _start[task];
+                        fixed (ushort* src = KeptB(task))
+                            ScaleBf16(src + (long)i0 * r, r, c + _start[task], dst + _start[task], total, count);
+                    }
+                return;
             }
-            ElementCodec.Encode(DType, values, MemoryMarshal.AsBytes(bits));
+            // Any format: the block widened into a scratch, scaled row by row, encoded back.
+            var values = Scratch(count * total, 0);
+            var widened = Scratch(count * total, 1);
+            for (int task = 0; task < n; task++)
+            {
+                int r = _start[task + 1] - _start[task];
+                CopaScaling.Widen(KeptB(task).Slice(i0 * r, count * r), _format, widened[..(count * r)]);
+                for (int i = 0; i < count; i++)
+                    TensorPrimitives.Multiply(widened.Slice(i * r, r), coef.AsSpan(_start[task], r), values.Slice(i * total + _start[task], r));
+            }
+            ElementCodec.Encode(DType, values, MemoryMarshal.AsBytes(output));
         });
         return new LowRankResult([], [], total, 1.0, total)
         {
@@ -90,20 +103,27 @@ internal sealed unsafe class EncodedConcatenation
         };
     }
 
-    [ThreadStatic] private static float[]? t_values;
-
-    private static Span<float> Scratch(int length)
+    /// <summary>
+    /// dst[i·stride + j] = bf16(widen(src[i·r + j]) · c[j]) for <paramref name="rows"/> rows, r a multiple
+    /// of 16: widened, multiplied and rounded sixteen at a time in registers.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ScaleBf16(ushort* src, int r, float* c, ushort* dst, int stride, int rows)
     {
-        var s = t_values is { } v && v.Length >= length ? v : t_values = new float[Math.Max(length, ModuleOps.SumChunk)];
-        return s.AsSpan(0, length);
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < r; j += 16)
+            {
+                var v = FloatConversion.Bf16ToSingle(Vector256.Load(src + (long)i * r + j)) * Vector512.Load(c + j);
+                FloatConversion.SingleToBf16(v).Store(dst + (long)i * stride + j);
+            }
     }
 
-    /// <summary>Copies r 16-bit values (one row of a factor, r = 16 in the common case: one 32-byte move).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void CopyRow(ushort* src, ushort* dst, int r)
+    [ThreadStatic] private static float[]? t_values, t_widened;
+
+    private static Span<float> Scratch(int length, int which)
     {
-        int j = 0;
-        for (; j <= r - 16; j += 16) Vector256.Store(Vector256.Load(src + j), dst + j);
-        for (; j < r; j++) dst[j] = src[j];
+        ref var slot = ref which == 0 ? ref t_values : ref t_widened;
+        var s = slot is { } v && v.Length >= length ? v : slot = new float[Math.Max(length, ModuleOps.SumChunk)];
+        return s.AsSpan(0, length);
     }
 }

@@ -78,6 +78,19 @@ public static class FloatConversion
         return (ushort)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
     }
 
+    /// <summary>Sixteen BF16 values to F32 (exact): the widening of <see cref="Bf16ToSingle(ReadOnlySpan{ushort}, Span{float})"/>, in registers.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Bf16ToSingle(Vector256<ushort> bits) =>
+        Vector512.ShiftLeft(Vector512.WidenLower(Vector512.Create(bits, bits)), 16).AsSingle();
+
+    /// <summary>Sixteen F32 values to BF16 bits, rounded as <see cref="SingleToBf16(ReadOnlySpan{float}, Span{ushort})"/> does, in registers.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<ushort> SingleToBf16(Vector512<float> values)
+    {
+        var r = Round(values.AsUInt32());
+        return Vector512.Narrow(r, r).GetLower();
+    }
+
     /// <summary>One BF16 bits to F32 (exact).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Bf16ToSingle(ushort bits) => BitConverter.UInt32BitsToSingle((uint)bits << 16);

@@ -65,6 +65,25 @@ public class FloatConversionTests
     }
 
     [Fact]
+    public void Bf16VectorHelpers_AreTheSpanConversions_BitForBit()
+    {
+        var src = Interesting();
+        int n = src.Length / 16 * 16;
+        for (int i = 0; i < n; i += 16)
+        {
+            var narrowed = FloatConversion.SingleToBf16(System.Runtime.Intrinsics.Vector512.Create(src, i));
+            for (int l = 0; l < 16; l++) Assert.Equal(ReferenceBf16(src[i + l]), narrowed[l]);
+        }
+        for (int b = 0; b < 65536; b += 16)
+        {
+            var bits = System.Runtime.Intrinsics.Vector256.Create(Enumerable.Range(b, 16).Select(x => (ushort)x).ToArray());
+            var widened = FloatConversion.Bf16ToSingle(bits);
+            for (int l = 0; l < 16; l++)
+                Assert.Equal((uint)(b + l) << 16, BitConverter.SingleToUInt32Bits(widened[l]));
+        }
+    }
+
+    [Fact]
     public void Bf16Widening_IsExact_ForAll65536Patterns()
     {
         var src = new ushort[65536];
