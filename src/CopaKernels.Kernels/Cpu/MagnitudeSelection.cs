@@ -219,8 +219,15 @@ internal static unsafe class MagnitudeSelection
             finite = ParallelMaxKey(backend, (uint*)p, n) < InfKey;
             return new SelectionResult(0, 0f, n);
         }
-        var (lo, hi) = forcedBracket ?? Bracket((uint*)p, n, k);
-        var pass = BracketPass(backend, (uint*)p, n, lo, hi);
+        bool tieHeavy = false;
+        var (lo, hi) = forcedBracket ?? Bracket((uint*)p, n, k, out tieHeavy);
+        var pass = BracketPass(backend, (uint*)p, n, lo, hi, inclusive: !tieHeavy);
+        if (pass.Counts.Overflow && pass.Counts.MaxKey < InfKey && !tieHeavy)
+        {
+            // The bracket's ends held more keys than the sample showed: count them apart instead.
+            ArrayPool<uint>.Shared.Return(pass.Candidates);
+            pass = BracketPass(backend, (uint*)p, n, lo, hi, inclusive: false);
+        }
         try
         {
             finite = pass.Counts.MaxKey < InfKey;
@@ -253,11 +260,12 @@ internal static unsafe class MagnitudeSelection
     internal static uint SelectKeys(uint* bits, long n, long k, out long less, out bool finite)
     {
         if (n <= SmallSelect) return RadixSelect(bits, n, k, out less, out finite);
-        var (lo, hi) = Bracket(bits, n, k);
+        var (lo, hi) = Bracket(bits, n, k, out bool tieHeavy);
         var list = ArrayPool<uint>.Shared.Rent((int)(n / 4) + 16);
         try
         {
-            var counts = CountBracket(bits, n, lo, hi, list);
+            var counts = tieHeavy ? CountBracket(bits, n, lo, hi, list) : CountInclusive(bits, n, lo, hi, list);
+            if (counts.Overflow && counts.MaxKey < InfKey && !tieHeavy) counts = CountBracket(bits, n, lo, hi, list);
             finite = counts.MaxKey < InfKey;
             if (!finite) { less = 0; return 0; }
             fixed (uint* c = list)
@@ -307,7 +315,14 @@ internal static unsafe class MagnitudeSelection
     /// Keys lo ≤ hi that hold the k-th smallest between them with high probability, from a
     /// deterministic sample: one key from each of m strata, at a hashed position inside the stratum.
     /// </summary>
-    internal static (uint Lo, uint Hi) Bracket(uint* bits, long n, long k)
+    internal static (uint Lo, uint Hi) Bracket(uint* bits, long n, long k) => Bracket(bits, n, k, out _);
+
+    /// <summary>
+    /// <see cref="Bracket(uint*, long, long)"/>; <paramref name="tieHeavy"/> says whether lo or hi recur
+    /// in the sample (over 1% of it): then many keys equal an end of the bracket, and the pass that
+    /// counts them apart (<see cref="CountBracket"/>) beats the one that copies them (<see cref="CountInclusive"/>).
+    /// </summary>
+    internal static (uint Lo, uint Hi) Bracket(uint* bits, long n, long k, out bool tieHeavy)
     {
         int m = (int)Math.Min(n, Math.Clamp(n / 64, 1024, SampleCount));
         var sample = new uint[m];
@@ -324,7 +339,11 @@ internal static unsafe class MagnitudeSelection
         // Two order statistics of the sample, in O(m): no sort.
         uint lo = loIdx <= 0 ? 0u : NthElement(sample, 0, m - 1, loIdx);
         uint hi = hiIdx >= m ? InfKey - 1 : Math.Min(NthElement(sample, Math.Max(0, loIdx), m - 1, hiIdx), InfKey - 1);
-        return (lo, Math.Max(lo, hi));
+        hi = Math.Max(lo, hi);
+        int ends = 0;
+        foreach (uint key in sample) if (key == lo || key == hi) ends++;
+        tieHeavy = ends > m / 100 + 2;
+        return (lo, hi);
     }
 
     /// <summary>
@@ -382,7 +401,13 @@ internal static unsafe class MagnitudeSelection
         return results;
     }
 
-    internal static BracketResult BracketPass(CpuBackend backend, uint* bits, long n, uint lo, uint hi)
+    /// <param name="backend">Threads.</param>
+    /// <param name="bits">The keys (sign ignored).</param>
+    /// <param name="n">How many.</param>
+    /// <param name="lo">Bracket start.</param>
+    /// <param name="hi">Bracket end.</param>
+    /// <param name="inclusive">Copy the keys in [lo, hi] (<see cref="CountInclusive"/>), else count the ends apart (<see cref="CountBracket"/>).</param>
+    internal static BracketResult BracketPass(CpuBackend backend, uint* bits, long n, uint lo, uint hi, bool inclusive = false)
     {
         var b = (nint)bits;
         var parts = ForEachChunk(backend, n, (start, len) =>
@@ -390,7 +415,8 @@ internal static unsafe class MagnitudeSelection
             // A bracket holds a few percent of the keys; a quarter of the chunk is plenty, and
             // running out only sends the select down the exact fallback.
             var list = ArrayPool<uint>.Shared.Rent((int)(len / 4) + 16);
-            return (Counts: CountBracket((uint*)b + start, len, lo, hi, list), List: list);
+            var counts = inclusive ? CountInclusive((uint*)b + start, len, lo, hi, list) : CountBracket((uint*)b + start, len, lo, hi, list);
+            return (Counts: counts, List: list);
         });
         int chunks = parts.Length;
         var counts = parts.Select(x => x.Counts).ToArray();
@@ -437,6 +463,118 @@ internal static unsafe class MagnitudeSelection
     }
 
     /// <summary>
+    /// One chunk of the bracket pass, lean form: counts keys below lo and copies every key in [lo, hi]
+    /// (ends included: <see cref="ChunkCounts.EqualLo"/> and <see cref="ChunkCounts.EqualHi"/> stay 0),
+    /// tracking the largest key. Two compares a vector where <see cref="CountBracket"/> needs five, so
+    /// the pass runs at memory speed; a bracket whose ends recur a lot overflows the copy instead.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static ChunkCounts CountInclusive(uint* bits, long n, uint lo, uint hi, uint[] list)
+    {
+        var r = new ChunkCounts();
+        long cap = list.Length - 16, w = 0, i = 0, below = 0;
+        uint mx = 0, span = hi - lo;
+        // w counts on past the capacity (then nothing more is stored): Overflow = w > cap.
+        fixed (uint* dst = list)
+        fixed (int* pack = PackTable)
+        {
+            if (Vector512.IsHardwareAccelerated && Avx512F.IsSupported && n >= 64)
+            {
+                var abs = Vector512.Create(AbsMask);
+                var vlo = Vector512.Create(lo);
+                var vspan = Vector512.Create(span);
+                var one = Vector512<uint>.One;
+                var vmax = Vector512<uint>.Zero;
+                long blockEnd;
+                for (; i <= n - 64; i = blockEnd)
+                {
+                    // Blocks of 2^20 vectors keep the per-lane counters far from overflow. Four vectors a
+                    // step: where each packed store waits for the previous popcount (the write position),
+                    // one chain of four-cycle steps bounds the loop, not the memory.
+                    blockEnd = Math.Min(n - (n - i) % 64, i + 64L * (1 << 18));
+                    Vector512<uint> b0 = default, b1 = default;
+                    for (; i < blockEnd; i += 64)
+                    {
+                        var k0 = Vector512.Load(bits + i) & abs;
+                        var k1 = Vector512.Load(bits + i + 16) & abs;
+                        var k2 = Vector512.Load(bits + i + 32) & abs;
+                        var k3 = Vector512.Load(bits + i + 48) & abs;
+                        vmax = Vector512.Max(vmax, Vector512.Max(Vector512.Max(k0, k1), Vector512.Max(k2, k3)));
+                        b0 = Vector512.ConditionalSelect(Vector512.LessThan(k0, vlo), b0 + one, b0);
+                        b1 = Vector512.ConditionalSelect(Vector512.LessThan(k1, vlo), b1 + one, b1);
+                        b0 = Vector512.ConditionalSelect(Vector512.LessThan(k2, vlo), b0 + one, b0);
+                        b1 = Vector512.ConditionalSelect(Vector512.LessThan(k3, vlo), b1 + one, b1);
+                        // In [lo, hi] as one unsigned compare: key − lo ≤ hi − lo (wraps for key < lo).
+                        var in0 = Vector512.LessThanOrEqual(k0 - vlo, vspan);
+                        var in1 = Vector512.LessThanOrEqual(k1 - vlo, vspan);
+                        var in2 = Vector512.LessThanOrEqual(k2 - vlo, vspan);
+                        var in3 = Vector512.LessThanOrEqual(k3 - vlo, vspan);
+                        int p0 = BitOperations.PopCount(in0.ExtractMostSignificantBits());
+                        int p1 = BitOperations.PopCount(in1.ExtractMostSignificantBits());
+                        int p2 = BitOperations.PopCount(in2.ExtractMostSignificantBits());
+                        int p3 = BitOperations.PopCount(in3.ExtractMostSignificantBits());
+                        if (w <= cap - 48)
+                        {
+                            Avx512F.Compress(Vector512<uint>.Zero, in0, k0).Store(dst + w);
+                            Avx512F.Compress(Vector512<uint>.Zero, in1, k1).Store(dst + w + p0);
+                            Avx512F.Compress(Vector512<uint>.Zero, in2, k2).Store(dst + w + p0 + p1);
+                            Avx512F.Compress(Vector512<uint>.Zero, in3, k3).Store(dst + w + p0 + p1 + p2);
+                        }
+                        w += p0 + p1 + p2 + p3;
+                    }
+                    below += (long)Vector512.Sum(Vector512.WidenLower(b0) + Vector512.WidenUpper(b0))
+                        + (long)Vector512.Sum(Vector512.WidenLower(b1) + Vector512.WidenUpper(b1));
+                }
+                var m8 = Vector256.Max(vmax.GetLower(), vmax.GetUpper());
+                for (int l = 0; l < 8; l++) mx = Math.Max(mx, m8[l]);
+            }
+            else if (Avx2.IsSupported && n >= 8)
+            {
+                // Keys are below 2^31, so signed compares order them correctly.
+                var abs = Vector256.Create((int)AbsMask);
+                var vlo = Vector256.Create((int)lo);
+                var vhi = Vector256.Create((int)hi);
+                var vmax = Vector256<int>.Zero;
+                long blockEnd;
+                for (; i <= n - 8; i = blockEnd)
+                {
+                    blockEnd = Math.Min(n - (n - i) % 8, i + 8L * (1 << 20));
+                    var vBelow = Vector256<int>.Zero;
+                    for (; i < blockEnd; i += 8)
+                    {
+                        var key = Vector256.Load((int*)(bits + i)) & abs;
+                        vmax = Vector256.Max(vmax, key);
+                        var lt = Vector256.LessThan(key, vlo);
+                        vBelow -= lt;
+                        uint m = (~(lt | Vector256.GreaterThan(key, vhi))).ExtractMostSignificantBits();
+                        if (w <= cap)
+                            Avx2.PermuteVar8x32(key, Vector256.Load(pack + m * 8)).AsUInt32().Store(dst + w);
+                        w += BitOperations.PopCount(m);
+                    }
+                    below += Vector256.Sum(vBelow);
+                }
+                for (int l = 0; l < 8; l++) mx = Math.Max(mx, (uint)vmax.GetElement(l));
+            }
+            for (; i < n; i++)
+            {
+                uint key = bits[i] & AbsMask;
+                mx = Math.Max(mx, key);
+                if (key < lo) below++;
+                else if (key <= hi)
+                {
+                    if (w <= cap) dst[w] = key;
+                    w++;
+                }
+            }
+        }
+        r.Below = below;
+        r.Inside = w;
+        r.Overflow = w > cap;
+        r.MaxKey = mx;
+        return r;
+    }
+
+    /// <summary>
     /// One chunk of the bracket pass: counts keys below lo, equal to lo, equal to hi, and copies the
     /// keys strictly between lo and hi (branch-free left-pack), tracking the largest key.
     /// </summary>
@@ -444,48 +582,14 @@ internal static unsafe class MagnitudeSelection
     internal static ChunkCounts CountBracket(uint* bits, long n, uint lo, uint hi, uint[] list)
     {
         var r = new ChunkCounts();
-        long cap = list.Length - 16, w = 0, i = 0;
+        long cap = list.Length - 8, w = 0, i = 0;
         uint mx = 0;
         // With lo == hi the "equal to hi" class must not count the same keys twice.
         int eqHiKey = lo == hi ? -1 : (int)hi;
         fixed (uint* dst = list)
         fixed (int* pack = PackTable)
         {
-            if (Vector512.IsHardwareAccelerated && Avx512F.IsSupported && n >= 16)
-            {
-                // The same classes with mask registers: compares into k-masks, counts as masked adds,
-                // the inside keys packed by vpcompressd into a register and stored whole (the list has
-                // 16 spare slots), "strictly inside" as one unsigned compare: key − (lo+1) < hi − lo − 1.
-                var abs = Vector512.Create(AbsMask);
-                var vlo = Vector512.Create(lo);
-                var veqHi = Vector512.Create((uint)eqHiKey);
-                var vlo1 = Vector512.Create(lo + 1);
-                var vspan = Vector512.Create(hi > lo ? hi - lo - 1 : 0u); // lo == hi: nothing is strictly inside
-                var one = Vector512<uint>.One;
-                var vmax = Vector512<uint>.Zero;
-                long blockEnd;
-                for (; i <= n - 16; i = blockEnd)
-                {
-                    blockEnd = Math.Min(n - (n - i) % 16, i + 16L * (1 << 20));
-                    Vector512<uint> vBelow = default, vEqLo = default, vEqHi = default;
-                    for (; i < blockEnd; i += 16)
-                    {
-                        var key = Vector512.Load(bits + i) & abs;
-                        vmax = Vector512.Max(vmax, key);
-                        vBelow = Vector512.ConditionalSelect(Vector512.LessThan(key, vlo), vBelow + one, vBelow);
-                        vEqLo = Vector512.ConditionalSelect(Vector512.Equals(key, vlo), vEqLo + one, vEqLo);
-                        vEqHi = Vector512.ConditionalSelect(Vector512.Equals(key, veqHi), vEqHi + one, vEqHi);
-                        var inside = Vector512.LessThan(key - vlo1, vspan);
-                        if (w <= cap) Avx512F.Compress(Vector512<uint>.Zero, inside, key).Store(dst + w);
-                        w += BitOperations.PopCount(inside.ExtractMostSignificantBits());
-                    }
-                    r.Below += (long)Vector512.Sum(Vector512.WidenLower(vBelow) + Vector512.WidenUpper(vBelow));
-                    r.EqualLo += (long)Vector512.Sum(Vector512.WidenLower(vEqLo) + Vector512.WidenUpper(vEqLo));
-                    r.EqualHi += (long)Vector512.Sum(Vector512.WidenLower(vEqHi) + Vector512.WidenUpper(vEqHi));
-                }
-                mx = Vector256.Max(vmax.GetLower(), vmax.GetUpper()) is var m8 ? Math.Max(Math.Max(m8[0], m8[1]), Math.Max(Math.Max(m8[2], m8[3]), Math.Max(Math.Max(m8[4], m8[5]), Math.Max(m8[6], m8[7])))) : 0;
-            }
-            else if (Avx2.IsSupported && n >= 8)
+            if (Avx2.IsSupported && n >= 8)
             {
                 // Keys are below 2^31, so signed compares order them correctly.
                 var abs = Vector256.Create((int)AbsMask);
