@@ -38,7 +38,7 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
     }
 
     /// <summary>Every operation id, in run order.</summary>
-    public static readonly string[] AllOps = ["select", "select-batched", "rowsums", "product", "convert"];
+    public static readonly string[] AllOps = ["select", "select-bf16", "select-batched", "rowsums", "product", "convert"];
 
     private int Runs => quick ? 3 : 7;
 
@@ -46,6 +46,7 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
     public void Run(IReadOnlyCollection<string> ops)
     {
         if (ops.Contains("select")) Select();
+        if (ops.Contains("select-bf16") && !OnDevice) SelectBf16();
         if (ops.Contains("select-batched")) SelectBatched();
         if (ops.Contains("rowsums")) RowSums();
         if (ops.Contains("product")) Product();
@@ -128,6 +129,27 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
             var transfer = Transfer(n * 4, n * 4);
             Report(new BenchResult(backend.Name, "select-threshold", label, only, n * 4.0 / only / 1e6, "GB/s", double.IsNaN(floor) ? null : only / floor, of), transfer);
             Report(new BenchResult(backend.Name, "select", label, ms, n * 4.0 / ms / 1e6, "GB/s", double.IsNaN(floor) ? null : ms / floor, of), transfer);
+        }
+    }
+
+    /// <summary>
+    /// Family 1 on BF16 storage (what a merge of BF16 adapters trims, <c>HostKernels</c> on one thread)
+    /// against the F32 path on the same values widened, side by side: LoRA factor shapes and 1M.
+    /// </summary>
+    private void SelectBf16()
+    {
+        foreach (var (label, n) in new[] { ("16×4096", 16 * 4096), ("4096×16", 4096 * 16), ("14336×16", 14336 * 16), ("1M", 1 << 20) })
+        {
+            var bits = new ushort[n];
+            FloatConversion.SingleToBf16(Gaussian(n, 3), bits);
+            var widened = new float[n];
+            FloatConversion.Bf16ToSingle(bits, widened);
+            var want = Kernels.Reference.ReferenceMagnitudeSelection.Select((float[])widened.Clone(), 0.2);
+            var got = Kernels.Cpu.HostKernels.SelectByMagnitude((ushort[])bits.Clone(), Kernels.Cpu.Float16Format.BFloat16, 0.2);
+            if (want != got) throw new InvalidOperationException($"select-bf16 {label}: expected {want}, got {got}");
+            double f32 = Time(() => Kernels.Cpu.HostKernels.SelectByMagnitude(widened, 0.2, applyMask: false));
+            double bf16 = Time(() => Kernels.Cpu.HostKernels.SelectByMagnitude(bits, Kernels.Cpu.Float16Format.BFloat16, 0.2, applyMask: false));
+            Report(new BenchResult(backend.Name, "select-threshold-bf16", label, bf16, n * 2.0 / bf16 / 1e6, "GB/s", bf16 / f32, "× the F32 path, 1 thread"));
         }
     }
 

@@ -189,4 +189,14 @@ public class DevicesAndBenchCommandTests
         Assert.Equal(2, results.GetArrayLength());
         Assert.True(results[0].GetProperty("Ms").GetDouble() > 0);
     }
+
+    [Fact]
+    public void Bench_SelectBf16_ChecksAgainstTheReference_AndReportsTheRatioToF32()
+    {
+        var (code, output, err) = CliRunner.Run("bench", "--ops", "select-bf16", "--quick");
+        Assert.True(code == 0, err);
+        foreach (var shape in new[] { "16×4096", "4096×16", "14336×16", "1M" })
+            Assert.Contains(shape, output);
+        Assert.Contains("× the F32 path", output);
+    }
 }
