@@ -20,7 +20,8 @@ namespace CopaKernels.Gpu;
 /// buffers are page-locked with <c>Accelerator.CreatePageLockFromPinned</c> (what ILGPU's page-locked arrays
 /// use): cuMemHostRegister on CUDA, a NullPageLockScope (no lock) on OpenCL and the CPU emulator.</para>
 /// <para>One stream only: ILGPU 1.5.3 has no way to make one stream wait for another (no cross-stream event;
-/// its only event, the profiling marker, needs a profiling context and is waited on by the host), so a copy
+/// its only event, the profiling marker, needs a profiling context, is waited on by the host, and on OpenCL
+/// is waited for as soon as it is added: CLStream.AddProfilingMarkerInternal synchronises it), so a copy
 /// stream beside the compute stream could only be ordered by the host waiting in between, which serialises
 /// what it was meant to overlap. On one in-order stream, copies and kernels do not overlap each other on the
 /// device; what overlaps is the host's own work (disk reads, the write queue) with the queued device work.

@@ -75,8 +75,9 @@ public interface IMergeBackend : IDisposable
 
     /// <summary>
     /// Blocks until the transfer that returned <paramref name="fence"/> and all work queued before it are
-    /// complete. It may also wait for work queued after it (ILGPU 1.5.3 has no event for one point of a stream
-    /// outside a profiling context, so the ILGPU backend waits for the whole stream): queue the next work after
+    /// complete. It may also wait for work queued after it (ILGPU 1.5.3 has no usable event for one point of a
+    /// stream: its profiling markers need a profiling context and block when added on OpenCL, so the ILGPU
+    /// backend waits for the whole stream): queue the next work after
     /// the host work it should overlap, not before the wait. Returns at once for a complete fence.
     /// </summary>
     void Wait(TransferFence fence);
