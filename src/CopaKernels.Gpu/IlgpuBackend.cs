@@ -11,12 +11,31 @@ namespace CopaKernels.Gpu;
 /// <see cref="Download"/> and the selections (which read their results back) wait for it. Like the stream
 /// it wraps, a backend serves one caller at a time.
 /// </summary>
+/// <remarks>
+/// <para>Queued transfers (<see cref="UploadAsync"/>, <see cref="DownloadAsync"/>) go on the same stream with
+/// ILGPU's <c>CopyFromCPUUnsafeAsync</c>/<c>CopyToCPUUnsafeAsync</c>, which enqueue without synchronising
+/// (cuMemcpyAsync on CUDA, a non-blocking clEnqueueWrite/ReadBuffer on OpenCL, a plain memcpy on the CPU
+/// emulator, whose kernels run on the calling thread). ILGPU's <c>CopyFromPageLockedAsync</c> is not used: on
+/// an accelerator that cannot page-lock (OpenCL, CPU) it synchronises the stream after every copy. Host
+/// buffers are page-locked with <c>Accelerator.CreatePageLockFromPinned</c> (what ILGPU's page-locked arrays
+/// use): cuMemHostRegister on CUDA, a NullPageLockScope (no lock) on OpenCL and the CPU emulator.</para>
+/// <para>One stream only: ILGPU 1.5.3 has no way to make one stream wait for another (no cross-stream event;
+/// its only event, the profiling marker, needs a profiling context, is waited on by the host, and on OpenCL
+/// is waited for as soon as it is added: CLStream.AddProfilingMarkerInternal synchronises it), so a copy
+/// stream beside the compute stream could only be ordered by the host waiting in between, which serialises
+/// what it was meant to overlap. On one in-order stream, copies and kernels do not overlap each other on the
+/// device; what overlaps is the host's own work (disk reads, the write queue) with the queued device work.
+/// For the same reason a second device tile buys nothing: the stream never runs the next tile's upload before
+/// the current tile's kernel is done. Fences count queued transfers; waiting on one not yet known complete
+/// synchronises the stream, which completes every fence queued so far.</para>
+/// </remarks>
 public sealed class IlgpuBackend : IMergeBackend
 {
     private readonly Context _context;
     private readonly MagnitudeSelection _selection;
     private readonly RowAbsSums _rowSums;
     private readonly LowRankProduct _product;
+    private long _queued, _completed;
     private bool _disposed;
 
     internal IlgpuBackend(Context context, Device device, BackendKind kind, string id)
@@ -84,7 +103,7 @@ public sealed class IlgpuBackend : IMergeBackend
         if (source.Length == 0) return;
         Own(destination).Bytes(byteOffset, source.Length).CopyFromCPU(Stream, source);
         // The source span may be gone when this returns: never leave the copy queued.
-        Stream.Synchronize();
+        Synchronize();
     }
 
     /// <inheritdoc/>
@@ -93,11 +112,61 @@ public sealed class IlgpuBackend : IMergeBackend
         BackendChecks.Transfer(this, source, byteOffset, destination.Length);
         if (destination.Length == 0) return;
         Own(source).Bytes(byteOffset, destination.Length).CopyToCPU(Stream, destination);
-        Stream.Synchronize();
+        Synchronize();
     }
 
     /// <inheritdoc/>
-    public void Synchronize() => Stream.Synchronize();
+    public void Synchronize()
+    {
+        Stream.Synchronize();
+        _completed = _queued;
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>Page-locked on CUDA when the device can map host memory; plain native memory on OpenCL and the CPU emulator.</remarks>
+    public HostBuffer AllocateHost(long byteLength, bool pageLocked = true) => new(this, byteLength, pageLocked ? PageLock : null);
+
+    /// <inheritdoc/>
+    public unsafe TransferFence UploadAsync(HostBuffer source, long sourceOffset, KernelBuffer destination, long destinationOffset, long byteLength)
+    {
+        BackendChecks.HostTransfer(this, source, sourceOffset, destination, destinationOffset, byteLength);
+        if (byteLength == 0) return default;
+        Own(destination).Bytes(destinationOffset, byteLength).CopyFromCPUUnsafeAsync(Stream, ref *(source.Pointer + sourceOffset), byteLength);
+        return source.Pending = Queued();
+    }
+
+    /// <inheritdoc/>
+    public unsafe TransferFence DownloadAsync(KernelBuffer source, long sourceOffset, HostBuffer destination, long destinationOffset, long byteLength)
+    {
+        BackendChecks.HostTransfer(this, destination, destinationOffset, source, sourceOffset, byteLength);
+        if (byteLength == 0) return default;
+        Own(source).Bytes(sourceOffset, byteLength).CopyToCPUUnsafeAsync(Stream, ref *(destination.Pointer + destinationOffset), byteLength);
+        return destination.Pending = Queued();
+    }
+
+    /// <inheritdoc/>
+    public void Wait(TransferFence fence)
+    {
+        BackendChecks.Fence(this, fence);
+        // After Dispose the stream was synchronised and is gone: every fence is complete.
+        if (fence.Sequence <= _completed || _disposed) return;
+        Synchronize();
+    }
+
+    private TransferFence Queued() => new(this, ++_queued);
+
+    /// <summary>
+    /// ILGPU's page lock for a host block, or null where the accelerator cannot lock: ILGPU 1.5.3 returns a
+    /// real lock (CudaPageLockScope, cuMemHostRegister) only on a CUDA device that can map host memory, and an
+    /// internal no-op scope everywhere else.
+    /// </summary>
+    private IDisposable? PageLock(nint pointer, long bytes)
+    {
+        var scope = Accelerator.CreatePageLockFromPinned<byte>(pointer, bytes);
+        if (scope is CudaPageLockScope<byte>) return scope;
+        scope.Dispose();
+        return null;
+    }
 
     /// <inheritdoc/>
     public SelectionResult SelectByMagnitude(KernelBuffer x, TensorRange range, double density, bool applyMask = true)
@@ -133,8 +202,8 @@ public sealed class IlgpuBackend : IMergeBackend
     public void Dispose()
     {
         if (_disposed) return;
+        Synchronize();
         _disposed = true;
-        Stream.Synchronize();
         _selection.Dispose();
         _product.Dispose();
         Stream.Dispose();

@@ -119,7 +119,7 @@ internal sealed class LowRankProduct : IDisposable
         {
             // The stream is in order, so the old panel is no longer read once the new one is in use;
             // synchronise anyway before freeing memory a queued kernel may still name.
-            _backend.Stream.Synchronize();
+            _backend.Synchronize();
             buffer?.Dispose();
             buffer = _backend.Accelerator.Allocate1D<float>(Math.Max(length, 1 << 12));
         }

@@ -121,7 +121,7 @@ internal sealed class MagnitudeSelection : IDisposable
         _small(stream, new KernelConfig(m, _backend.SelectionGroupSize), x.Floats, descView, outView, applyMask ? 1 : 0);
         var o = new long[3 * m];
         outView.CopyToCPU(stream, o);
-        stream.Synchronize();
+        _backend.Synchronize();
         for (int j = 0; j < m; j++)
             (bits[small[j]], less[small[j]], status[small[j]]) = (o[3 * j], o[3 * j + 1], o[3 * j + 2]);
     }
@@ -164,7 +164,7 @@ internal sealed class MagnitudeSelection : IDisposable
             if (applyMask) _mask(stream, config, view, range.Length, state);
         }
         all.CopyToCPU(stream, states);
-        stream.Synchronize();
+        _backend.Synchronize();
         for (int j = 0; j < m; j++)
             (bits[large[j]], less[large[j]], status[large[j]]) = (states[4 * j + StatePrefix], states[4 * j + StateLess], states[4 * j + StateStatus]);
     }

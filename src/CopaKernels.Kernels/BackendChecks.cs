@@ -30,6 +30,25 @@ internal static class BackendChecks
         Range(buffer, byteOffset, length);
     }
 
+    /// <summary>Checks a queued transfer: both buffers the backend's, both ranges inside them.</summary>
+    public static void HostTransfer(IMergeBackend backend, HostBuffer host, long hostOffset, KernelBuffer buffer, long bufferOffset, long length)
+    {
+        ArgumentNullException.ThrowIfNull(host);
+        if (!ReferenceEquals(host.Owner, backend))
+            throw new ArgumentException("host buffer belongs to another backend", nameof(host));
+        if (hostOffset < 0 || length < 0 || hostOffset + length > host.ByteLength)
+            throw new ArgumentOutOfRangeException(nameof(hostOffset), $"bytes [{hostOffset}, {hostOffset + length}) outside a host buffer of {host.ByteLength}");
+        Own(backend, buffer);
+        Range(buffer, bufferOffset, length);
+    }
+
+    /// <summary>Throws unless <paramref name="fence"/> is complete or belongs to <paramref name="backend"/>.</summary>
+    public static void Fence(IMergeBackend backend, TransferFence fence)
+    {
+        if (fence.Owner != null && !ReferenceEquals(fence.Owner, backend))
+            throw new ArgumentException("fence belongs to another backend", nameof(fence));
+    }
+
     /// <summary>Checks <see cref="IMergeBackend.SelectByMagnitude"/>.</summary>
     public static void Selection(IMergeBackend backend, KernelBuffer x, TensorRange range, double density)
     {

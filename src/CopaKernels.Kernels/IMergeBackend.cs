@@ -30,14 +30,57 @@ public interface IMergeBackend : IDisposable
     /// <summary>Allocates a zero-filled buffer of <paramref name="byteLength"/> bytes.</summary>
     KernelBuffer Allocate(long byteLength);
 
-    /// <summary>Copies host bytes into a buffer at a byte offset.</summary>
+    /// <summary>
+    /// Copies host bytes into a buffer at a byte offset, after all queued work, and returns when the copy is
+    /// done (the source span may be reused at once). See <see cref="UploadAsync"/> for a copy that does not wait.
+    /// </summary>
     void Upload(ReadOnlySpan<byte> source, KernelBuffer destination, long byteOffset);
 
-    /// <summary>Copies buffer bytes at a byte offset to the host.</summary>
+    /// <summary>
+    /// Copies buffer bytes at a byte offset to the host, after all queued work (so it sees every kernel queued
+    /// before it), and returns when the bytes are there. See <see cref="DownloadAsync"/> for a copy that does not wait.
+    /// </summary>
     void Download(KernelBuffer source, long byteOffset, Span<byte> destination);
 
-    /// <summary>Waits for all queued work (a no-op where calls are synchronous).</summary>
+    /// <summary>Waits for all queued work (a no-op where calls are synchronous); every fence is complete afterwards.</summary>
     void Synchronize();
+
+    /// <summary>
+    /// Allocates <paramref name="byteLength"/> bytes of host memory for the queued transfers (contents not
+    /// cleared). With <paramref name="pageLocked"/> the backend page-locks it where the device supports it
+    /// (CUDA: the copies become DMA that overlaps host work); elsewhere, or without it, it is plain native memory
+    /// (<see cref="HostBuffer.PageLocked"/> says which). Lock only buffers that serve many transfers.
+    /// Dispose host buffers before their backend.
+    /// </summary>
+    HostBuffer AllocateHost(long byteLength, bool pageLocked = true);
+
+    /// <summary>
+    /// Queues a copy of host bytes [<paramref name="sourceOffset"/>, + <paramref name="byteLength"/>) into
+    /// <paramref name="destination"/> at <paramref name="destinationOffset"/>, after all work queued before it,
+    /// and returns without waiting where the backend has a queue (the CPU backend copies at once). Ordering:
+    /// work queued after it (kernels, transfers, the blocking calls) sees the copied bytes; no wait is needed
+    /// for that. Fence: the host must not write the source range until <see cref="Wait"/> has returned for the
+    /// returned fence (or a later one, or <see cref="Synchronize"/>).
+    /// </summary>
+    TransferFence UploadAsync(HostBuffer source, long sourceOffset, KernelBuffer destination, long destinationOffset, long byteLength);
+
+    /// <summary>
+    /// Queues a copy of buffer bytes [<paramref name="sourceOffset"/>, + <paramref name="byteLength"/>) into
+    /// host memory at <paramref name="destinationOffset"/>, after all work queued before it (so it sees every
+    /// kernel queued before it), and returns without waiting where the backend has a queue. Fence: the host must
+    /// neither read nor write the destination range until <see cref="Wait"/> has returned for the returned fence
+    /// (or a later one, or <see cref="Synchronize"/>); then it holds the bytes.
+    /// </summary>
+    TransferFence DownloadAsync(KernelBuffer source, long sourceOffset, HostBuffer destination, long destinationOffset, long byteLength);
+
+    /// <summary>
+    /// Blocks until the transfer that returned <paramref name="fence"/> and all work queued before it are
+    /// complete. It may also wait for work queued after it (ILGPU 1.5.3 has no usable event for one point of a
+    /// stream: its profiling markers need a profiling context and block when added on OpenCL, so the ILGPU
+    /// backend waits for the whole stream): queue the next work after
+    /// the host work it should overlap, not before the wait. Returns at once for a complete fence.
+    /// </summary>
+    void Wait(TransferFence fence);
 
     /// <summary>
     /// Family 1, one tensor: t = k-th smallest |x| with k = floor(n·(1−ρ)); when

@@ -130,25 +130,28 @@ internal static class CopaScaling
         {
             throw ModuleOps.NonFinite(m.Path, e.RangeIndex);
         }
-        int maxRank = m.Tasks.Max(t => t.Rank);
-        using var sums = backend.Allocate(Math.Max(1, maxRank) * 2L * sizeof(float));
-        var rowSums = new float[n][];
+        // Every task's sums in one buffer, read back with one download after all the kernels.
+        long sumsLength = 2L * m.Tasks.Sum(t => (long)t.Rank);
+        using var sums = backend.Allocate(Math.Max(1, sumsLength) * sizeof(float));
+        var all = new float[sumsLength];
+        long at = 0;
         for (int task = 0; task < n; task++)
         {
             int r = m.Tasks[task].Rank;
-            // Plain sums at [0, r), masked sums at [r, 2r), Ã in place.
-            backend.RowAbsSums(a.Buffer, a.Ranges[task].Offset, r, m.DIn, sums, 0, selA[task].Threshold, sums, r, applyMask: true);
-            rowSums[task] = new float[2 * r];
-            backend.Download(sums, 0, MemoryMarshal.AsBytes(rowSums[task].AsSpan()));
+            // Plain sums at [0, r), masked sums at [r, 2r) of the task's slot, Ã in place.
+            backend.RowAbsSums(a.Buffer, a.Ranges[task].Offset, r, m.DIn, sums, at, selA[task].Threshold, sums, at + r, applyMask: true);
+            at += 2L * r;
         }
-        var aTrim = new float[n][];
-        var bTrim = new float[n][];
+        backend.Download(sums, 0, MemoryMarshal.AsBytes(all.AsSpan()));
+        var rowSums = new float[n][];
+        at = 0;
         for (int task = 0; task < n; task++)
         {
-            aTrim[task] = a.Download(task);
-            bTrim[task] = b.Download(task);
+            int r = m.Tasks[task].Rank;
+            rowSums[task] = all.AsSpan(checked((int)at), 2 * r).ToArray();
+            at += 2L * r;
         }
-        return new Trimmed(aTrim, bTrim, selA, selB, rowSums);
+        return new Trimmed(a.ReadBack(), b.ReadBack(), selA, selB, rowSums);
     }
 
     private static Trimmed TrimOnHost(CpuBackend cpu, ModuleInput m, double density, (Float16Format Format, RawSink Sink)? raw)

@@ -180,7 +180,8 @@ internal static class ModuleOps
         {
             throw NonFinite(path, e.RangeIndex);
         }
-        for (int i = 0; i < xs.Count; i++) xs[i] = packed.Download(i);
+        var trimmed = packed.ReadBack();
+        for (int i = 0; i < xs.Count; i++) xs[i] = trimmed[i];
         return sel;
     }
 

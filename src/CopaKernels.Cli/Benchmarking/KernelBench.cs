@@ -38,7 +38,7 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
     }
 
     /// <summary>Every operation id, in run order.</summary>
-    public static readonly string[] AllOps = ["select", "select-bf16", "select-batched", "rowsums", "product", "convert"];
+    public static readonly string[] AllOps = ["select", "select-bf16", "select-batched", "rowsums", "product", "tiles", "convert"];
 
     private int Runs => quick ? 3 : 7;
 
@@ -50,6 +50,7 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
         if (ops.Contains("select-batched")) SelectBatched();
         if (ops.Contains("rowsums")) RowSums();
         if (ops.Contains("product")) Product();
+        if (ops.Contains("tiles")) Tiles();
         if (ops.Contains("convert")) Convert();
     }
 
@@ -92,6 +93,38 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
         }
         times.Sort();
         return times[times.Count / 2];
+    }
+
+    /// <summary>
+    /// Medians of two ways of doing the same work, run alternately after a warm-up of each (at least
+    /// <see cref="Runs"/> pairs, more within 2 s), so that load changing on a shared machine hits both alike.
+    /// </summary>
+    private (double X, double Y) TimeSideBySide(Action x, Action y)
+    {
+        for (int i = 0; i < 2; i++)
+        {
+            x();
+            backend.Synchronize();
+            y();
+            backend.Synchronize();
+        }
+        var tx = new List<double>();
+        var ty = new List<double>();
+        var total = Stopwatch.StartNew();
+        while (tx.Count < Runs || (tx.Count < 50 && total.Elapsed.TotalSeconds < 2))
+        {
+            var sw = Stopwatch.StartNew();
+            x();
+            backend.Synchronize();
+            tx.Add(sw.Elapsed.TotalMilliseconds);
+            sw.Restart();
+            y();
+            backend.Synchronize();
+            ty.Add(sw.Elapsed.TotalMilliseconds);
+        }
+        tx.Sort();
+        ty.Sort();
+        return (tx[tx.Count / 2], ty[ty.Count / 2]);
     }
 
     private KernelBuffer Upload(float[] data)
@@ -216,6 +249,85 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
                 Report(new BenchResult(backend.Name, "product", $"{dOut}×{r}×{dIn}", ms, flops / ms / 1e6, "GFLOP/s", null, null),
                     Transfer(((long)dOut * r + (long)r * dIn) * 4, (long)dOut * dIn * 4));
             }
+    }
+
+    /// <summary>
+    /// W + ΔW of one weight in row tiles, BF16 in and out (what <c>copa merge --output model</c> does per
+    /// weight), with the host's share of each tile: copying the base tile in (a read from the page cache) and
+    /// the result out (the hand-off to the writer). Timed twice in the same run: blocking (Upload, product,
+    /// Download per tile, the host idle while the device works) and queued (TileWriter's schedule: the upload,
+    /// product and download of tile t queued while the host copies tile t−1 out and tile t+1 in). The ratio is
+    /// blocking ÷ queued: how much of the transfers and host work the queue hides.
+    /// </summary>
+    private void Tiles()
+    {
+        const int dIn = 4096, r = 16, tileRows = 512;
+        foreach (int dOut in quick ? new[] { 4096 } : new[] { 4096, 11008 })
+        {
+            int tiles = (dOut + tileRows - 1) / tileRows;
+            long tileBytes = (long)tileRows * dIn * 2;
+            var source = new ushort[(long)dOut * dIn];
+            FloatConversion.SingleToBf16(Gaussian(source.LongLength, 7), source);
+            var bytesIn = MemoryMarshal.AsBytes(source.AsSpan());
+            var blockingOut = new byte[bytesIn.Length];
+            var queuedOut = new byte[bytesIn.Length];
+            using var b = Upload(Gaussian((long)dOut * r, 8));
+            using var a = Upload(Gaussian((long)r * dIn, 9));
+            using var baseBuf = backend.Allocate(tileBytes);
+            using var outBuf = backend.Allocate(tileBytes);
+            LowRankTerm[] terms = [new LowRankTerm(b, 0, a, 0, r, 2f)];
+            ProductTile Tile(int t) => new(t * tileRows, Math.Min(tileRows, dOut - t * tileRows), outBuf, 0, StorageType.BF16, baseBuf, 0, StorageType.BF16);
+            int Bytes(int t) => Math.Min(tileRows, dOut - t * tileRows) * dIn * 2;
+            // Two of each on the host in both schedules (the blocking TileWriter alternated two input buffers and
+            // its results went to pooled write buffers), so the ratio measures the schedule, not cache footprint.
+            byte[][] hostIn = [new byte[tileBytes], new byte[tileBytes]];
+            byte[][] hostOut = [new byte[tileBytes], new byte[tileBytes]];
+            HostBuffer[] stageIn = [backend.AllocateHost(tileBytes), backend.AllocateHost(tileBytes)];
+            HostBuffer[] stageOut = [backend.AllocateHost(tileBytes), backend.AllocateHost(tileBytes)];
+            try
+            {
+                void Blocking()
+                {
+                    for (int t = 0; t < tiles; t++)
+                    {
+                        int n = Bytes(t);
+                        MemoryMarshal.AsBytes(source.AsSpan()).Slice(t * (int)tileBytes, n).CopyTo(hostIn[t % 2]);
+                        backend.Upload(hostIn[t % 2].AsSpan(0, n), baseBuf, 0);
+                        backend.LowRankProduct(terms, dOut, dIn, Tile(t));
+                        backend.Download(outBuf, 0, hostOut[t % 2].AsSpan(0, n));
+                        hostOut[t % 2].AsSpan(0, n).CopyTo(blockingOut.AsSpan(t * (int)tileBytes));
+                    }
+                }
+                void Queued()
+                {
+                    var bytes = MemoryMarshal.AsBytes(source.AsSpan());
+                    bytes.Slice(0, Bytes(0)).CopyTo(stageIn[0].Span<byte>(0, Bytes(0)));
+                    for (int t = 0; t < tiles; t++)
+                    {
+                        backend.UploadAsync(stageIn[t % 2], 0, baseBuf, 0, Bytes(t));
+                        backend.LowRankProduct(terms, dOut, dIn, Tile(t));
+                        var fence = backend.DownloadAsync(outBuf, 0, stageOut[t % 2], 0, Bytes(t));
+                        if (t > 0) stageOut[(t - 1) % 2].Span<byte>(0, Bytes(t - 1)).CopyTo(queuedOut.AsSpan((t - 1) * (int)tileBytes));
+                        if (t + 1 < tiles) bytes.Slice((t + 1) * (int)tileBytes, Bytes(t + 1)).CopyTo(stageIn[(t + 1) % 2].Span<byte>(0, Bytes(t + 1)));
+                        backend.Wait(fence);
+                    }
+                    stageOut[(tiles - 1) % 2].Span<byte>(0, Bytes(tiles - 1)).CopyTo(queuedOut.AsSpan((tiles - 1) * (int)tileBytes));
+                }
+                // Checked once: both schedules write the same bytes.
+                Blocking();
+                Queued();
+                if (!blockingOut.AsSpan().SequenceEqual(queuedOut))
+                    throw new InvalidOperationException($"tiles {dOut}×{r}×{dIn}: the queued tiles differ from the blocking ones");
+                var (blocking, queued) = TimeSideBySide(Blocking, Queued);
+                double flops = 2.0 * dOut * r * dIn;
+                Report(new BenchResult(backend.Name, "tiles", $"{dOut}×{r}×{dIn} bf16, {tiles} tiles", queued, flops / queued / 1e6, "GFLOP/s",
+                    blocking / queued, "× blocking tiles (Upload, product, Download per tile)"), Transfer(bytesIn.Length, bytesIn.Length));
+            }
+            finally
+            {
+                foreach (var h in stageIn.Concat(stageOut)) h.Dispose();
+            }
+        }
     }
 
     private void Convert()

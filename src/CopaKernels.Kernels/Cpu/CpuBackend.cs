@@ -67,6 +67,31 @@ public sealed class CpuBackend : IMergeBackend
     public void Synchronize() { }
 
     /// <inheritdoc/>
+    /// <remarks>Plain native memory: the CPU backend's buffers are host memory already, nothing to lock.</remarks>
+    public HostBuffer AllocateHost(long byteLength, bool pageLocked = true) => new(this, byteLength, null);
+
+    /// <inheritdoc/>
+    /// <remarks>Copies at once and returns a complete fence: the kernels run on the calling thread, so there is no queue to overlap with.</remarks>
+    public unsafe TransferFence UploadAsync(HostBuffer source, long sourceOffset, KernelBuffer destination, long destinationOffset, long byteLength)
+    {
+        BackendChecks.HostTransfer(this, source, sourceOffset, destination, destinationOffset, byteLength);
+        Buffer.MemoryCopy(source.Pointer + sourceOffset, Own(destination).Pointer + destinationOffset, byteLength, byteLength);
+        return default;
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>Copies at once and returns a complete fence.</remarks>
+    public unsafe TransferFence DownloadAsync(KernelBuffer source, long sourceOffset, HostBuffer destination, long destinationOffset, long byteLength)
+    {
+        BackendChecks.HostTransfer(this, destination, destinationOffset, source, sourceOffset, byteLength);
+        Buffer.MemoryCopy(Own(source).Pointer + sourceOffset, destination.Pointer + destinationOffset, byteLength, byteLength);
+        return default;
+    }
+
+    /// <inheritdoc/>
+    public void Wait(TransferFence fence) => BackendChecks.Fence(this, fence);
+
+    /// <inheritdoc/>
     public SelectionResult SelectByMagnitude(KernelBuffer x, TensorRange range, double density, bool applyMask = true)
     {
         BackendChecks.Selection(this, x, range, density);

@@ -79,9 +79,11 @@ public sealed class MergePlan : IDisposable
     public long TileBytes { get; internal set; }
 
     /// <summary>
-    /// Bytes one output element of a tile costs at most: two base tiles on the host (one read ahead) and
-    /// one on the backend (4 + 4 + 4), the backend's output (4), and up to four host output buffers in
-    /// the write queue (16).
+    /// Bytes one output element of a tile costs at most: two base tiles on the host (one read ahead while
+    /// the other uploads) and one on the backend (4 + 4 + 4), the backend's output (4), and the four host
+    /// output buffers of <see cref="TileStaging"/> (16: one being downloaded into, one waiting to be queued
+    /// while the device computes the next tile, two in the write queue). The host tiles are the backend's
+    /// staging buffers (page-locked on CUDA), kept for the whole merge and rounded up to 64 KiB.
     /// </summary>
     internal const int TileBytesPerElement = 32;
 

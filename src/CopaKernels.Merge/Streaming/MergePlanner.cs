@@ -127,8 +127,9 @@ public static class MergePlanner
             // pcb, 4 Llama-7B deltas of 11008 × 4096, peaked at 13 such arrays plus the runtime).
             return (2L * tasks + m.Form.DenseArrays + 2) * m.DOut * (long)m.DIn * sizeof(float) + 2 * input;
         long result = (long)m.Form.Rank * (m.DIn + m.DOut) * sizeof(float);
-        // Trimmed copies, packed backend buffers and downloads each hold about one copy of the inputs.
-        long w = 5 * input + 2 * result;
+        // Trimmed copies, packed backend buffers, their host staging (device backends: PackedTensors) and
+        // downloads each hold about one copy of the inputs.
+        long w = 6 * input + 2 * result;
         if (rerank) w += 2 * (long)m.Form.Rank * (m.DIn + m.DOut) * sizeof(double) + 2L * m.Form.Rank * m.Form.Rank * sizeof(double);
         return w;
     }

@@ -92,7 +92,7 @@ public sealed class MergeRunner
         using (var queue = new WriteQueue(_ => writer.Weights))
         using (var feed = new ModuleFeed(_plan, DeferReads, _ct))
         {
-            var tiles = new TileWriter(_backend, queue, _progress, _ct);
+            var tiles = new TileWriter(_backend, queue, null, _progress, _ct);
             // The layout is sorted by name, so a module's lora_A and lora_B come next to each other, in plan order.
             var layout = writer.Weights.Layout;
             int next = 0;
@@ -197,10 +197,12 @@ public sealed class MergeRunner
         using var writer = new ShardedWriter(dir, _plan.Shards, meta, indexMeta, _plan.ShardNames, flushToDisk: false);
         var order = writer.WriteOrder.ToList();
         _progress?.Start(writer.TotalSize, order.Count);
+        // Outlives the queue: the writer thread writes from its result buffers until it has drained.
+        using var staging = new TileStaging(_backend);
         using (var queue = new WriteQueue(writer.For))
         using (var feed = new ModuleFeed(_plan, DeferReads, _ct))
         {
-            var tiles = new TileWriter(_backend, queue, _progress, _ct);
+            var tiles = new TileWriter(_backend, queue, staging, _progress, _ct);
             foreach (var t in order)
             {
                 _ct.ThrowIfCancellationRequested();

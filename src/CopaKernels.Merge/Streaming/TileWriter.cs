@@ -13,7 +13,12 @@ namespace CopaKernels.Merge.Streaming;
 /// added and the output dtype rounded in its epilogue (family 3/4); a dense ΔW is added on the host.
 /// Untouched tensors are copied byte for byte, or converted when the output dtype differs.
 /// </summary>
-internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, IMergeProgress? progress, CancellationToken ct)
+/// <param name="backend">Where the products run.</param>
+/// <param name="queue">Takes the output bytes, in order.</param>
+/// <param name="staging">Host buffers of the product tiles (<see cref="LowRank"/> only; null where it is not called).</param>
+/// <param name="progress">Told of every byte queued.</param>
+/// <param name="ct">Checked between tiles and chunks.</param>
+internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileStaging? staging, IMergeProgress? progress, CancellationToken ct)
 {
     /// <summary>Chunk of an untouched tensor's copy.</summary>
     internal const int CopyChunkBytes = 4 << 20;
@@ -22,9 +27,21 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, IMerge
     /// Writes <paramref name="target"/> (rows × cols of the written orientation) as
     /// <c>[base +] Scale·B·A</c>, <paramref name="rowsPerTile"/> rows at a time.
     /// </summary>
+    /// <remarks>
+    /// A two-stage pipeline between the host and the backend's queue. For tile t the upload of its base
+    /// tile, the product and the download of the result are queued in order without waiting; while the device
+    /// works through them, the host hands tile t−1's result (downloaded into a staging buffer) to the write
+    /// queue and reads tile t+1's base bytes from disk into the other input buffer; then it waits for tile t's
+    /// download. Fences: an input buffer is rewritten only after the download that follows its upload in the
+    /// queue has completed (two iterations later), and a result buffer is read (written to disk) only after its
+    /// download's fence. The device buffers are single: the queue is in order, so the next upload never runs
+    /// before the current product is done. On a backend without a queue (CPU) every call completes at once and
+    /// the same loop runs tile after tile.
+    /// </remarks>
     public void LowRank(TensorInfo target, PlannedModule m, LowRankResult r,
         SafetensorsFile? baseFile, TensorInfo? baseTensor, int rowsPerTile)
     {
+        var host = staging ?? throw new InvalidOperationException("TileWriter.LowRank needs tile staging");
         int rows = m.ProductRows, cols = m.ProductCols, rank = r.Rank;
         // ΔWᵀ = Aᵀ·Bᵀ: a transposed (fan_in_fan_out) weight is the same product with the factors' roles swapped.
         var left = m.Transposed ? Transpose(r.A, rank, m.DIn) : r.B;    // rows × rank
@@ -40,39 +57,56 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, IMerge
         backend.Upload(MemoryMarshal.AsBytes(right.AsSpan()), aBuf, 0);
         using var outBuf = backend.Allocate(tileElems * outType.Size());
         using var baseBuf = baseTensor is null ? null : backend.Allocate(tileElems * baseType.Size());
-        // Two host base tiles: the next tile is read from disk while the device computes the current
-        // one (kernel launches return at once on device backends; Download is where the host waits).
-        int inCap = baseTensor is null ? 0 : checked((int)(tileElems * baseType.Size()));
-        byte[]?[] input = [inCap > 0 ? ArrayPool<byte>.Shared.Rent(inCap) : null, inCap > 0 ? ArrayPool<byte>.Shared.Rent(inCap) : null];
+        var input = baseTensor is null ? null : host.Inputs(tileElems * baseType.Size());
+        host.EnsureOutput(tileElems * outType.Size(), ct);
+        LowRankTerm[] terms = [new LowRankTerm(bBuf, 0, aBuf, 0, rank, (float)r.Scale)];
+        int ReadBase(int r0, HostBuffer into)
+        {
+            int bytes = checked(Math.Min(tile, rows - r0) * cols * baseType.Size());
+            baseFile!.ReadBytes(baseTensor!, (long)r0 * cols * baseType.Size(), into.Span<byte>(0, bytes));
+            return bytes;
+        }
+
+        HostBuffer? current = null, ready = null;   // tile t's download target; tile t−1's result, not yet queued
+        int readyLength = 0;
         try
         {
-            LowRankTerm[] terms = [new LowRankTerm(bBuf, 0, aBuf, 0, rank, (float)r.Scale)];
-            int ReadBase(int r0, byte[] into)
-            {
-                int bytes = checked(Math.Min(tile, rows - r0) * cols * baseType.Size());
-                baseFile!.ReadBytes(baseTensor!, (long)r0 * cols * baseType.Size(), into.AsSpan(0, bytes));
-                return bytes;
-            }
-            int pending = baseTensor is not null ? ReadBase(0, input[0]!) : 0;
+            int pending = input is null ? 0 : ReadBase(0, input[0]);
             for (int r0 = 0, t = 0; r0 < rows; r0 += tile, t++)
             {
                 ct.ThrowIfCancellationRequested();
                 int n = Math.Min(tile, rows - r0);
-                if (baseTensor is not null) backend.Upload(input[t % 2].AsSpan(0, pending), baseBuf!, 0);
-                backend.LowRankProduct(terms, rows, cols,
-                    new ProductTile(r0, n, outBuf, 0, outType, baseBuf, 0, baseType));
-                if (baseTensor is not null && r0 + tile < rows) pending = ReadBase(r0 + tile, input[(t + 1) % 2]!);
                 int length = checked(n * cols * outType.Size());
-                var output = WriteQueue.Rent(length);
-                backend.Download(outBuf, 0, output.AsSpan(0, length));
-                queue.Append(target.Name, output, length);
-                progress?.Advance(length, null);
+                current = host.TakeOutput(ct);
+                if (input is not null) backend.UploadAsync(input[t % 2], 0, baseBuf!, 0, pending);
+                backend.LowRankProduct(terms, rows, cols, new ProductTile(r0, n, outBuf, 0, outType, baseBuf, 0, baseType));
+                var downloaded = backend.DownloadAsync(outBuf, 0, current, 0, length);
+                // While the device works on tile t: queue tile t−1 for writing, read tile t+1. Tile t+1's input
+                // buffer last fed tile t−1's upload, which tile t−1's download fence (waited for last time) covers.
+                Emit(target.Name, ref ready, readyLength);
+                if (input is not null && r0 + tile < rows) pending = ReadBase(r0 + tile, input[(t + 1) % 2]);
+                backend.Wait(downloaded);
+                (ready, readyLength, current) = (current, length, null);
             }
+            Emit(target.Name, ref ready, readyLength);
         }
         finally
         {
-            foreach (var b in input) if (b != null) ArrayPool<byte>.Shared.Return(b);
+            // After a failure: buffers not handed to the queue go back to the ring (a queued download into
+            // one completes before any later use of it, which is queued after it, or before it is freed).
+            if (current != null) host.ReturnOutput(current);
+            if (ready != null) host.ReturnOutput(ready);
         }
+    }
+
+    /// <summary>Hands a downloaded result to the write queue (which gives it back to the ring once written).</summary>
+    private void Emit(string tensor, ref HostBuffer? ready, int length)
+    {
+        if (ready is null) return;
+        var buffer = ready;
+        queue.Append(tensor, buffer, length, staging!.ReturnOutput);
+        ready = null;
+        progress?.Advance(length, null);
     }
 
     /// <summary>Writes <c>[base +] ΔW</c> for a dense ΔW (d_out × d_in, F32), in row tiles on the host.</summary>

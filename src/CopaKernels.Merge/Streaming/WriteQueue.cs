@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Collections.Concurrent;
 using System.Runtime.ExceptionServices;
 using CopaKernels.Formats.Safetensors;
+using CopaKernels.Kernels;
 
 namespace CopaKernels.Merge.Streaming;
 
@@ -9,14 +10,15 @@ namespace CopaKernels.Merge.Streaming;
 /// Writes output bytes on a dedicated thread, in order, so disk writes overlap the reads and products
 /// of the next tile. At most <see cref="Depth"/> buffers wait at a time (part of the memory plan); the
 /// producer blocks when the disk is the bottleneck. Buffers come from <see cref="ArrayPool{T}.Shared"/>
-/// and go back to it once written. A write failure is rethrown to the producer at its next call.
+/// and go back to it once written, or are a product tile's host buffer (<see cref="TileStaging"/>), handed
+/// back through its release callback. A write failure is rethrown to the producer at its next call.
 /// </summary>
 internal sealed class WriteQueue : IDisposable
 {
     /// <summary>Buffers that may wait to be written.</summary>
     public const int Depth = 2;
 
-    private readonly BlockingCollection<(string Tensor, byte[] Buffer, int Length)> _items = new(Depth);
+    private readonly BlockingCollection<Item> _items = new(Depth);
     private readonly Func<string, SafetensorsWriter> _writerFor;
     private readonly Thread _thread;
     private ExceptionDispatchInfo? _failure;
@@ -30,14 +32,24 @@ internal sealed class WriteQueue : IDisposable
     }
 
     /// <summary>Queues <paramref name="length"/> bytes of a pooled <paramref name="buffer"/>, which the queue now owns.</summary>
-    public void Append(string tensor, byte[] buffer, int length)
+    public void Append(string tensor, byte[] buffer, int length) => Add(new Item(tensor, buffer, null, length, null));
+
+    /// <summary>
+    /// Queues <paramref name="length"/> bytes of a host buffer whose transfers are complete; the writer thread
+    /// calls <paramref name="release"/> with it once they are written (or dropped after a failure). When this
+    /// throws, the buffer was not queued and is still the caller's.
+    /// </summary>
+    public void Append(string tensor, HostBuffer buffer, int length, Action<HostBuffer> release) =>
+        Add(new Item(tensor, null, buffer, length, release));
+
+    private void Add(Item item)
     {
         _failure?.Throw();
-        try { _items.Add((tensor, buffer, length)); }
+        try { _items.Add(item); }
         catch (InvalidOperationException) { _failure?.Throw(); throw; }
     }
 
-    /// <summary>Rents a buffer for <see cref="Append"/>.</summary>
+    /// <summary>Rents a buffer for <see cref="Append(string, byte[], int)"/>.</summary>
     public static byte[] Rent(long bytes) => ArrayPool<byte>.Shared.Rent(checked((int)Math.Max(1, bytes)));
 
     /// <summary>Waits until everything queued is written; rethrows a write failure.</summary>
@@ -50,20 +62,28 @@ internal sealed class WriteQueue : IDisposable
 
     private void Drain()
     {
-        foreach (var (tensor, buffer, length) in _items.GetConsumingEnumerable())
+        foreach (var item in _items.GetConsumingEnumerable())
         {
             try
             {
-                if (_failure == null) _writerFor(tensor).Append(tensor, buffer.AsSpan(0, length));
+                if (_failure == null)
+                    _writerFor(item.Tensor).Append(item.Tensor, item.Array != null ? item.Array.AsSpan(0, item.Length) : item.Host!.Span<byte>(0, item.Length));
             }
             catch (Exception e)
             {
                 _failure = ExceptionDispatchInfo.Capture(e);
                 _items.CompleteAdding();
             }
-            finally { ArrayPool<byte>.Shared.Return(buffer); }
+            finally
+            {
+                if (item.Array != null) ArrayPool<byte>.Shared.Return(item.Array);
+                else item.Release!(item.Host!);
+            }
         }
     }
+
+    /// <summary>Bytes to write: a pooled array, or a host buffer with the callback that takes it back.</summary>
+    private readonly record struct Item(string Tensor, byte[]? Array, HostBuffer? Host, int Length, Action<HostBuffer>? Release);
 
     /// <summary>Stops the writer (after a failure or cancellation of the producer) without writing what is left.</summary>
     public void Dispose()

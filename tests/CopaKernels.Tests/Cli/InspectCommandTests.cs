@@ -177,6 +177,16 @@ public class DevicesAndBenchCommandTests
     }
 
     [Fact]
+    public void Bench_Tiles_ChecksQueuedAgainstBlockingAndReportsTheRatio()
+    {
+        // The op throws (exit 1) when the queued schedule's bytes differ from the blocking one's.
+        var (code, output, err) = CliRunner.Run("bench", "--device", "cpu", "--ops", "tiles", "--quick");
+        Assert.True(code == 0, err);
+        Assert.Contains("4096×16×4096 bf16, 8 tiles", output);
+        Assert.Contains("× blocking tiles", output);
+    }
+
+    [Fact]
     public void Bench_Convert_RunsAndWritesJson()
     {
         using var dir = new TempDir();

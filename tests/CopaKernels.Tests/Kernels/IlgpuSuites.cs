@@ -73,3 +73,24 @@ public sealed class OpenClLowRankProductTests : LowRankProductSuite
 
     protected override bool OwnsBackend => false;
 }
+
+/// <summary>The queued-transfer suite on ILGPU's CPU emulator (copies are memcpy and kernels run on the calling thread).</summary>
+public sealed class IlgpuCpuHostTransferTests : HostTransferSuite
+{
+    private static readonly SharedBackend s_backend = new(() => IlgpuDevices.OpenCpuEmulator());
+
+    protected override IMergeBackend Backend => s_backend.Value;
+
+    protected override (int DOut, int DIn, int Rank, int TileRows) TileShape => (37, 29, 3, 8);
+
+    protected override (int DOut, int DIn, int Rank) SlowProduct => (48, 64, 4);
+}
+
+/// <summary>The queued-transfer suite on the first usable OpenCL device, where copies really queue (non-blocking clEnqueue*Buffer).</summary>
+[RequiresOpenCl]
+public sealed class OpenClHostTransferTests : HostTransferSuite
+{
+    private static readonly SharedBackend s_backend = new(() => IlgpuDevices.Open("opencl"));
+
+    protected override IMergeBackend Backend => s_backend.Value;
+}
