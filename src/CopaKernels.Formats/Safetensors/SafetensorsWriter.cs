@@ -212,7 +212,7 @@ public sealed class SafetensorsWriter : IDisposable
             foreach (var t in layout)
             {
                 w.WriteStartObject(t.Name);
-                w.WriteString("dtype", t.DType.ToString());
+                w.WriteString("dtype", t.DType.Name());
                 w.WriteStartArray("shape");
                 foreach (var d in t.Shape) w.WriteNumberValue(d);
                 w.WriteEndArray();

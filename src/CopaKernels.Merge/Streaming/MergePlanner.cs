@@ -154,8 +154,17 @@ public static class MergePlanner
 
     private static void PlanAdapter(MergePlan plan, Dictionary<string, PlannedModule> modules)
     {
-        var dtypes = plan.Adapters.SelectMany(a => a.Modules.SelectMany(m => new[] { m.A.DType, m.B.DType })).Distinct().ToList();
-        plan.OutDType = plan.Request.OutDType ?? (dtypes.Count == 1 ? dtypes[0] : DType.F32);
+        // The inputs' one dtype, else F32 (a loop: LINQ's Distinct over an enum compiles generic code at start).
+        DType? common = null;
+        bool mixed = false;
+        foreach (var a in plan.Adapters)
+            foreach (var m in a.Modules)
+                foreach (var d in (ReadOnlySpan<DType>)[m.A.DType, m.B.DType])
+                {
+                    mixed |= common is { } c && c != d;
+                    common ??= d;
+                }
+        plan.OutDType = plan.Request.OutDType ?? (mixed || common is null ? DType.F32 : common.Value);
         var specs = modules.Values.Select(m => new AdapterModuleSpec(m.Path, m.DOut, m.DIn, m.OutRank)).ToList();
         var layout = SafetensorsWriter.PlanLayout(specs.SelectMany(s => new[]
         {

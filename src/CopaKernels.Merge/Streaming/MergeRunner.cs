@@ -294,7 +294,7 @@ public sealed class MergeRunner
         {
             ["tool"] = ToolName,
             ["method"] = o.Method,
-            ["parameters"] = JsonSerializer.SerializeToNode(Parameters(), MergeReportJson.Default.SortedDictionaryStringObject),
+            ["parameters"] = ParametersNode(),
             ["adapters"] = new JsonArray(_plan.Adapters.Select(a => (JsonNode)new JsonObject
             {
                 ["path"] = Path.GetFullPath(a.Folder),
@@ -303,6 +303,25 @@ public sealed class MergeRunner
         };
         if (_plan.Base is { } b) info["base"] = Path.GetFullPath(b.Path);
         return new Dictionary<string, string> { ["copa_merge"] = info.ToJsonString() };
+    }
+
+    /// <summary><see cref="Parameters"/> as a JSON object, built directly (the serializer compiled generic code for it at every start).</summary>
+    private JsonObject ParametersNode()
+    {
+        var node = new JsonObject();
+        foreach (var (k, v) in Parameters())
+            node[k] = v switch
+            {
+                null => null,
+                double d => JsonValue.Create(d),
+                int i => JsonValue.Create(i),
+                ulong u => JsonValue.Create(u),
+                bool b => JsonValue.Create(b),
+                string s => JsonValue.Create(s),
+                double[] a => new JsonArray(Array.ConvertAll(a, x => (JsonNode?)JsonValue.Create(x))),
+                _ => throw new NotSupportedException($"parameter {k} of type {v.GetType().Name}"),
+            };
+        return node;
     }
 
     private SortedDictionary<string, object?> Parameters()

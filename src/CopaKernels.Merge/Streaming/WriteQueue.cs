@@ -83,7 +83,7 @@ internal sealed class WriteQueue : IDisposable
     }
 
     /// <summary>Bytes to write: a pooled array, or a host buffer with the callback that takes it back.</summary>
-    private readonly record struct Item(string Tensor, byte[]? Array, HostBuffer? Host, int Length, Action<HostBuffer>? Release);
+    private sealed record Item(string Tensor, byte[]? Array, HostBuffer? Host, int Length, Action<HostBuffer>? Release);
 
     /// <summary>Stops the writer (after a failure or cancellation of the producer) without writing what is left.</summary>
     public void Dispose()

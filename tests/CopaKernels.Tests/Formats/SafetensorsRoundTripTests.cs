@@ -183,4 +183,18 @@ public class SafetensorsRoundTripTests
         f.ReadBytes(f.Get("b"), 0, tail);
         Assert.Equal(new byte[] { 1, 2, 3, 4, 5, 6, 7 }, tail);
     }
+
+    [Fact]
+    public void DTypeNames_AreTheMemberNames_AndParseBack()
+    {
+        foreach (var d in Enum.GetValues<DType>())
+        {
+            Assert.Equal(d.ToString(), d.Name());
+            Assert.True(DTypes.TryParse(d.Name(), out var back));
+            Assert.Equal(d, back);
+        }
+        Assert.False(DTypes.TryParse("bf16", out _));
+        Assert.False(DTypes.TryParse("F32 ", out _));
+        Assert.False(DTypes.TryParse("", out _));
+    }
 }
