@@ -27,10 +27,12 @@ internal static class CopaScaling
     public sealed record Result(float[][] ATrimmed, float[][] BTrimmed, double[][] S, Float16Format? Raw = null);
 
     /// <summary>
-    /// Takes a trimmed factor in its stored 16-bit format, on the worker thread that trimmed it, while
-    /// it is in cache: (task, isB, values). Called once per factor, from several threads at once.
+    /// Takes a factor in its stored 16-bit format, on the worker thread that selected it, while it is in
+    /// cache: its values untrimmed and the threshold t of its trim;
+    /// the sink keeps |x| ≥ t as it copies them (<see cref="HostKernels.MaskByMagnitude(ReadOnlySpan{ushort}, Span{ushort}, Float16Format, float)"/>).
+    /// Called once per factor, from several threads at once.
     /// </summary>
-    public delegate void RawSink(int task, bool isB, ReadOnlySpan<ushort> trimmed);
+    public delegate void RawSink(int task, bool isB, ReadOnlySpan<ushort> values, float threshold);
 
     /// <summary>The CPU route reads deferred factors itself, each on the thread that trims it.</summary>
     public static bool ReadsDeferred(IMergeBackend backend) => backend is CpuBackend;
@@ -175,17 +177,19 @@ internal static class CopaScaling
             {
                 if (raw is var (format, sink))
                 {
-                    // Read into this thread's scratch, trimmed there, handed on while it is in cache.
+                    // Read into this thread's scratch, selected there, handed on while in cache: the sink's
+                    // trimmed copy is the only write. (Mapping the file instead of reading it measured slower:
+                    // the page faults cost more than the copy.)
                     var bits = RawScratch(isB ? bTrim[task].Length : aTrim[task].Length);
                     m.Deferred!.ReadRaw(task, isB, bits);
-                    if (isB) selB[task] = HostKernels.SelectByMagnitude(bits, format, density, applyMask: true);
+                    var sel = HostKernels.ThresholdByMagnitude(bits, format, density);
+                    if (isB) selB[task] = sel;
                     else
                     {
-                        selA[task] = HostKernels.SelectByMagnitude(bits, format, density, applyMask: false);
-                        rowSums[task] = RawRowSums(bits, format, r, m.DIn, selA[task].Threshold);
-                        HostKernels.MaskByMagnitude(bits, format, selA[task].Threshold);
+                        selA[task] = sel;
+                        rowSums[task] = RawRowSums(bits, format, r, m.DIn, sel.Threshold);
                     }
-                    sink(task, isB, bits);
+                    sink(task, isB, bits, sel.Threshold);
                     return;
                 }
                 var selection = SelectDeferred(m.Deferred, task, isB, isB ? bTrim[task] : aTrim[task], density);

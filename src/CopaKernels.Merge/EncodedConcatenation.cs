@@ -51,11 +51,11 @@ internal sealed unsafe class EncodedConcatenation
 
     private int BLength => checked(_m.DOut * _total * 2);
 
-    /// <summary>Takes one trimmed factor (a <see cref="CopaScaling.RawSink"/>): A into its rows of the output, B kept for <see cref="Finish"/>.</summary>
-    public void Sink(int task, bool isB, ReadOnlySpan<ushort> trimmed)
+    /// <summary>Takes one factor (a <see cref="CopaScaling.RawSink"/>), trimmed as it is copied: A into its rows of the output, B kept for <see cref="Finish"/>.</summary>
+    public void Sink(int task, bool isB, ReadOnlySpan<ushort> values, float threshold)
     {
-        if (isB) trimmed.CopyTo(KeptB(task));
-        else MemoryMarshal.AsBytes(trimmed).CopyTo(_a.AsSpan(_start[task] * _m.DIn * 2));
+        var into = isB ? KeptB(task) : MemoryMarshal.Cast<byte, ushort>(_a.AsSpan(_start[task] * _m.DIn * 2, values.Length * 2));
+        HostKernels.MaskByMagnitude(values, into, _format, threshold);
     }
 
     /// <summary>Task <paramref name="task"/>'s trimmed B (d_out × r), kept in its own F32 array's first half.</summary>

@@ -47,18 +47,57 @@ public static unsafe class HostKernels
     }
 
     /// <summary>
+    /// Family 1's threshold on 16-bit float storage that may not be written (a memory-mapped file):
+    /// <see cref="SelectByMagnitude(Span{ushort}, Float16Format, double, bool)"/> without the mask, the
+    /// kept count being how many would be kept. Throws <see cref="NonFiniteInputException"/> on NaN/±Inf.
+    /// </summary>
+    public static SelectionResult ThresholdByMagnitude(ReadOnlySpan<ushort> bits, Float16Format format, double density)
+    {
+        SelectionResult.CheckDensity(density);
+        fixed (ushort* p = bits)
+        {
+            // applyMask: false never writes through p.
+            var r = MagnitudeSelection16.Select(p, bits.Length, SelectionResult.KFor(bits.Length, density), format, applyMask: false, out bool finite);
+            if (!finite) throw new NonFiniteInputException(0);
+            return r;
+        }
+    }
+
+    /// <summary>
+    /// The mask of family 1 on 16-bit float storage, out of place: <paramref name="destination"/> gets
+    /// <paramref name="source"/> with every |x| &lt; <paramref name="threshold"/> set to +0 (bits 0); returns
+    /// how many were kept. The one pass that reads the values and writes the trimmed copy.
+    /// </summary>
+    public static long MaskByMagnitude(ReadOnlySpan<ushort> source, Span<ushort> destination, Float16Format format, float threshold)
+    {
+        if (destination.Length < source.Length) throw new ArgumentException($"destination holds {destination.Length} values, fewer than {source.Length}", nameof(destination));
+        uint key = ThresholdKey(format, threshold);
+        fixed (ushort* s = source)
+        fixed (ushort* d = destination)
+            return MagnitudeSelection16.Mask(s, d, source.Length, key);
+    }
+
+    /// <summary>
     /// The mask of family 1 on 16-bit float storage, for a threshold found earlier (a factor whose row
     /// sums needed its untrimmed values first): entries with |x| &lt; <paramref name="threshold"/> are
     /// set to +0 (bits 0); returns how many were kept. NaN and ±Inf are not looked for.
     /// </summary>
     public static long MaskByMagnitude(Span<ushort> bits, Float16Format format, float threshold)
     {
-        // The smallest key whose value is ≥ |threshold|: exact for a threshold that came from a selection
-        // on this format, and the right cut for any other.
+        uint key = ThresholdKey(format, threshold);
+        fixed (ushort* p = bits) return MagnitudeSelection16.Mask(p, p, bits.Length, key);
+    }
+
+    /// <summary>
+    /// The smallest key whose value is ≥ |threshold|: exact for a threshold that came from a selection on
+    /// this format, and the right cut for any other.
+    /// </summary>
+    private static uint ThresholdKey(Float16Format format, float threshold)
+    {
         float t = Math.Abs(threshold);
         uint key = format == Float16Format.BFloat16 ? BitConverter.SingleToUInt32Bits(t) >> 16 : BitConverter.HalfToUInt16Bits((Half)t);
         while (key < 0x8000 && MagnitudeSelection16.Widen(key, format) < t) key++;
-        fixed (ushort* p = bits) return MagnitudeSelection16.Mask(p, bits.Length, key);
+        return key;
     }
 
     /// <summary>

@@ -82,7 +82,7 @@ internal static unsafe class MagnitudeSelection16
         if (below[0] >= k) (lo, less) = (0, 0);
         if (below[1] < k) hi = max;
         (lo, less) = Search(p, n, k, 0, lo, hi, less);
-        long kept = applyMask ? Mask(p, n, lo) : n - less;
+        long kept = applyMask ? Mask(p, p, n, lo) : n - less;
         return new SelectionResult(k, Widen(lo, format), kept);
     }
 
@@ -93,7 +93,7 @@ internal static unsafe class MagnitudeSelection16
         ushort* candidates, int count, long belowLo, uint lo, uint hi)
     {
         var (t, less) = Search(candidates, count, k, belowLo, lo, hi, belowLo);
-        long kept = applyMask ? Mask(p, n, t) : n - less;
+        long kept = applyMask ? Mask(p, p, n, t) : n - less;
         return new SelectionResult(k, Widen(t, format), kept);
     }
 
@@ -307,9 +307,12 @@ internal static unsafe class MagnitudeSelection16
         return max;
     }
 
-    /// <summary>Zeroes every value with key &lt; t (writing +0) and returns how many were kept.</summary>
+    /// <summary>
+    /// dst = src with every value of key &lt; t zeroed (+0), returning how many were kept; src and dst may be
+    /// the same memory (in-place trim) or apart (a trimmed copy of read-only values).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static long Mask(ushort* p, int n, uint t)
+    internal static long Mask(ushort* src, ushort* dst, int n, uint t)
     {
         long kept = 0;
         int i = 0;
@@ -319,9 +322,9 @@ internal static unsafe class MagnitudeSelection16
             var vt = Vector512.Create((ushort)t);
             for (; i <= n - 32; i += 32)
             {
-                var v = Vector512.Load(p + i);
+                var v = Vector512.Load(src + i);
                 var keep = Vector512.GreaterThanOrEqual(v & abs, vt);
-                (v & keep).Store(p + i);
+                (v & keep).Store(dst + i);
                 kept += BitOperations.PopCount(keep.ExtractMostSignificantBits());
             }
         }
@@ -331,16 +334,18 @@ internal static unsafe class MagnitudeSelection16
             var vt = Vector256.Create((ushort)t);
             for (; i <= n - 16; i += 16)
             {
-                var v = Vector256.Load(p + i);
+                var v = Vector256.Load(src + i);
                 var keep = Vector256.GreaterThanOrEqual(v & abs, vt);
-                (v & keep).Store(p + i);
+                (v & keep).Store(dst + i);
                 kept += BitOperations.PopCount(keep.ExtractMostSignificantBits());
             }
         }
         for (; i < n; i++)
         {
-            if ((uint)(p[i] & AbsMask) >= t) kept++;
-            else p[i] = 0;
+            ushort v = src[i];
+            bool keep = (uint)(v & AbsMask) >= t;
+            dst[i] = keep ? v : (ushort)0;
+            if (keep) kept++;
         }
         return kept;
     }

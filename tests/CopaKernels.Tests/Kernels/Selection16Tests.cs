@@ -133,6 +133,16 @@ public unsafe class Selection16Tests
         var untouched = (ushort[])bits.Clone();
         Assert.Equal(want, HostKernels.SelectByMagnitude(untouched, format, density, applyMask: false));
         Assert.Equal(bits, untouched);
+        Assert.Equal(want, HostKernels.ThresholdByMagnitude(untouched, format, density));
+        Assert.Equal(bits, untouched);
+
+        // Out of place: the trimmed copy is the in-place trim, the source is left as it was.
+        var copy = new ushort[bits.Length + 3];
+        Array.Fill(copy, (ushort)0xBEEF);
+        Assert.Equal(want.Kept, HostKernels.MaskByMagnitude(untouched, copy, format, want.Threshold));
+        Assert.Equal(masked, copy[..bits.Length]);
+        Assert.All(copy[bits.Length..], v => Assert.Equal(0xBEEF, v));
+        Assert.Equal(bits, untouched);
     }
 
     /// <summary>Rounds to the 16-bit format (nearest-even; F16 overflow saturates to the largest finite value).</summary>
