@@ -274,8 +274,16 @@ internal static class CopaScaling
         int r = s.Length;
         int idx = (int)Math.Floor(r * (1 - c));
         if (idx >= r) return;
+        // An insertion sort: r is a LoRA rank (tens of values), and Array.Sort over doubles compiled its
+        // generic sorter at the first module.
         var sorted = (double[])s.Clone();
-        Array.Sort(sorted);
+        for (int i = 1; i < r; i++)
+        {
+            double v = sorted[i];
+            int j = i - 1;
+            for (; j >= 0 && sorted[j] > v; j--) sorted[j + 1] = sorted[j];
+            sorted[j + 1] = v;
+        }
         double floor = sorted[idx];
         for (int i = 0; i < r; i++) if (s[i] < floor) s[i] = floor;
     }

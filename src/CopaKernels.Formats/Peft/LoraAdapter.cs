@@ -129,8 +129,12 @@ public sealed partial class LoraAdapter : IDisposable
         foreach (var p in b.Keys)
             if (!a.ContainsKey(p)) throw new AdapterException(weightsPath, KeyB(p), "lora_B has no matching lora_A");
         var modules = new List<LoraModule>(a.Count);
-        foreach (var (path, ta) in a.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        // Sorted keys rather than OrderBy over key-value pairs: no generic code over a struct to compile at start.
+        var paths = a.Keys.ToArray();
+        Array.Sort(paths, StringComparer.Ordinal);
+        foreach (var path in paths)
         {
+            var ta = a[path];
             if (!b.TryGetValue(path, out var tb)) throw new AdapterException(weightsPath, ta.Name, "lora_A has no matching lora_B");
             foreach (var t in new[] { ta, tb })
             {
