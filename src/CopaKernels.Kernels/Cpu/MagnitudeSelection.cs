@@ -337,8 +337,8 @@ internal static unsafe class MagnitudeSelection
         double delta = 4.5 * Math.Sqrt(m * q * (1 - q)) + 4;
         int loIdx = (int)Math.Floor(center - delta), hiIdx = (int)Math.Ceiling(center + delta);
         // Two order statistics of the sample, in O(m): no sort.
-        uint lo = loIdx <= 0 ? 0u : NthElement(sample, 0, m - 1, loIdx);
-        uint hi = hiIdx >= m ? InfKey - 1 : Math.Min(NthElement(sample, Math.Max(0, loIdx), m - 1, hiIdx), InfKey - 1);
+        uint lo = loIdx <= 0 ? 0u : NthElement<uint>(sample, 0, m - 1, loIdx);
+        uint hi = hiIdx >= m ? InfKey - 1 : Math.Min(NthElement<uint>(sample, Math.Max(0, loIdx), m - 1, hiIdx), InfKey - 1);
         hi = Math.Max(lo, hi);
         int ends = 0;
         foreach (uint key in sample) if (key == lo || key == hi) ends++;
@@ -348,9 +348,10 @@ internal static unsafe class MagnitudeSelection
 
     /// <summary>
     /// Rearranges a[left..right] so that a[nth] holds the value a sort would put there, everything
-    /// before it is ≤ and everything after it ≥ (Hoare quickselect, median-of-three pivots).
+    /// before it is ≤ and everything after it ≥ (Hoare quickselect, median-of-three pivots). Generic over
+    /// the key width (32-bit F32 keys, 16-bit BF16/F16 keys), specialised by the JIT for each.
     /// </summary>
-    internal static uint NthElement(uint[] a, int left, int right, int nth)
+    internal static T NthElement<T>(Span<T> a, int left, int right, int nth) where T : unmanaged, IComparisonOperators<T, T, bool>
     {
         while (right > left)
         {
@@ -358,7 +359,7 @@ internal static unsafe class MagnitudeSelection
             if (a[mid] < a[left]) (a[mid], a[left]) = (a[left], a[mid]);
             if (a[right] < a[left]) (a[right], a[left]) = (a[left], a[right]);
             if (a[right] < a[mid]) (a[right], a[mid]) = (a[mid], a[right]);
-            uint pivot = a[mid];
+            T pivot = a[mid];
             int i = left, j = right;
             while (i <= j)
             {

@@ -192,38 +192,10 @@ internal static unsafe class MagnitudeSelection16
         double q = (double)k / n;
         double delta = 4 * Math.Sqrt(m * q * (1 - q)) + 2;
         int loIdx = (int)Math.Floor(q * m - delta), hiIdx = (int)Math.Ceiling(q * m + delta);
-        uint lo = loIdx <= 0 ? 0u : NthElement(sample, 0, m - 1, loIdx);
-        uint hi = hiIdx >= m ? AbsMask : NthElement(sample, Math.Max(0, loIdx), m - 1, hiIdx);
+        var keys = new Span<ushort>(sample, m);
+        uint lo = loIdx <= 0 ? 0u : MagnitudeSelection.NthElement(keys, 0, m - 1, loIdx);
+        uint hi = hiIdx >= m ? AbsMask : MagnitudeSelection.NthElement(keys, Math.Max(0, loIdx), m - 1, hiIdx);
         return (lo, Math.Max(lo, hi));
-    }
-
-    /// <summary>Hoare quickselect on a[left..right] (median-of-three pivots): a[nth] as a sort would place it.</summary>
-    private static ushort NthElement(ushort* a, int left, int right, int nth)
-    {
-        while (right > left)
-        {
-            int mid = left + (right - left) / 2;
-            if (a[mid] < a[left]) (a[mid], a[left]) = (a[left], a[mid]);
-            if (a[right] < a[left]) (a[right], a[left]) = (a[left], a[right]);
-            if (a[right] < a[mid]) (a[right], a[mid]) = (a[mid], a[right]);
-            ushort pivot = a[mid];
-            int i = left, j = right;
-            while (i <= j)
-            {
-                while (a[i] < pivot) i++;
-                while (a[j] > pivot) j--;
-                if (i <= j)
-                {
-                    (a[i], a[j]) = (a[j], a[i]);
-                    i++;
-                    j--;
-                }
-            }
-            if (nth <= j) right = j;
-            else if (nth >= i) left = i;
-            else return a[nth];
-        }
-        return a[nth];
     }
 
     /// <summary>
