@@ -63,13 +63,7 @@ public sealed record MergeReport
             w.WriteString("tool", Tool);
             w.WriteString("finished_utc", FinishedUtc);
             w.WriteString("method", Method);
-            w.WriteStartObject("parameters");
-            foreach (var (k, v) in Parameters)
-            {
-                w.WritePropertyName(k);
-                WriteValue(w, v);
-            }
-            w.WriteEndObject();
+            WriteParameters(w, Parameters);
             WriteFiles(w, "adapters", Adapters);
             if (Base != null) WriteFiles(w, "base", Base);
             w.WriteStartObject("output");
@@ -123,6 +117,18 @@ public sealed record MergeReport
             w.WriteEndObject();
         }
         return System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
+    /// <summary>The "parameters" member: each value as the serializer writes its runtime type (also the provenance's).</summary>
+    internal static void WriteParameters(Utf8JsonWriter w, SortedDictionary<string, object?> parameters)
+    {
+        w.WriteStartObject("parameters");
+        foreach (var (k, v) in parameters)
+        {
+            w.WritePropertyName(k);
+            WriteValue(w, v);
+        }
+        w.WriteEndObject();
     }
 
     private static void WriteFiles(Utf8JsonWriter w, string name, IReadOnlyList<InputFile> files)

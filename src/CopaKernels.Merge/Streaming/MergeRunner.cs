@@ -289,39 +289,26 @@ public sealed class MergeRunner
     /// <summary>Provenance in every written safetensors file's <c>__metadata__</c> (strings only, as the format requires).</summary>
     private Dictionary<string, string> Provenance()
     {
-        var o = _plan.Request.Options;
-        var info = new JsonObject
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(1024);
+        using (var w = new Utf8JsonWriter(buffer))
         {
-            ["tool"] = ToolName,
-            ["method"] = o.Method,
-            ["parameters"] = ParametersNode(),
-            ["adapters"] = new JsonArray(_plan.Adapters.Select(a => (JsonNode)new JsonObject
+            w.WriteStartObject();
+            w.WriteString("tool", ToolName);
+            w.WriteString("method", _plan.Request.Options.Method);
+            MergeReport.WriteParameters(w, Parameters());
+            w.WriteStartArray("adapters");
+            foreach (var a in _plan.Adapters)
             {
-                ["path"] = Path.GetFullPath(a.Folder),
-                ["bytes"] = a.Weights.FileLength,
-            }).ToArray()),
-        };
-        if (_plan.Base is { } b) info["base"] = Path.GetFullPath(b.Path);
-        return new Dictionary<string, string> { ["copa_merge"] = info.ToJsonString() };
-    }
-
-    /// <summary><see cref="Parameters"/> as a JSON object, built directly (the serializer compiled generic code for it at every start).</summary>
-    private JsonObject ParametersNode()
-    {
-        var node = new JsonObject();
-        foreach (var (k, v) in Parameters())
-            node[k] = v switch
-            {
-                null => null,
-                double d => JsonValue.Create(d),
-                int i => JsonValue.Create(i),
-                ulong u => JsonValue.Create(u),
-                bool b => JsonValue.Create(b),
-                string s => JsonValue.Create(s),
-                double[] a => new JsonArray(Array.ConvertAll(a, x => (JsonNode?)JsonValue.Create(x))),
-                _ => throw new NotSupportedException($"parameter {k} of type {v.GetType().Name}"),
-            };
-        return node;
+                w.WriteStartObject();
+                w.WriteString("path", Path.GetFullPath(a.Folder));
+                w.WriteNumber("bytes", a.Weights.FileLength);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            if (_plan.Base is { } b) w.WriteString("base", Path.GetFullPath(b.Path));
+            w.WriteEndObject();
+        }
+        return new Dictionary<string, string> { ["copa_merge"] = System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan) };
     }
 
     private SortedDictionary<string, object?> Parameters()
