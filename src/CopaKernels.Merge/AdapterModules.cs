@@ -82,19 +82,15 @@ internal sealed class DeferredFactors(IReadOnlyList<LoraAdapter> adapters, strin
     public void Read(int task, bool b)
     {
         if (Interlocked.Exchange(ref _read[2 * task + (b ? 1 : 0)], 1) == 1) return;
-        Weights(task, b).Weights.ReadSingles(Weights(task, b).Tensor, 0, b ? tasks[task].B : tasks[task].A);
+        var (file, tensor) = Weights(task, b);
+        file.ReadSingles(tensor, 0, b ? tasks[task].B : tasks[task].A);
     }
 
     /// <summary>The factor's storage format when it is stored as BF16 or F16 and not read yet (see <see cref="ReadRaw"/>), else null.</summary>
     public Float16Format? RawFormat(int task, bool b)
     {
         if (Volatile.Read(ref _read[2 * task + (b ? 1 : 0)]) == 1) return null;
-        return Weights(task, b).Tensor.DType switch
-        {
-            DType.BF16 => Float16Format.BFloat16,
-            DType.F16 => Float16Format.Half,
-            _ => null,
-        };
+        return Float16Formats.Of(Weights(task, b).Tensor.DType);
     }
 
     /// <summary>

@@ -1,6 +1,5 @@
 using System.Runtime.InteropServices;
 using CopaKernels.Formats;
-using CopaKernels.Formats.Numerics;
 using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
 
@@ -160,8 +159,8 @@ internal static class CopaScaling
     {
         int n = m.Tasks.Count;
         // The streaming feed's arrays are trimmed where they lie; a caller's are copied first.
-        var aTrim = m.Tasks.Select(t => m.Transient || raw != null ? t.A : (float[])t.A.Clone()).ToArray();
-        var bTrim = m.Tasks.Select(t => m.Transient || raw != null ? t.B : (float[])t.B.Clone()).ToArray();
+        var aTrim = m.Tasks.Select(t => m.Transient ? t.A : (float[])t.A.Clone()).ToArray();
+        var bTrim = m.Tasks.Select(t => m.Transient ? t.B : (float[])t.B.Clone()).ToArray();
         var selA = new SelectionResult[n];
         var selB = new SelectionResult[n];
         var rowSums = new float[n][];
@@ -235,17 +234,10 @@ internal static class CopaScaling
         var sums = new float[2 * rows];
         for (int i = 0; i < rows; i++)
         {
-            Widen(bits.Slice(i * cols, cols), format, row.AsSpan(0, cols));
+            Float16Formats.Widen(bits.Slice(i * cols, cols), format, row.AsSpan(0, cols));
             HostKernels.RowAbsSums(row.AsSpan(0, cols), 1, cols, sums.AsSpan(i, 1), threshold, sums.AsSpan(rows + i, 1), applyMask: false);
         }
         return sums;
-    }
-
-    /// <summary>Widens 16-bit values to F32 (exact).</summary>
-    public static void Widen(ReadOnlySpan<ushort> bits, Float16Format format, Span<float> into)
-    {
-        if (format == Float16Format.BFloat16) FloatConversion.Bf16ToSingle(bits, into);
-        else FloatConversion.HalfToSingle(bits, into);
     }
 
     /// <summary>
@@ -264,7 +256,7 @@ internal static class CopaScaling
         var bits = RawScratch(into.Length);
         deferred.ReadRaw(task, isB, bits);
         var selection = HostKernels.SelectByMagnitude(bits, format, density, applyMask: isB);
-        Widen(bits, format, into);
+        Float16Formats.Widen(bits, format, into);
         return selection;
     }
 

@@ -37,15 +37,14 @@ internal sealed unsafe class EncodedConcatenation
     {
         _m = m;
         _format = format;
-        _start = new int[m.Tasks.Count + 1];
-        for (int task = 0; task < m.Tasks.Count; task++) _start[task + 1] = _start[task] + m.Tasks[task].Rank;
+        _start = ModuleOps.TaskStarts(m);
         _total = _start[^1];
         _a = Streaming.WriteQueue.Rent(ALength);
         _b = Streaming.WriteQueue.Rent(BLength);
     }
 
     /// <summary>The output dtype: the factors' own.</summary>
-    public DType DType => _format == Float16Format.BFloat16 ? DType.BF16 : DType.F16;
+    public DType DType => _format.ToDType();
 
     private int ALength => checked(_total * _m.DIn * 2);
 
@@ -90,7 +89,7 @@ internal sealed unsafe class EncodedConcatenation
             for (int task = 0; task < n; task++)
             {
                 int r = _start[task + 1] - _start[task];
-                CopaScaling.Widen(KeptB(task).Slice(i0 * r, count * r), _format, widened[..(count * r)]);
+                Float16Formats.Widen(KeptB(task).Slice(i0 * r, count * r), _format, widened[..(count * r)]);
                 for (int i = 0; i < count; i++)
                     TensorPrimitives.Multiply(widened.Slice(i * r, r), coef.AsSpan(_start[task], r), values.Slice(i * total + _start[task], r));
             }

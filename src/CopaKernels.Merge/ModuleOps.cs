@@ -1,7 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
-using System.Runtime.Intrinsics.X86;
 using System.Runtime.InteropServices;
 using CopaKernels.Formats;
 using CopaKernels.Formats.Numerics;
@@ -130,12 +129,19 @@ internal static class ModuleOps
     internal static (float[] Coef, int[] Start) ColumnCoefficients(ModuleInput m, Func<int, int, double> coefficient)
     {
         int n = m.Tasks.Count;
-        var start = new int[n + 1];
-        for (int task = 0; task < n; task++) start[task + 1] = start[task] + m.Tasks[task].Rank;
+        var start = TaskStarts(m);
         var coef = new float[start[n]];
         for (int task = 0; task < n; task++)
             for (int j = 0; j < m.Tasks[task].Rank; j++) coef[start[task] + j] = (float)coefficient(task, j);
         return (coef, start);
+    }
+
+    /// <summary>Where each task's inner indices start in the rank-Σr concatenation (N + 1 entries, the last Σ r_n).</summary>
+    internal static int[] TaskStarts(ModuleInput m)
+    {
+        var start = new int[m.Tasks.Count + 1];
+        for (int task = 0; task < m.Tasks.Count; task++) start[task + 1] = start[task] + m.Tasks[task].Rank;
+        return start;
     }
 
     /// <summary>
@@ -240,7 +246,7 @@ internal static class ModuleOps
         private ReadOnlySpan<ushort> Bits(int task, int start, int length) =>
             MemoryMarshal.Cast<float, ushort>(storage[task].AsSpan()).Slice(start, length);
 
-        public void CopyTo(int task, int start, Span<float> d) => CopaScaling.Widen(Bits(task, start, d.Length), format, d);
+        public void CopyTo(int task, int start, Span<float> d) => Float16Formats.Widen(Bits(task, start, d.Length), format, d);
 
         public void AddTo(int task, int start, Span<float> d)
         {
@@ -261,7 +267,7 @@ internal static class ModuleOps
         private Span<float> Widened(ReadOnlySpan<ushort> bits)
         {
             var x = (t_widen is { } w && w.Length >= bits.Length ? w : t_widen = new float[Math.Max(SumChunk, bits.Length)]).AsSpan(0, bits.Length);
-            CopaScaling.Widen(bits, format, x);
+            Float16Formats.Widen(bits, format, x);
             return x;
         }
     }
@@ -271,13 +277,12 @@ internal static class ModuleOps
     /// <summary>The BF16 steps of <see cref="Raw16Rows"/>: widening is a 16-bit shift, done in registers.</summary>
     private static class Bf16
     {
-        private static Vector512<float> Load(ref ushort p, int i) =>
-            Vector512.ShiftLeft(Avx512F.ConvertToVector512UInt32(Vector256.LoadUnsafe(ref p, (nuint)i)), 16).AsSingle();
+        private static Vector512<float> Load(ref ushort p, int i) => FloatConversion.Bf16ToSingle(Vector256.LoadUnsafe(ref p, (nuint)i));
 
-        /// <summary>d += widen(bits) for the leading multiple of 16 elements (AVX-512 only); returns how many were done.</summary>
+        /// <summary>d += widen(bits) for the leading multiple of 16 elements (where Vector512 is accelerated); returns how many were done.</summary>
         public static int AddTo(ReadOnlySpan<ushort> bits, Span<float> d)
         {
-            if (!Vector512.IsHardwareAccelerated || !Avx512F.IsSupported) return 0;
+            if (!Vector512.IsHardwareAccelerated) return 0;
             ref ushort b = ref MemoryMarshal.GetReference(bits);
             ref float dr = ref MemoryMarshal.GetReference(d);
             int i = 0;
@@ -290,7 +295,7 @@ internal static class ModuleOps
         public static bool ScaleAddTo(ReadOnlySpan<ushort> bits, float[] c, Span<float> d)
         {
             int r = c.Length;
-            if (!Vector512.IsHardwareAccelerated || !Avx512F.IsSupported || r % 16 != 0 || d.Length % r != 0) return false;
+            if (!Vector512.IsHardwareAccelerated || r % 16 != 0 || d.Length % r != 0) return false;
             ref ushort b = ref MemoryMarshal.GetReference(bits);
             ref float dr = ref MemoryMarshal.GetReference(d);
             for (int o = 0; o < d.Length; o += r)

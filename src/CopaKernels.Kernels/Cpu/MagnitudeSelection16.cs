@@ -341,12 +341,3 @@ internal static unsafe class MagnitudeSelection16
         return m;
     }
 }
-
-/// <summary>The two 16-bit float storage formats of model files.</summary>
-public enum Float16Format
-{
-    /// <summary>bfloat16: 8 exponent bits, 7 mantissa bits (the top half of an F32).</summary>
-    BFloat16,
-    /// <summary>IEEE 754 binary16 (System.Half): 5 exponent bits, 10 mantissa bits.</summary>
-    Half,
-}

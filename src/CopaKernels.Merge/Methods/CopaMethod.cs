@@ -35,7 +35,7 @@ public sealed class CopaMethod : IMergeMethod, IReadsDeferredFactors
         double[][] s = [];
         Func<int, int, double> coefficient = (task, j) => lambda * module.Tasks[task].Scale * s[task][j];
         if (backend is CpuBackend && CopaScaling.RawFormatOf(module) is { } format && module.EncodeAs is { } outType
-            && outType == (format == Float16Format.BFloat16 ? DType.BF16 : DType.F16))
+            && outType == format.ToDType())
         {
             // Adapter output in the factors' own format: the pair is built in the output's bytes.
             var output = new EncodedConcatenation(module, format);
