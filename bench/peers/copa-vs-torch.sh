@@ -23,7 +23,7 @@
 #   DIR     adapter cache folder (default /tmp/copa-7b-adapters)
 #   ROUNDS  runs of each (method, tool) pair (default 1)
 # Environment:
-#   COPA     copa command (default: artifacts/copa/copa, the published tool with ReadyToRun code, as a
+#   COPA     copa command (default: artifacts/copa/copa, the published tool (self-contained, composite ReadyToRun), as a
 #            user installs it; published here by `dotnet publish -r linux-x64` when it is missing)
 #   PYTHON   interpreter with Debian's python3-torch (default /usr/bin/python3)
 #   THREADS  threads for both tools: copa --threads and torch.set_num_threads (default: nproc).
@@ -38,7 +38,7 @@ if [ -z "${COPA:-}" ]; then
   COPA=artifacts/copa/copa
   if [ ! -x "$COPA" ]; then
     echo "publishing copa to artifacts/copa (once)"
-    dotnet publish src/CopaKernels.Cli -c Release -r linux-x64 --self-contained false -o artifacts/copa -v q >/dev/null
+    dotnet publish src/CopaKernels.Cli -c Release -r linux-x64 -o artifacts/copa -v q >/dev/null
   fi
 fi
 PYTHON=${PYTHON:-/usr/bin/python3}
