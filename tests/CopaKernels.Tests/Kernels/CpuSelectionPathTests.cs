@@ -40,6 +40,30 @@ public unsafe class CpuSelectionPathTests
         }
     }
 
+    [Theory]
+    [InlineData("gaussian", 1)]
+    [InlineData("gaussian", 2)]
+    [InlineData("ties", 2)]
+    [InlineData("lora-b", 3)]
+    public void LargePath_WithAWideBracket_FinishesTheCopyWithTheThreads_AndIsExact(string kind, int threads)
+    {
+        // A bracket holding about half of 600K keys: its copy is above LargeThreshold, so the finish runs the
+        // sampled select again on the copy with the backend's threads (SelectKeysParallel).
+        using var backend = new CpuBackend(threads);
+        var data = TestData.Make(kind, 600_000, 17);
+        var expected = (float[])data.Clone();
+        var want = ReferenceMagnitudeSelection.Select(expected, 0.3);
+        var keys = data.Select(v => BitConverter.SingleToUInt32Bits(v) & 0x7FFF_FFFFu).OrderBy(v => v).ToArray();
+        var bracket = (keys[keys.Length / 5], keys[keys.Length * 3 / 4]);
+        Assert.True(want.K > keys.Length / 5 && want.K < keys.Length * 3 / 4);
+        using var buf = (CpuBuffer)backend.Allocate(data.Length * 4);
+        backend.Upload(MemoryMarshal.AsBytes(data.AsSpan()), buf, 0);
+        var got = MagnitudeSelection.SelectLarge(backend, buf.Floats(0), data.Length, want.K, true, out bool finite, bracket);
+        Assert.True(finite);
+        Assert.Equal(want, got);
+        Assert.Equal(expected, buf.Span<float>(0, data.Length).ToArray());
+    }
+
     [Fact]
     public void RadixSelect_OnAHugeSingleBucket_UsesPooledScratch_AndIsExact()
     {
