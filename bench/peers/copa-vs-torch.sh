@@ -9,8 +9,10 @@
 #
 # For each method (copa-official, then copa), each round runs `copa merge` (adapter output,
 # --device cpu, --quiet) and the torch script, one after the other, each under /usr/bin/time -v.
-# The order of the two alternates from round to round, so that neither always runs first.
+# The order of the two alternates from round to round, so that neither always runs first, and every
+# run starts after a `sync` (not timed), so that no run waits for the previous run's writes.
 # Both write BF16 adapters (the inputs' dtype) to a scratch folder that is deleted after each run.
+# copa's time includes syncing its output to disk (durable when it exits); the torch script's does not.
 # The table gives wall seconds and peak RSS for each run. The summary gives, per method, the best
 # (minimum) wall time and the peak RSS of each tool, and the ratios torch/copa (above 1 means
 # copa is faster or smaller). "CPU s" is user+sys seconds (less sensitive to other load than wall
@@ -70,6 +72,9 @@ results=()   # "method tool round wall_s rss_mb cpu_s"
 run_one() {  # method tool round
   local method=$1 tool=$2 round=$3 out="$scratch/out" tv="$scratch/time.txt" rc=0
   rm -rf "$out"
+  # Start from a quiet disk: the torch script does not sync what it writes, so without this the next
+  # run (often copa, which syncs its output before it renames it into place) waited for torch's 610 MB.
+  sync
   if [ "$tool" = copa ]; then
     /usr/bin/time -v -o "$tv" $COPA merge --method "$method" "${adapters[@]}" --out "$out" \
       --device cpu --threads "$THREADS" --quiet >> "$log" 2>&1 || rc=$?
