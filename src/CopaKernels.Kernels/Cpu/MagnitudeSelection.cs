@@ -21,8 +21,9 @@ namespace CopaKernels.Kernels.Cpu;
 /// out; the last two digits are resolved on that copy.</item>
 /// <item>Large tensors: a deterministic sample (gathered by all threads) brackets the k-th key in
 /// [lo, hi]; one vectorised, multi-threaded read pass counts keys below lo and copies the few keys
-/// inside the bracket; the same steps, multi-threaded while the copy is large, finish on that copy. If the bracket missed (rare), the radix select runs on
-/// the whole tensor. Either way the result is exact; the sample only decides the speed.</item>
+/// inside the bracket; the same steps finish on that copy (multi-threaded while it is large), the
+/// radix select above at the end. If the bracket missed (rare), the radix select runs on the whole
+/// tensor. Either way the result is exact; the sample only decides the speed.</item>
 /// </list>
 /// The mask is one more vectorised pass (read and write). Nothing is sorted.
 /// </remarks>
