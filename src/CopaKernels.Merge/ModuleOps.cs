@@ -322,49 +322,81 @@ internal static class ModuleOps
     }
 
     /// <summary>
-    /// dst = λ·(x_0 + x_1 + … + x_{N−1}), added in task order and multiplied once, as the scalar
-    /// definition; one pass over memory (each block of dst stays in L1 while every input is added).
+    /// copa-official's two sums in one parallel loop (one join a module, not two): A = λ·(a_0 + … + a_{N−1})
+    /// (r × d_in, added in task order, multiplied once) and B[i, j] = λ·Σ_t b_t[i, j]·s_t[j] (d_out × r,
+    /// each product rounded before its add, no fused multiply-add, from +0), as the scalar definitions.
+    /// One pass over memory: each block stays in L1 while every input is added; blocks go to their
+    /// <see cref="SumSink"/> as they are done.
     /// </summary>
-    public static void SumThenScale(IReadOnlyList<float[]> xs, float lambda, float[] dst, ParallelOptions parallel) =>
-        SumThenScale(new F32Rows(xs), xs.Count, lambda, dst, parallel);
-
-    /// <inheritdoc cref="SumThenScale(IReadOnlyList{float[]}, float, float[], ParallelOptions)"/>
-    internal static void SumThenScale<TRows>(TRows x, int tasks, float lambda, float[] dst, ParallelOptions parallel) where TRows : IFactorRows
+    internal static void SumFactorsThenScale<TRows>(TRows a, TRows b, int tasks, IReadOnlyList<float[]> s, int dOut, int r, int dIn,
+        float lambda, SumSink aOut, SumSink bOut, ParallelOptions parallel) where TRows : IFactorRows
     {
-        int n = dst.Length;
-        ParallelFor((n + SumChunk - 1) / SumChunk, parallel, c =>
+        var c = s.ToArray();
+        int aLength = r * dIn;
+        int aChunks = (aLength + SumChunk - 1) / SumChunk;
+        int rowsPerChunk = Math.Max(1, SumChunk / Math.Max(1, r));
+        int bChunks = (dOut + rowsPerChunk - 1) / rowsPerChunk;
+        ParallelFor(aChunks + bChunks, parallel, item =>
         {
-            int start = c * SumChunk;
-            var d = dst.AsSpan(start, Math.Min(SumChunk, n - start));
-            x.CopyTo(0, start, d);
-            for (int t = 1; t < tasks; t++) x.AddTo(t, start, d);
-            TensorPrimitives.Multiply(d, lambda, d);
+            if (item < aChunks)
+            {
+                int start = item * SumChunk;
+                var d = aOut.Block(start, Math.Min(SumChunk, aLength - start));
+                a.CopyTo(0, start, d);
+                for (int t = 1; t < tasks; t++) a.AddTo(t, start, d);
+                TensorPrimitives.Multiply(d, lambda, d);
+                aOut.Done(start, d);
+                return;
+            }
+            int r0 = (item - aChunks) * rowsPerChunk, r1 = Math.Min(dOut, r0 + rowsPerChunk);
+            var e = bOut.Block(r0 * r, (r1 - r0) * r);
+            // From +0, as the definition: the first product is added to +0 too (−0·… becomes +0).
+            e.Clear();
+            for (int t = 0; t < c.Length; t++) b.ScaleAddTo(t, r0 * r, c[t], e);
+            TensorPrimitives.Multiply(e, lambda, e);
+            bOut.Done(r0 * r, e);
         });
     }
 
     /// <summary>
-    /// dst[i, j] = λ·Σ_t x_t[i, j]·s_t[j] for rows × r matrices: each product rounded before its add
-    /// (no fused multiply-add), tasks in order from 0, then one multiply by λ; one pass over memory.
+    /// Where the blocks of a sum go: an F32 array, or the bytes of an output dtype, each block encoded
+    /// (<see cref="ElementCodec.Encode"/>, element by element, so the bytes are the array's converted)
+    /// from a per-thread scratch as soon as it is summed, so that no F32 copy of the result exists.
     /// </summary>
-    public static void SumScaledColumnsThenScale(IReadOnlyList<float[]> xs, IReadOnlyList<float[]> s, int rows, int r, float lambda,
-        float[] dst, ParallelOptions parallel) => SumScaledColumnsThenScale(new F32Rows(xs), s, rows, r, lambda, dst, parallel);
-
-    /// <inheritdoc cref="SumScaledColumnsThenScale(IReadOnlyList{float[]}, IReadOnlyList{float[]}, int, int, float, float[], ParallelOptions)"/>
-    internal static void SumScaledColumnsThenScale<TRows>(TRows x, IReadOnlyList<float[]> s, int rows, int r, float lambda,
-        float[] dst, ParallelOptions parallel) where TRows : IFactorRows
+    internal readonly struct SumSink
     {
-        var c = s.ToArray();
-        int rowsPerChunk = Math.Max(1, SumChunk / Math.Max(1, r));
-        ParallelFor((rows + rowsPerChunk - 1) / rowsPerChunk, parallel, chunk =>
+        private readonly float[]? _values;
+        private readonly DType _type;
+        private readonly byte[]? _bytes;
+
+        private SumSink(float[]? values, DType type, byte[]? bytes)
         {
-            int r0 = chunk * rowsPerChunk, r1 = Math.Min(rows, r0 + rowsPerChunk);
-            var d = dst.AsSpan(r0 * r, (r1 - r0) * r);
-            // From +0, as the definition: the first product is added to +0 too (−0·… becomes +0).
-            d.Clear();
-            for (int t = 0; t < c.Length; t++) x.ScaleAddTo(t, r0 * r, c[t], d);
-            TensorPrimitives.Multiply(d, lambda, d);
-        });
+            _values = values;
+            _type = type;
+            _bytes = bytes;
+        }
+
+        /// <summary>Blocks written into <paramref name="values"/>.</summary>
+        public static SumSink Floats(float[] values) => new(values, DType.F32, null);
+
+        /// <summary>Blocks encoded as <paramref name="type"/> into <paramref name="bytes"/>, at their elements' offsets.</summary>
+        public static SumSink Encoded(DType type, byte[] bytes) => new(null, type, bytes);
+
+        /// <summary>Where the block of elements [start, start + length) is summed.</summary>
+        public Span<float> Block(int start, int length) =>
+            _values != null ? _values.AsSpan(start, length)
+                : (t_block is { } b && b.Length >= length ? b : t_block = new float[Math.Max(length, SumChunk)]).AsSpan(0, length);
+
+        /// <summary>Hands a summed block on (encodes it where the sink holds bytes).</summary>
+        public void Done(int start, Span<float> block)
+        {
+            if (_bytes == null) return;
+            int size = _type.Bits() / 8;
+            ElementCodec.Encode(_type, block, _bytes.AsSpan(start * size, block.Length * size));
+        }
     }
+
+    [ThreadStatic] private static float[]? t_block;
 
     /// <summary>
     /// dst = x ⊙ c for the short spans of one row of a low-rank factor (r entries): the same one fp32

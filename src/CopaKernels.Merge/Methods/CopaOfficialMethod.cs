@@ -1,4 +1,5 @@
 using CopaKernels.Formats;
+using CopaKernels.Formats.Safetensors;
 using System.Runtime.InteropServices;
 using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
@@ -49,19 +50,34 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
         // A_m = λ Σ_n Ã_n and B_m = λ Σ_n B̃_n·diag(S̃_n): sums in task order, each product rounded
         // before its add (no fused multiply-add), as the scalar definition.
         var parallel = ModuleOps.HostParallel(backend);
-        var a = module.NewArray(checked(r * dIn));
-        var b = module.NewArray(checked(dOut * r));
         var coefficients = scaled.S.Select(sn => sn.Select(x => (float)x).ToArray()).ToArray();
-        if (scaled.Raw is { } format)
+        // Adapter output of this exact result: summed straight into the output's bytes (EncodeAs), block by block.
+        byte[]? aBytes = null, bBytes = null;
+        float[] a = [], b = [];
+        ModuleOps.SumSink aOut, bOut;
+        int size = module.EncodeAs is { } type ? type.Bits() / 8 : 0;
+        if (module.EncodeAs is { } outType)
         {
-            ModuleOps.SumThenScale(new ModuleOps.Raw16Rows(scaled.ATrimmed, format), n, lambda, a, parallel);
-            ModuleOps.SumScaledColumnsThenScale(new ModuleOps.Raw16Rows(scaled.BTrimmed, format), coefficients, dOut, r, lambda, b, parallel);
+            aBytes = Streaming.WriteQueue.Rent((long)r * dIn * size);
+            bBytes = Streaming.WriteQueue.Rent((long)dOut * r * size);
+            (aOut, bOut) = (ModuleOps.SumSink.Encoded(outType, aBytes), ModuleOps.SumSink.Encoded(outType, bBytes));
         }
         else
         {
-            ModuleOps.SumThenScale(scaled.ATrimmed, lambda, a, parallel);
-            ModuleOps.SumScaledColumnsThenScale(scaled.BTrimmed, coefficients, dOut, r, lambda, b, parallel);
+            a = module.NewArray(checked(r * dIn));
+            b = module.NewArray(checked(dOut * r));
+            (aOut, bOut) = (ModuleOps.SumSink.Floats(a), ModuleOps.SumSink.Floats(b));
         }
-        return new LowRankResult(b, a, r, first.Scale, first.Alpha) { Stats = stats };
+        if (scaled.Raw is { } format)
+            ModuleOps.SumFactorsThenScale(new ModuleOps.Raw16Rows(scaled.ATrimmed, format), new ModuleOps.Raw16Rows(scaled.BTrimmed, format),
+                n, coefficients, dOut, r, dIn, lambda, aOut, bOut, parallel);
+        else
+            ModuleOps.SumFactorsThenScale(new ModuleOps.F32Rows(scaled.ATrimmed), new ModuleOps.F32Rows(scaled.BTrimmed),
+                n, coefficients, dOut, r, dIn, lambda, aOut, bOut, parallel);
+        return new LowRankResult(b, a, r, first.Scale, first.Alpha)
+        {
+            Stats = stats,
+            Encoded = aBytes == null ? null : new EncodedFactors(module.EncodeAs!.Value, bBytes!, dOut * r * size, aBytes, r * dIn * size),
+        };
     }
 }
