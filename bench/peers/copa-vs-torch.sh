@@ -31,6 +31,7 @@
 #   THREADS  threads for both tools: copa --threads and torch.set_num_threads (default: nproc).
 #            torch is always given --threads explicitly, because its own default here can be 1.
 #   SCRATCH  where the merged outputs go while a run lasts (default: a mktemp -d folder)
+#   COPA_FLAGS  extra flags for copa merge, e.g. --no-sync (the torch script does not sync its output either)
 set -euo pipefail
 dir=$(realpath -m "${1:-/tmp/copa-7b-adapters}")   # resolved before the cd below
 rounds=${2:-1}
@@ -63,7 +64,7 @@ for i in 1 2 3 4 5 6 7 8; do adapters+=(--adapter "$dir/adapters/task-$i"); done
 cat "$dir"/adapters/task-*/adapter_model.safetensors > /dev/null
 
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB"
-echo "copa:  $COPA merge ... --device cpu --threads $THREADS --quiet"
+echo "copa:  $COPA merge ... --device cpu --threads $THREADS --quiet ${COPA_FLAGS:-}"
 echo "torch: $PYTHON $torch_script ... --threads $THREADS   ($($PYTHON -c 'import torch; print("torch", torch.__version__, "- its default here:", torch.get_num_threads(), "thread(s)")'))"
 echo "inputs: 8 BF16 adapters, rank 16, Llama-7B shape, 32 layers x 7 modules, in $dir; outputs BF16"
 echo
@@ -77,7 +78,7 @@ run_one() {  # method tool round
   sync
   if [ "$tool" = copa ]; then
     /usr/bin/time -v -o "$tv" $COPA merge --method "$method" "${adapters[@]}" --out "$out" \
-      --device cpu --threads "$THREADS" --quiet >> "$log" 2>&1 || rc=$?
+      --device cpu --threads "$THREADS" --quiet ${COPA_FLAGS:-} >> "$log" 2>&1 || rc=$?
   else
     /usr/bin/time -v -o "$tv" "$PYTHON" "$torch_script" --method "$method" "${adapters[@]}" --out "$out" \
       --threads "$THREADS" > "$scratch/torch.txt" 2>&1 || rc=$?

@@ -17,7 +17,7 @@ internal sealed class MergeConfigFile
     public static readonly string[] Keys =
     [
         "method", "adapters", "weights", "out", "output", "base", "rank", "space", "density", "lambda", "clamp",
-        "normalize", "pcb-ratio", "seed", "device", "threads", "max-memory", "out-dtype", "shard-size", "quiet",
+        "normalize", "pcb-ratio", "seed", "device", "threads", "max-memory", "out-dtype", "shard-size", "quiet", "no-sync",
     ];
 
     private readonly Dictionary<string, (YamlNode Node, string Text)> _values = new(StringComparer.Ordinal);

@@ -48,15 +48,16 @@ public sealed class AtomicFolder : IDisposable
     /// <summary>A path inside the temporary folder.</summary>
     public string PathOf(string name) => Path.Combine(TempPath, name);
 
-    /// <summary>Syncs every file to disk, then moves the finished folder into place.</summary>
-    public void Commit()
+    /// <summary>Syncs every file to disk (unless <paramref name="sync"/> is false), then moves the finished folder into place.</summary>
+    public void Commit(bool sync = true)
     {
         // Durable before visible: after a crash the output folder either does not exist or is complete.
-        foreach (var file in Directory.EnumerateFiles(TempPath, "*", SearchOption.AllDirectories))
-        {
-            using var fs = new FileStream(file, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
-            fs.Flush(flushToDisk: true);
-        }
+        if (sync)
+            foreach (var file in Directory.EnumerateFiles(TempPath, "*", SearchOption.AllDirectories))
+            {
+                using var fs = new FileStream(file, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
+                fs.Flush(flushToDisk: true);
+            }
         if (Directory.Exists(FinalPath)) Directory.Delete(FinalPath); // empty, checked at Create
         Directory.Move(TempPath, FinalPath);
         _committed = true;

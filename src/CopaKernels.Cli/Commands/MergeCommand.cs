@@ -36,10 +36,11 @@ internal static class MergeCommand
         var outDtype = new Option<string?>("--out-dtype") { Description = "bf16|f16|f32 (default: base dtype / adapters' dtype / f32 for delta)" };
         var shardSize = new Option<string?>("--shard-size") { Description = "max shard size, e.g. 5GB (default: mirror the base; 5GB for delta)" };
         var quiet = new Option<bool>("--quiet") { Description = "no plan, progress or summary; errors only" };
+        var noSync = new Option<bool>("--no-sync") { Description = "do not wait for the output to reach the disk (still complete and atomic against failures)" };
         var cmd = new Command("merge", "Merge LoRA adapters into an adapter, a full model or dense deltas, streaming with bounded memory")
         {
             config, method, adapter, weight, output, mode, baseModel, rank, space, density, lambda, clamp, normalize, pcbRatio,
-            seed, device, threads, maxMemory, outDtype, shardSize, quiet,
+            seed, device, threads, maxMemory, outDtype, shardSize, quiet, noSync,
         };
         cmd.SetAction(parse =>
         {
@@ -77,6 +78,7 @@ internal static class MergeCommand
                 OutDType = Text(outDtype, "out-dtype") is { } d ? ParseDType(d) : null,
                 ShardSize = Text(shardSize, "shard-size") is { } ss ? MemorySize.Parse(ss, "shard-size") : null,
                 MaxMemory = Text(maxMemory, "max-memory") is { } mm ? MemorySize.Parse(mm, "max-memory") : MergeRequest.DefaultMaxMemory,
+                Sync = !(parse.GetValue(noSync) || (file?.Bool("no-sync") ?? false)),
             };
             int threadCount = Value(threads, f => f.Long("threads") is { } t ? (int)t : null) ?? 0;
             if (threadCount < 0) throw Usage("--threads must be 0 or more");

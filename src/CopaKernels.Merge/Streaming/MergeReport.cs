@@ -73,6 +73,7 @@ public sealed record MergeReport
             w.WriteNumber("data_bytes", Output.DataBytes);
             w.WriteNumber("tensors", Output.Tensors);
             if (Output.Rank is { } rank) w.WriteNumber("rank", rank);
+            w.WriteBoolean("synced", Output.Synced);
             w.WriteEndObject();
             w.WriteString("device", Device);
             w.WriteStartObject("timings_seconds");
@@ -188,7 +189,7 @@ public sealed record MergeReport
     public sealed record InputFile(string Path, long Bytes);
 
     /// <summary>The output.</summary>
-    public sealed record OutputInfo(string Path, string Mode, string? Dtype, long DataBytes, int Tensors, int? Rank);
+    public sealed record OutputInfo(string Path, string Mode, string? Dtype, long DataBytes, int Tensors, int? Rank, bool Synced = true);
 
     /// <summary>Memory figures in bytes.</summary>
     public sealed record MemoryInfo(long MaxMemory, long EstimatedPeak, long PeakRss, long TileBytes, bool Prefetch);

@@ -55,4 +55,12 @@ public sealed record MergeRequest
 
     /// <summary>Working-memory budget in bytes (see README: what it bounds and what it does not).</summary>
     public long MaxMemory { get; init; } = DefaultMaxMemory;
+
+    /// <summary>
+    /// Whether every written file is synced to disk before the output folder is renamed into place, so
+    /// that the output is durable when the merge returns (default). False: the output is still complete
+    /// and appears atomically (a failed or cancelled merge leaves nothing), but its data may still be in
+    /// the page cache, as other tools leave theirs; the merge then does not wait for the disk.
+    /// </summary>
+    public bool Sync { get; init; } = true;
 }

@@ -75,7 +75,7 @@ public sealed class MergeRunner
         total.Stop();
         var report = MakeReport(tensors, planSeconds, total.Elapsed.TotalSeconds);
         File.WriteAllText(Path.Combine(folder.TempPath, MergeReport.FileName), report.ToJson() + "\n");
-        folder.Commit();
+        folder.Commit(_plan.Request.Sync);
         return report;
     }
 
@@ -348,7 +348,8 @@ public sealed class MergeRunner
             Base = _plan.Base?.Shards.Select(s => new MergeReport.InputFile(Path.GetFullPath(s.Path), s.FileLength)).ToList(),
             Output = new MergeReport.OutputInfo(Path.GetFullPath(r.Output), r.Mode.ToString().ToLowerInvariant(),
                 _plan.OutDType?.ToString(), _plan.OutputBytes, tensors,
-                r.Mode == OutputMode.Adapter && _plan.Modules.Select(m => m.OutRank).Distinct().Count() == 1 ? _plan.Modules[0].OutRank : null),
+                r.Mode == OutputMode.Adapter && _plan.Modules.Select(m => m.OutRank).Distinct().Count() == 1 ? _plan.Modules[0].OutRank : null,
+                r.Sync),
             Device = _backend.Name,
             TimingsSeconds = new SortedDictionary<string, double>(StringComparer.Ordinal)
             {

@@ -232,6 +232,27 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
     }
 
     [Fact]
+    public void NoSync_WritesTheSameOutput_AndSaysSoInTheReport()
+    {
+        var synced = fx.NewOutput("synced");
+        var unsynced = fx.NewOutput("unsynced");
+        var a = CliRunner.Run(Args(synced, "--method", "copa-official"));
+        Assert.True(a.Code == 0, a.Err);
+        var b = CliRunner.Run(Args(unsynced, "--method", "copa-official", "--no-sync"));
+        Assert.True(b.Code == 0, b.Err);
+        Assert.Equal(File.ReadAllBytes(Path.Combine(synced, "adapter_model.safetensors")), File.ReadAllBytes(Path.Combine(unsynced, "adapter_model.safetensors")));
+        bool Synced(string dir)
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "merge_report.json")));
+            return doc.RootElement.GetProperty("output").GetProperty("synced").GetBoolean();
+        }
+        Assert.True(Synced(synced));
+        Assert.False(Synced(unsynced));
+        // Renamed into place all the same: no temporary folder of this output is left.
+        Assert.Empty(Directory.GetDirectories(Path.GetDirectoryName(unsynced)!, "." + Path.GetFileName(unsynced) + ".*.tmp"));
+    }
+
+    [Fact]
     public void Demo_Runs_EndToEnd()
     {
         using var dir = new TempDir();
