@@ -182,6 +182,12 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
     {
         var shapes = new List<(string, long)> { ("16×4096", 16 * 4096), ("4096×16", 4096 * 16), ("14336×16", 14336 * 16), ("1M", 1 << 20), ("16M", 16 << 20) };
         if (!quick) shapes.Add(("64M", 64 << 20));
+        Select(shapes);
+    }
+
+    /// <summary>The select op over the given shapes (labels and element counts); tests pass small ones.</summary>
+    internal void Select(IEnumerable<(string Label, long N)> shapes)
+    {
         foreach (var (label, n) in shapes)
         {
             var data = Gaussian(n, 1);

@@ -201,6 +201,25 @@ public class DevicesAndBenchCommandTests
     }
 
     [Fact]
+    public void Bench_Select_OnTheCpu_ChecksAgainstTheReference_AndReportsPairedRatiosToSumOfMagnitudes()
+    {
+        // Small shapes through the op's own code (the CLI's --quick still times 16M): the reference check
+        // runs before timing and throws on a mismatch; each row carries the paired ratio.
+        var results = new List<CopaKernels.Cli.Benchmarking.BenchResult>();
+        using var cpu = new CopaKernels.Kernels.Cpu.CpuBackend(2);
+        var bench = new CopaKernels.Cli.Benchmarking.KernelBench(cpu, quick: true, results.Add);
+        bench.Select([("16×4096", 16 * 4096), ("300000", 300_000)]);
+        Assert.Equal(4, results.Count);
+        Assert.Equal(["select-threshold", "select", "select-threshold", "select"], results.Select(r => r.Op));
+        foreach (var r in results)
+        {
+            Assert.True(r.Ms > 0);
+            Assert.Equal("× SumOfMagnitudes", r.RatioOf);
+            Assert.True(r.Ratio is > 0, $"{r.Op} {r.Shape}: ratio {r.Ratio}");
+        }
+    }
+
+    [Fact]
     public void Bench_SelectBf16_ChecksAgainstTheReference_AndReportsTheRatioToF32()
     {
         var (code, output, err) = CliRunner.Run("bench", "--ops", "select-bf16", "--quick");
