@@ -35,29 +35,24 @@ public static unsafe class HostKernels
     /// masked entries are set to +0 (bits 0).
     /// Throws <see cref="NonFiniteInputException"/> if <paramref name="bits"/> holds NaN or ±Inf.
     /// </summary>
-    public static SelectionResult SelectByMagnitude(Span<ushort> bits, Float16Format format, double density, bool applyMask = true)
-    {
-        SelectionResult.CheckDensity(density);
-        fixed (ushort* p = bits)
-        {
-            var r = MagnitudeSelection16.Select(p, bits.Length, SelectionResult.KFor(bits.Length, density), format, applyMask, out bool finite);
-            if (!finite) throw new NonFiniteInputException(0);
-            return r;
-        }
-    }
+    public static SelectionResult SelectByMagnitude(Span<ushort> bits, Float16Format format, double density, bool applyMask = true) =>
+        Select16(bits, format, density, applyMask);
 
     /// <summary>
     /// Family 1's threshold on 16-bit float storage that may not be written (a memory-mapped file):
     /// <see cref="SelectByMagnitude(Span{ushort}, Float16Format, double, bool)"/> without the mask, the
     /// kept count being how many would be kept. Throws <see cref="NonFiniteInputException"/> on NaN/±Inf.
     /// </summary>
-    public static SelectionResult ThresholdByMagnitude(ReadOnlySpan<ushort> bits, Float16Format format, double density)
+    public static SelectionResult ThresholdByMagnitude(ReadOnlySpan<ushort> bits, Float16Format format, double density) =>
+        Select16(bits, format, density, applyMask: false);
+
+    /// <summary>Both 16-bit entry points; the values are written only with <paramref name="applyMask"/>.</summary>
+    private static SelectionResult Select16(ReadOnlySpan<ushort> bits, Float16Format format, double density, bool applyMask)
     {
         SelectionResult.CheckDensity(density);
         fixed (ushort* p = bits)
         {
-            // applyMask: false never writes through p.
-            var r = MagnitudeSelection16.Select(p, bits.Length, SelectionResult.KFor(bits.Length, density), format, applyMask: false, out bool finite);
+            var r = MagnitudeSelection16.Select(p, bits.Length, SelectionResult.KFor(bits.Length, density), format, applyMask, out bool finite);
             if (!finite) throw new NonFiniteInputException(0);
             return r;
         }

@@ -368,15 +368,8 @@ internal static unsafe class MagnitudeSelection
                 Gather((uint*)b, stride, sample, (int)((long)m * part / parts), (int)((long)m * (part + 1) / parts)));
         }
         else Gather(bits, stride, sample, 0, m);
-        double q = (double)k / n;
-        double center = q * m;
         // ±4.5σ of the sample rank of the k-th key, plus slack for the stratification.
-        double delta = 4.5 * Math.Sqrt(m * q * (1 - q)) + 4;
-        int loIdx = (int)Math.Floor(center - delta), hiIdx = (int)Math.Ceiling(center + delta);
-        // Two order statistics of the sample, in O(m): no sort.
-        uint lo = loIdx <= 0 ? 0u : NthElement<uint>(sample, 0, m - 1, loIdx);
-        uint hi = hiIdx >= m ? InfKey - 1 : Math.Min(NthElement<uint>(sample, Math.Max(0, loIdx), m - 1, hiIdx), InfKey - 1);
-        hi = Math.Max(lo, hi);
+        var (lo, hi) = SampleBracket<uint>(sample, n, k, 4.5, 4, InfKey - 1);
         int ends = 0;
         foreach (uint key in sample) if (key == lo || key == hi) ends++;
         tieHeavy = ends > m / 100 + 2;
@@ -386,10 +379,32 @@ internal static unsafe class MagnitudeSelection
     /// <summary>Samples of strata [from, to): stratum j's key at a hashed offset inside it.</summary>
     private static void Gather(uint* bits, long stride, uint[] sample, int from, int to)
     {
-        // The offset inside a stratum is the high half of hash × stride (a multiply, where a modulo
-        // cost a 64-bit division per sample: 12 µs of a 65K-value factor's 58).
-        for (int j = from; j < to; j++)
-            sample[j] = bits[j * stride + (long)Math.BigMul(Mix((ulong)j), (ulong)stride, out _)] & AbsMask;
+        for (int j = from; j < to; j++) sample[j] = bits[j * stride + StratumOffset(j, stride)] & AbsMask;
+    }
+
+    /// <summary>
+    /// Where stratum j (of <paramref name="stride"/> values) is sampled: a hashed offset in [0, stride), the
+    /// high half of hash × stride (a multiply, where a modulo cost a 64-bit division per sample: 12 µs of a
+    /// 65K-value factor's 58). Shared by the F32 and 16-bit selections.
+    /// </summary>
+    internal static long StratumOffset(int j, long stride) => (long)Math.BigMul(Mix((ulong)j), (ulong)stride, out _);
+
+    /// <summary>
+    /// The bracket rule of both selections: two order statistics of a sample of m keys (reordered in place,
+    /// O(m), no sort) at the sample rank of the k-th smallest of n keys ± (<paramref name="sigmas"/>·σ +
+    /// <paramref name="slack"/>); 0 below the sample, <paramref name="top"/> above it (and at most top).
+    /// </summary>
+    internal static (T Lo, T Hi) SampleBracket<T>(Span<T> sample, long n, long k, double sigmas, int slack, T top)
+        where T : unmanaged, IComparisonOperators<T, T, bool>
+    {
+        int m = sample.Length;
+        double q = (double)k / n;
+        double center = q * m, delta = sigmas * Math.Sqrt(m * q * (1 - q)) + slack;
+        int loIdx = (int)Math.Floor(center - delta), hiIdx = (int)Math.Ceiling(center + delta);
+        T lo = loIdx <= 0 ? default : NthElement(sample, 0, m - 1, loIdx);
+        T hi = hiIdx >= m ? top : NthElement(sample, Math.Max(0, loIdx), m - 1, hiIdx);
+        if (hi > top) hi = top;
+        return (lo, hi < lo ? lo : hi);
     }
 
     /// <summary>

@@ -187,15 +187,9 @@ internal static unsafe class MagnitudeSelection16
         int m = Math.Min(n, SampleCount);
         ushort* sample = stackalloc ushort[m];
         long stride = n / m;
-        for (int j = 0; j < m; j++)
-            sample[j] = (ushort)(p[j * stride + (long)(CounterRandom.Mix((ulong)j + 0x9E3779B97F4A7C15UL) % (ulong)stride)] & AbsMask);
-        double q = (double)k / n;
-        double delta = 4 * Math.Sqrt(m * q * (1 - q)) + 2;
-        int loIdx = (int)Math.Floor(q * m - delta), hiIdx = (int)Math.Ceiling(q * m + delta);
-        var keys = new Span<ushort>(sample, m);
-        uint lo = loIdx <= 0 ? 0u : MagnitudeSelection.NthElement(keys, 0, m - 1, loIdx);
-        uint hi = hiIdx >= m ? AbsMask : MagnitudeSelection.NthElement(keys, Math.Max(0, loIdx), m - 1, hiIdx);
-        return (lo, Math.Max(lo, hi));
+        for (int j = 0; j < m; j++) sample[j] = (ushort)(p[j * stride + MagnitudeSelection.StratumOffset(j, stride)] & AbsMask);
+        var (lo, hi) = MagnitudeSelection.SampleBracket(new Span<ushort>(sample, m), n, k, 4, 2, AbsMask);
+        return (lo, hi);
     }
 
     /// <summary>
