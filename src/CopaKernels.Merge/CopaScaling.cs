@@ -43,16 +43,15 @@ internal static class CopaScaling
     /// <param name="clamp">c of step 3 (0: off).</param>
     /// <param name="normalize">Step 4 on or off.</param>
     /// <param name="stats">Thresholds, kept counts and fallback rows go here.</param>
-    /// <param name="rawSink">
-    /// Where the trimmed factors go in their stored 16-bit format, instead of into F32 arrays
-    /// (<see cref="Result.Raw"/>): used on the CPU route when <see cref="RawFormatOf"/> is not null.
+    /// <param name="raw">
+    /// On the CPU route, for a module whose factors are all stored in <see cref="RawFormatOf"/>'s format:
+    /// that format, and where the trimmed factors go in it instead of into F32 arrays (<see cref="Result.Raw"/>).
     /// </param>
     public static Result Compute(IMergeBackend backend, ModuleInput m, double density, double clamp, bool normalize, ModuleStats stats,
-        RawSink? rawSink = null)
+        (Float16Format Format, RawSink Sink)? raw = null)
     {
         if (normalize) ModuleOps.RequireEqualRanks(m, "CoPA's cross-task normalisation needs equal ranks (or normalize: false)");
-        var raw = backend is CpuBackend && rawSink != null ? RawFormatOf(m) : null;
-        var trimmed = backend is CpuBackend cpu ? TrimOnHost(cpu, m, density, raw is { } f ? (f, rawSink!) : null) : TrimOnDevice(backend, m, density);
+        var trimmed = backend is CpuBackend cpu ? TrimOnHost(cpu, m, density, raw) : TrimOnDevice(backend, m, density);
         int n = m.Tasks.Count;
         var s = new double[n][];
         for (int task = 0; task < n; task++)
@@ -99,12 +98,11 @@ internal static class CopaScaling
     {
         if (m.Deferred is not { } d) return null;
         Float16Format? common = null;
-        for (int task = 0; task < m.Tasks.Count; task++)
-            foreach (bool isB in new[] { false, true })
-            {
-                if (d.RawFormat(task, isB) is not { } f || (common is { } c && c != f)) return null;
-                common = f;
-            }
+        for (int factor = 0; factor < 2 * m.Tasks.Count; factor++)
+        {
+            if (d.RawFormat(factor >> 1, (factor & 1) == 1) is not { } f || (common is { } c && c != f)) return null;
+            common = f;
+        }
         return common;
     }
 

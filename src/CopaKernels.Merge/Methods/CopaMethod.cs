@@ -39,7 +39,7 @@ public sealed class CopaMethod : IMergeMethod, IReadsDeferredFactors
         {
             // Adapter output in the factors' own format: the pair is built in the output's bytes.
             var output = new EncodedConcatenation(module, format);
-            s = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.Normalize, stats, output.Sink).S;
+            s = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.Normalize, stats, (format, output.Sink)).S;
             return output.Finish(coefficient, stats, parallel);
         }
         var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.Normalize, stats);

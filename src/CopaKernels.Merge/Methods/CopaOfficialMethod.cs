@@ -41,9 +41,10 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
         var stats = new ModuleStats();
         // On the CPU route with 16-bit factors, each trimmed factor is kept in its stored format in the
         // first half of its own (unread) F32 array, and the sums below widen it block by block.
-        var raw = backend is CpuBackend ? CopaScaling.RawFormatOf(module) : null;
-        CopaScaling.RawSink? keep = raw is not { } f ? null : (task, isB, values, threshold) =>
-            HostKernels.MaskByMagnitude(values, MemoryMarshal.Cast<float, ushort>((isB ? module.Tasks[task].B : module.Tasks[task].A).AsSpan()), f, threshold);
+        (Float16Format, CopaScaling.RawSink)? keep = backend is CpuBackend && CopaScaling.RawFormatOf(module) is { } f
+            ? (f, (task, isB, values, threshold) =>
+                HostKernels.MaskByMagnitude(values, MemoryMarshal.Cast<float, ushort>((isB ? module.Tasks[task].B : module.Tasks[task].A).AsSpan()), f, threshold))
+            : null;
         var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, normalize: true, stats, keep);
         int r = first.Rank, dOut = module.DOut, dIn = module.DIn, n = module.Tasks.Count;
         float lambda = (float)options.EffectiveLambda;

@@ -155,8 +155,9 @@ public sealed class MergeRunner
         static string Key(WrittenModule x) => x.Rank + "/" + BitConverter.DoubleToInt64Bits(x.Alpha);
         foreach (var x in alphas)
         {
-            if (!counts.TryGetValue(Key(x), out int c)) seen.Add(x);
-            counts[Key(x)] = c + 1;
+            var key = Key(x);
+            if (!counts.TryGetValue(key, out int c)) seen.Add(x);
+            counts[key] = c + 1;
         }
         int best = 0;
         foreach (var x in seen)
