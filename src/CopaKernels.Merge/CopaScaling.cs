@@ -213,11 +213,7 @@ internal static class CopaScaling
     }
 
     /// <summary>This thread's 16-bit scratch, at least <paramref name="length"/> long (as long as the longest factor so far).</summary>
-    private static Span<ushort> RawScratch(int length)
-    {
-        var raw = t_raw is { } r && r.Length >= length ? r : t_raw = new ushort[length];
-        return raw.AsSpan(0, length);
-    }
+    private static Span<ushort> RawScratch(int length) => ThreadScratch.Get(ref t_raw, length);
 
     [ThreadStatic] private static ushort[]? t_raw;
     [ThreadStatic] private static float[]? t_row;
@@ -228,12 +224,12 @@ internal static class CopaScaling
     /// </summary>
     private static float[] RawRowSums(ReadOnlySpan<ushort> bits, Float16Format format, int rows, int cols, float threshold)
     {
-        var row = t_row is { } t && t.Length >= cols ? t : t_row = new float[cols];
+        var row = ThreadScratch.Get(ref t_row, cols);
         var sums = new float[2 * rows];
         for (int i = 0; i < rows; i++)
         {
-            Float16Formats.Widen(bits.Slice(i * cols, cols), format, row.AsSpan(0, cols));
-            HostKernels.RowAbsSums(row.AsSpan(0, cols), 1, cols, sums.AsSpan(i, 1), threshold, sums.AsSpan(rows + i, 1), applyMask: false);
+            Float16Formats.Widen(bits.Slice(i * cols, cols), format, row);
+            HostKernels.RowAbsSums(row, 1, cols, sums.AsSpan(i, 1), threshold, sums.AsSpan(rows + i, 1), applyMask: false);
         }
         return sums;
     }

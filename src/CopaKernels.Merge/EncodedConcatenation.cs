@@ -84,8 +84,8 @@ internal sealed unsafe class EncodedConcatenation
                 return;
             }
             // Any format: the block widened into a scratch, scaled row by row, encoded back.
-            var values = Scratch(count * total, 0);
-            var widened = Scratch(count * total, 1);
+            var values = ThreadScratch.Get(ref t_values, count * total, ModuleOps.SumChunk);
+            var widened = ThreadScratch.Get(ref t_widened, count * total, ModuleOps.SumChunk);
             for (int task = 0; task < n; task++)
             {
                 int r = _start[task + 1] - _start[task];
@@ -118,11 +118,4 @@ internal sealed unsafe class EncodedConcatenation
     }
 
     [ThreadStatic] private static float[]? t_values, t_widened;
-
-    private static Span<float> Scratch(int length, int which)
-    {
-        ref var slot = ref which == 0 ? ref t_values : ref t_widened;
-        var s = slot is { } v && v.Length >= length ? v : slot = new float[Math.Max(length, ModuleOps.SumChunk)];
-        return s.AsSpan(0, length);
-    }
 }

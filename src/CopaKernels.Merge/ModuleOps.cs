@@ -208,6 +208,10 @@ internal static class ModuleOps
         }
     }
 
+    /// <summary>Runs <paramref name="body"/>(start, end) over [0, <paramref name="length"/>) in blocks of <paramref name="block"/> elements spread over the threads.</summary>
+    public static void ForBlocks(int length, int block, ParallelOptions parallel, Action<int, int> body) =>
+        ParallelFor((length + block - 1) / block, parallel, c => body(c * block, Math.Min(length, (c + 1) * block)));
+
     /// <summary>Elements per work item of the fused sums: a few L1-sized blocks of every input.</summary>
     internal const int SumChunk = 4096;
 
@@ -266,7 +270,7 @@ internal static class ModuleOps
 
         private Span<float> Widened(ReadOnlySpan<ushort> bits)
         {
-            var x = (t_widen is { } w && w.Length >= bits.Length ? w : t_widen = new float[Math.Max(SumChunk, bits.Length)]).AsSpan(0, bits.Length);
+            var x = ThreadScratch.Get(ref t_widen, bits.Length, SumChunk);
             Float16Formats.Widen(bits, format, x);
             return x;
         }
@@ -385,7 +389,7 @@ internal static class ModuleOps
         /// <summary>Where the block of elements [start, start + length) is summed.</summary>
         public Span<float> Block(int start, int length) =>
             _values != null ? _values.AsSpan(start, length)
-                : (t_block is { } b && b.Length >= length ? b : t_block = new float[Math.Max(length, SumChunk)]).AsSpan(0, length);
+                : ThreadScratch.Get(ref t_block, length, SumChunk);
 
         /// <summary>Hands a summed block on (encodes it where the sink holds bytes).</summary>
         public void Done(int start, Span<float> block)

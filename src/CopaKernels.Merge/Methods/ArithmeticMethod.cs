@@ -150,10 +150,8 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         var w = weights.Select(v => (float)v).ToArray();
         float l = (float)lambda;
         bool consensus = Consensus;
-        const int Block = 1 << 14;
-        ModuleOps.ParallelFor((len + Block - 1) / Block, parallel, c =>
+        ModuleOps.ForBlocks(len, 1 << 14, parallel, (i, end) =>
         {
-            int i = c * Block, end = Math.Min(len, i + Block);
             if (Vector256.IsHardwareAccelerated)
                 for (; i <= end - Vector256<float>.Count; i += Vector256<float>.Count)
                 {

@@ -84,25 +84,25 @@ public sealed class PcbMethod : IMergeMethod
             float lo = HostKernels.KthSmallestMagnitude(x, Math.Clamp((long)Math.Floor(d * 1e-4), 0, d - 1) + 1);
             float hi = HostKernels.KthSmallestMagnitude(x, Math.Clamp((long)Math.Floor(d * (1 - 1e-4)) - 1, 0, d - 1) + 1);
             float top = Math.Max(lo, hi);
-            Blocks(d, parallel, (i0, i1) =>
+            ModuleOps.ForBlocks(d, Block, parallel, (i0, i1) =>
             {
                 for (int i = i0; i < i1; i++) absC[i] = Math.Clamp(MathF.Abs(x[i]), lo, top);
             });
             // Steps 2–3: intra-task importance exp(N·mm²) times inter-task agreement tanh(x ⊙ Σx).
             MinMaxInto(absC, p);
-            Blocks(d, parallel, (i0, i1) =>
+            ModuleOps.ForBlocks(d, Block, parallel, (i0, i1) =>
             {
                 for (int i = i0; i < i1; i++) p[i] = MathF.Exp(n * p[i] * p[i]) * MathF.Tanh(x[i] * sumAll[i]);
             });
             // Step 4: keep the top q fraction (by value), min-max scale.
             float tau = HostKernels.KthSmallest(p, Math.Clamp((long)Math.Floor(d * (1 - q)), 0, d - 1) + 1, scratch);
-            Blocks(d, parallel, (i0, i1) =>
+            ModuleOps.ForBlocks(d, Block, parallel, (i0, i1) =>
             {
                 for (int i = i0; i < i1; i++) if (p[i] < tau) p[i] = 0f;
             });
             MinMaxInto(p, p); // β_n
             // Step 5, folded: Σ_n x̂_n·β_n and Σ_n β_n, with x̂ = sign(x)·clipped |x| (0 where x = 0).
-            Blocks(d, parallel, (i0, i1) =>
+            ModuleOps.ForBlocks(d, Block, parallel, (i0, i1) =>
             {
                 for (int i = i0; i < i1; i++)
                 {
@@ -112,19 +112,15 @@ public sealed class PcbMethod : IMergeMethod
                 }
             });
         }
-        Blocks(d, parallel, (i0, i1) =>
+        ModuleOps.ForBlocks(d, Block, parallel, (i0, i1) =>
         {
             for (int i = i0; i < i1; i++) numerator[i] = lambda * numerator[i] / MathF.Max(betaSum[i], 1e-12f);
         });
         return numerator;
     }
 
-    /// <summary>Runs <paramref name="body"/>(start, end) over [0, d) in blocks spread over the threads.</summary>
-    private static void Blocks(int d, ParallelOptions parallel, Action<int, int> body)
-    {
-        const int Block = 1 << 15;
-        ModuleOps.ParallelFor((d + Block - 1) / Block, parallel, c => body(c * Block, Math.Min(d, (c + 1) * Block)));
-    }
+    /// <summary>Elements per block of the element-wise steps.</summary>
+    private const int Block = 1 << 15;
 
     /// <summary>dst = (v − min)/(max − min); zeros when max = min (SPEC). dst may be v.</summary>
     private static void MinMaxInto(float[] v, float[] dst)
