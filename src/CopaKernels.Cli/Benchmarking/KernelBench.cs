@@ -91,84 +91,49 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
             backend.Synchronize();
             times.Add(sw.Elapsed.TotalMilliseconds);
         }
-        times.Sort();
-        return times[times.Count / 2];
+        return Median(times);
     }
 
     /// <summary>
-    /// <paramref name="timed"/> against a reference operation (<paramref name="floor"/>), run alternately,
-    /// each run of either after an untimed <paramref name="setup"/> (so both start from the same cache
-    /// state), after a warm-up of both (0.5 s at least): the medians of each and the median of the per-pair ratios, which load changing during the
-    /// measurement (memory speed moves by 2× within minutes on a shared VM) moves far less than a ratio of
-    /// medians taken apart. At least <see cref="Runs"/> pairs, more within 1 s.
+    /// Two operations run alternately, each run of either after an untimed <paramref name="setup"/> (so both
+    /// start from the same cache state) and waited for on the device, after a warm-up of both (two pairs and
+    /// 0.5 s at least): the median ms of each and the median of the per-pair ratios y/x, which load changing
+    /// during the measurement (memory speed moves by 2× within minutes on a shared VM) moves far less than a
+    /// ratio of medians taken apart. At least <see cref="Runs"/> pairs, more within 1 s.
     /// </summary>
-    private (double Timed, double Floor, double Ratio) TimeAgainst(Action floor, Action timed, Action? setup = null)
+    private (double X, double Y, double Ratio) TimeAlternately(Action x, Action y, Action? setup = null)
     {
-        var warm = Stopwatch.StartNew();
-        for (int i = 0; i < 2 || warm.Elapsed.TotalSeconds < 0.5; i++)
-        {
-            setup?.Invoke();
-            floor();
-            setup?.Invoke();
-            timed();
-        }
-        var t = new List<double>();
-        var f = new List<double>();
-        var r = new List<double>();
-        var total = Stopwatch.StartNew();
-        while (t.Count < Runs || (t.Count < 100 && total.Elapsed.TotalSeconds < 1))
+        double Run(Action a)
         {
             setup?.Invoke();
             var sw = Stopwatch.StartNew();
-            floor();
-            double fm = sw.Elapsed.TotalMilliseconds;
-            setup?.Invoke();
-            sw.Restart();
-            timed();
-            double tm = sw.Elapsed.TotalMilliseconds;
-            f.Add(fm);
-            t.Add(tm);
-            r.Add(tm / fm);
+            a();
+            backend.Synchronize();
+            return sw.Elapsed.TotalMilliseconds;
         }
-        return (Median(t), Median(f), Median(r));
+        var warm = Stopwatch.StartNew();
+        for (int i = 0; i < 2 || warm.Elapsed.TotalSeconds < 0.5; i++)
+        {
+            Run(x);
+            Run(y);
+        }
+        var tx = new List<double>();
+        var ty = new List<double>();
+        var ratio = new List<double>();
+        var total = Stopwatch.StartNew();
+        while (tx.Count < Runs || (tx.Count < 100 && total.Elapsed.TotalSeconds < 1))
+        {
+            tx.Add(Run(x));
+            ty.Add(Run(y));
+            ratio.Add(ty[^1] / tx[^1]);
+        }
+        return (Median(tx), Median(ty), Median(ratio));
     }
 
     private static double Median(List<double> xs)
     {
         xs.Sort();
         return xs[xs.Count / 2];
-    }
-
-    /// <summary>
-    /// Medians of two ways of doing the same work, run alternately after a warm-up of each (at least
-    /// <see cref="Runs"/> pairs, more within 2 s), so that load changing on a shared machine hits both alike.
-    /// </summary>
-    private (double X, double Y) TimeSideBySide(Action x, Action y)
-    {
-        for (int i = 0; i < 2; i++)
-        {
-            x();
-            backend.Synchronize();
-            y();
-            backend.Synchronize();
-        }
-        var tx = new List<double>();
-        var ty = new List<double>();
-        var total = Stopwatch.StartNew();
-        while (tx.Count < Runs || (tx.Count < 50 && total.Elapsed.TotalSeconds < 2))
-        {
-            var sw = Stopwatch.StartNew();
-            x();
-            backend.Synchronize();
-            tx.Add(sw.Elapsed.TotalMilliseconds);
-            sw.Restart();
-            y();
-            backend.Synchronize();
-            ty.Add(sw.Elapsed.TotalMilliseconds);
-        }
-        tx.Sort();
-        ty.Sort();
-        return (tx[tx.Count / 2], ty[ty.Count / 2]);
     }
 
     private KernelBuffer Upload(float[] data)
@@ -223,10 +188,10 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
             // SumOfMagnitudes run beside it gets the same restore first and starts from the same cache state.
             Action floor = () => TensorPrimitives.SumOfMagnitudes(array);
             const string of = "× SumOfMagnitudes";
-            var a = TimeAgainst(floor, threshold);
-            var b = TimeAgainst(floor, trim, restore);
-            Report(new BenchResult(backend.Name, "select-threshold", label, a.Timed, n * 4.0 / a.Timed / 1e6, "GB/s", a.Ratio, of), transfer);
-            Report(new BenchResult(backend.Name, "select", label, b.Timed, n * 4.0 / b.Timed / 1e6, "GB/s", b.Ratio, of), transfer);
+            var a = TimeAlternately(floor, threshold);
+            var b = TimeAlternately(floor, trim, restore);
+            Report(new BenchResult(backend.Name, "select-threshold", label, a.Y, n * 4.0 / a.Y / 1e6, "GB/s", a.Ratio, of), transfer);
+            Report(new BenchResult(backend.Name, "select", label, b.Y, n * 4.0 / b.Y / 1e6, "GB/s", b.Ratio, of), transfer);
         }
     }
 
@@ -383,7 +348,7 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
                 Queued();
                 if (!blockingOut.AsSpan().SequenceEqual(queuedOut))
                     throw new InvalidOperationException($"tiles {dOut}×{r}×{dIn}: the queued tiles differ from the blocking ones");
-                var (blocking, queued) = TimeSideBySide(Blocking, Queued);
+                var (blocking, queued, _) = TimeAlternately(Blocking, Queued);
                 double flops = 2.0 * dOut * r * dIn;
                 Report(new BenchResult(backend.Name, "tiles", $"{dOut}×{r}×{dIn} bf16, {tiles} tiles", queued, flops / queued / 1e6, "GFLOP/s",
                     blocking / queued, "× blocking tiles (Upload, product, Download per tile)"), Transfer(bytesIn.Length, bytesIn.Length));
