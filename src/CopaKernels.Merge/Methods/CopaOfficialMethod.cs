@@ -53,15 +53,14 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
         var parallel = ModuleOps.HostParallel(backend);
         var coefficients = scaled.S.Select(sn => sn.Select(x => (float)x).ToArray()).ToArray();
         // Adapter output of this exact result: summed straight into the output's bytes (EncodeAs), block by block.
-        byte[]? aBytes = null, bBytes = null;
+        EncodedFactors? encoded = null;
         float[] a = [], b = [];
         ModuleOps.SumSink aOut, bOut;
-        int size = module.EncodeAs is { } type ? type.Bits() / 8 : 0;
         if (module.EncodeAs is { } outType)
         {
-            aBytes = Streaming.WriteQueue.Rent((long)r * dIn * size);
-            bBytes = Streaming.WriteQueue.Rent((long)dOut * r * size);
-            (aOut, bOut) = (ModuleOps.SumSink.Encoded(outType, aBytes), ModuleOps.SumSink.Encoded(outType, bBytes));
+            int size = outType.Bits() / 8, aLength = r * dIn * size, bLength = dOut * r * size;
+            encoded = new EncodedFactors(outType, Streaming.WriteQueue.Rent(bLength), bLength, Streaming.WriteQueue.Rent(aLength), aLength);
+            (aOut, bOut) = (ModuleOps.SumSink.Encoded(outType, encoded.A), ModuleOps.SumSink.Encoded(outType, encoded.B));
         }
         else
         {
@@ -75,10 +74,6 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
         else
             ModuleOps.SumFactorsThenScale(new ModuleOps.F32Rows(scaled.ATrimmed), new ModuleOps.F32Rows(scaled.BTrimmed),
                 n, coefficients, dOut, r, dIn, lambda, aOut, bOut, parallel);
-        return new LowRankResult(b, a, r, first.Scale, first.Alpha)
-        {
-            Stats = stats,
-            Encoded = aBytes == null ? null : new EncodedFactors(module.EncodeAs!.Value, bBytes!, dOut * r * size, aBytes, r * dIn * size),
-        };
+        return new LowRankResult(b, a, r, first.Scale, first.Alpha) { Stats = stats, Encoded = encoded };
     }
 }
