@@ -83,4 +83,45 @@ public unsafe class CpuSelectionPathTests
             Assert.Equal(Array.FindIndex(sorted, v => v >= sorted[k - 1]), (int)less);
         }
     }
+
+    [Theory]
+    [InlineData("random")]
+    [InlineData("sorted")]
+    [InlineData("reversed")]
+    [InlineData("few-values")]
+    [InlineData("all-equal")]
+    [InlineData("one-outlier")]
+    public void PivotSelect_GivesTheKthKeyAndTheCountBelow_ForEveryRank(string order)
+    {
+        var rng = new Random(23);
+        foreach (int n in new[] { 1, 2, 15, 16, 17, 31, 32, 33, 64, 127, 1027, 6 * 512 + 7 })
+        {
+            var keys = new uint[n];
+            for (int i = 0; i < n; i++)
+            {
+                keys[i] = order switch
+                {
+                    "few-values" => (uint)rng.Next(3) * 0x0100_0000u,
+                    "all-equal" => 0x3F80_0000u,
+                    "one-outlier" => i == n / 2 ? 0x7F7F_FFFFu : 0x3000_0000u,
+                    _ => (uint)rng.Next() & 0x7FFF_FFFFu,
+                };
+            }
+            if (order == "sorted") Array.Sort(keys);
+            if (order == "reversed") { Array.Sort(keys); Array.Reverse(keys); }
+            var sorted = (uint[])keys.Clone();
+            Array.Sort(sorted);
+            // Every rank on small arrays, a spread of ranks on the others (the first, the last, ties).
+            var ranks = n <= 130 ? Enumerable.Range(1, n) : new[] { 1, 2, n / 5, n / 2, n - 1, n }.Concat(Enumerable.Range(0, 40).Select(_ => rng.Next(1, n + 1)));
+            foreach (int k in ranks)
+            {
+                var work = (uint[])keys.Clone();
+                uint t;
+                long less;
+                fixed (uint* w = work) t = MagnitudeSelection.PivotSelect(w, n, k, out less);
+                Assert.Equal(sorted[k - 1], t);
+                Assert.Equal(Array.IndexOf(sorted, t), (int)less);
+            }
+        }
+    }
 }
