@@ -2,7 +2,6 @@ using System.Buffers;
 using System.Numerics;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -392,7 +391,7 @@ internal static unsafe class MagnitudeSelection
         }
         else Gather(bits, stride, sample, 0, m);
         // ±4.5σ of the sample rank of the k-th key, plus slack for the stratification.
-        var (lo, hi) = SampleBracket<uint>(sample, n, k, 4.5, 4, InfKey - 1);
+        var (lo, hi) = SampleBracket(sample, n, k, 4.5, 4, InfKey - 1);
         int ends = 0;
         foreach (uint key in sample) if (key == lo || key == hi) ends++;
         tieHeavy = ends > m / 100 + 2;
@@ -442,78 +441,33 @@ internal static unsafe class MagnitudeSelection
     private static readonly ulong[] StrataHashes = Enumerable.Range(0, SampleCount).Select(j => Mix((ulong)j)).ToArray();
 
     /// <summary>
-    /// The bracket rule of both selections: two order statistics of a sample of m keys (reordered in place,
-    /// O(m), no sort) at the sample rank of the k-th smallest of n keys ± (<paramref name="sigmas"/>·σ +
-    /// <paramref name="slack"/>); 0 below the sample, <paramref name="top"/> above it (and at most top).
+    /// The bracket rule of both selections: two order statistics of a sample of m keys (found by
+    /// <see cref="PivotSelect"/> on copies; the sample is left as it was) at the sample rank of the k-th
+    /// smallest of n keys ± (<paramref name="sigmas"/>·σ + <paramref name="slack"/>); 0 below the sample,
+    /// <paramref name="top"/> above it (and at most top).
     /// </summary>
-    internal static (T Lo, T Hi) SampleBracket<T>(Span<T> sample, long n, long k, double sigmas, int slack, T top)
-        where T : unmanaged, IComparisonOperators<T, T, bool>
+    internal static (uint Lo, uint Hi) SampleBracket(ReadOnlySpan<uint> sample, long n, long k, double sigmas, int slack, uint top)
     {
         int m = sample.Length;
         double q = (double)k / n;
         double center = q * m, delta = sigmas * Math.Sqrt(m * q * (1 - q)) + slack;
         int loIdx = (int)Math.Floor(center - delta), hiIdx = (int)Math.Ceiling(center + delta);
-        T lo, hi;
-        if (typeof(T) == typeof(uint))
+        uint lo = 0, hi = top;
+        var copy = ArrayPool<uint>.Shared.Rent(m);
+        try
         {
-            // F32 keys: the vectorised select, each rank on its own copy (the caller still reads the sample).
-            var keys = MemoryMarshal.Cast<T, uint>(sample);
-            var copy = ArrayPool<uint>.Shared.Rent(m);
-            try
+            fixed (uint* c = copy)
             {
-                fixed (uint* c = copy)
-                {
-                    uint l = 0, h = Unsafe.As<T, uint>(ref top);
-                    if (loIdx > 0) { keys.CopyTo(copy); l = PivotSelect(c, m, loIdx + 1, out _); }
-                    if (hiIdx < m) { keys.CopyTo(copy); h = PivotSelect(c, m, hiIdx + 1, out _); }
-                    (lo, hi) = (Unsafe.As<uint, T>(ref l), Unsafe.As<uint, T>(ref h));
-                }
-            }
-            finally
-            {
-                ArrayPool<uint>.Shared.Return(copy);
+                if (loIdx > 0) { sample.CopyTo(copy); lo = PivotSelect(c, m, loIdx + 1, out _); }
+                if (hiIdx < m) { sample.CopyTo(copy); hi = PivotSelect(c, m, hiIdx + 1, out _); }
             }
         }
-        else
+        finally
         {
-            lo = loIdx <= 0 ? default : NthElement(sample, 0, m - 1, loIdx);
-            hi = hiIdx >= m ? top : NthElement(sample, Math.Max(0, loIdx), m - 1, hiIdx);
+            ArrayPool<uint>.Shared.Return(copy);
         }
         if (hi > top) hi = top;
         return (lo, hi < lo ? lo : hi);
-    }
-
-    /// <summary>
-    /// Rearranges a[left..right] so that a[nth] holds the value a sort would put there, everything
-    /// before it is ≤ and everything after it ≥ (Hoare quickselect, median-of-three pivots). Generic over
-    /// the key width (32-bit F32 keys, 16-bit BF16/F16 keys), specialised by the JIT for each.
-    /// </summary>
-    internal static T NthElement<T>(Span<T> a, int left, int right, int nth) where T : unmanaged, IComparisonOperators<T, T, bool>
-    {
-        while (right > left)
-        {
-            int mid = left + (right - left) / 2;
-            if (a[mid] < a[left]) (a[mid], a[left]) = (a[left], a[mid]);
-            if (a[right] < a[left]) (a[right], a[left]) = (a[left], a[right]);
-            if (a[right] < a[mid]) (a[right], a[mid]) = (a[mid], a[right]);
-            T pivot = a[mid];
-            int i = left, j = right;
-            while (i <= j)
-            {
-                while (a[i] < pivot) i++;
-                while (a[j] > pivot) j--;
-                if (i <= j)
-                {
-                    (a[i], a[j]) = (a[j], a[i]);
-                    i++;
-                    j--;
-                }
-            }
-            if (nth <= j) right = j;
-            else if (nth >= i) left = i;
-            else return a[nth];
-        }
-        return a[nth];
     }
 
     // ---------------------------------------------------------------- small key arrays: pivot select

@@ -185,11 +185,10 @@ internal static unsafe class MagnitudeSelection16
     private static (uint Lo, uint Hi) Bracket(ushort* p, int n, long k)
     {
         int m = Math.Min(n, SampleCount);
-        ushort* sample = stackalloc ushort[m];
+        uint* sample = stackalloc uint[m];
         long stride = n / m;
-        for (int j = 0; j < m; j++) sample[j] = (ushort)(p[j * stride + MagnitudeSelection.StratumOffset(j, stride)] & AbsMask);
-        var (lo, hi) = MagnitudeSelection.SampleBracket(new Span<ushort>(sample, m), n, k, 4, 2, AbsMask);
-        return (lo, hi);
+        for (int j = 0; j < m; j++) sample[j] = (uint)(p[j * stride + MagnitudeSelection.StratumOffset(j, stride)] & AbsMask);
+        return MagnitudeSelection.SampleBracket(new ReadOnlySpan<uint>(sample, m), n, k, 4, 2, AbsMask);
     }
 
     /// <summary>
