@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using CopaKernels.Formats.Numerics;
 using CopaKernels.Formats.Safetensors;
+using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
 
 namespace CopaKernels.Merge;

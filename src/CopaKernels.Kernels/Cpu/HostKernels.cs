@@ -22,7 +22,7 @@ public static unsafe class HostKernels
         SelectionResult.CheckDensity(density);
         fixed (float* p = x)
         {
-            var r = MagnitudeSelection.SelectOneThread(p, x.Length, SelectionResult.KFor(x.Length, density), applyMask, out bool finite);
+            var r = MagnitudeSelection.SelectTensor(null, p, x.Length, SelectionResult.KFor(x.Length, density), applyMask, out bool finite);
             if (!finite) throw new NonFiniteInputException(0);
             return r;
         }
@@ -123,7 +123,7 @@ public static unsafe class HostKernels
         ArgumentOutOfRangeException.ThrowIfGreaterThan(k, x.Length);
         fixed (float* p = x)
         {
-            uint t = MagnitudeSelection.SelectKeys((uint*)p, x.Length, k, out _, out bool finite);
+            uint t = MagnitudeSelection.SelectKeys((uint*)p, x.Length, k, null, out _, out bool finite);
             if (!finite) throw new NonFiniteInputException(0);
             return BitConverter.UInt32BitsToSingle(t);
         }

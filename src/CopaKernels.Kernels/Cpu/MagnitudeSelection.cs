@@ -46,10 +46,7 @@ internal static unsafe class MagnitudeSelection
         float* p = x.Floats(range.Offset);
         long n = range.Length;
         long k = SelectionResult.KFor(n, density);
-        bool finite;
-        SelectionResult r = n >= LargeThreshold
-            ? SelectLarge(backend, p, n, k, applyMask, out finite)
-            : SelectOneThread(p, n, k, applyMask, out finite);
+        var r = SelectTensor(n >= LargeThreshold ? backend : null, p, n, k, applyMask, out bool finite);
         if (!finite) throw new NonFiniteInputException(0);
         return r;
     }
@@ -70,14 +67,14 @@ internal static unsafe class MagnitudeSelection
         {
             var rg = rangesArray[i];
             if (rg.Length >= LargeThreshold) return;
-            local[i] = SelectOneThread((float*)f + rg.Offset, rg.Length, SelectionResult.KFor(rg.Length, density), applyMask, out var finite);
+            local[i] = SelectTensor(null, (float*)f + rg.Offset, rg.Length, SelectionResult.KFor(rg.Length, density), applyMask, out var finite);
             bad[i] = !finite;
         });
         // Large tensors: each uses every thread on its own.
         foreach (var i in large)
         {
             var rg = rangesArray[i];
-            local[i] = SelectLarge(backend, floats + rg.Offset, rg.Length, SelectionResult.KFor(rg.Length, density), applyMask, out var finite);
+            local[i] = SelectTensor(backend, floats + rg.Offset, rg.Length, SelectionResult.KFor(rg.Length, density), applyMask, out var finite);
             bad[i] = !finite;
         }
         int first = Array.IndexOf(bad, true);
@@ -85,20 +82,28 @@ internal static unsafe class MagnitudeSelection
         local.CopyTo(results);
     }
 
-    // ---------------------------------------------------------------- small: radix select
+    // ---------------------------------------------------------------- one tensor
 
-    internal static SelectionResult SelectOneThread(float* p, long n, long k, bool applyMask, out bool finite)
+    /// <summary>
+    /// The selection of one tensor: its threshold (<see cref="SelectKeys"/>) and, with
+    /// <paramref name="applyMask"/>, the mask; on the calling thread without <paramref name="backend"/>,
+    /// else every pass on its threads. Tests may force the bracket to exercise its miss paths.
+    /// </summary>
+    internal static SelectionResult SelectTensor(CpuBackend? backend, float* p, long n, long k, bool applyMask, out bool finite,
+        (uint Lo, uint Hi)? forcedBracket = null)
     {
         if (k == 0)
         {
-            finite = MaxKey((uint*)p, n) < InfKey;
+            finite = (backend == null ? MaxKey((uint*)p, n) : ParallelMaxKey(backend, (uint*)p, n)) < InfKey;
             return new SelectionResult(0, 0f, n);
         }
-        uint t = SelectKeys((uint*)p, n, k, out long less, out finite);
+        uint t = SelectKeys((uint*)p, n, k, backend, out long less, out finite, forcedBracket);
         if (!finite) return default;
-        long kept = applyMask ? Mask(p, n, t) : n - less;
+        long kept = !applyMask ? n - less : backend == null ? Mask(p, n, t) : ParallelMask(backend, p, n, t);
         return new SelectionResult(k, BitConverter.UInt32BitsToSingle(t), kept);
     }
+
+    // ---------------------------------------------------------------- radix select (the exact fallback)
 
     /// <summary>
     /// The k-th smallest key (1-based) of the n values at <paramref name="bits"/> (sign ignored), and
@@ -131,8 +136,8 @@ internal static unsafe class MagnitudeSelection
             // Copy out the keys of bucket b1: typically a small fraction of n. Small copies reuse a
             // per-thread buffer; big ones (the rare fallback on a huge tensor) are pooled and returned,
             // so no thread keeps hundreds of megabytes alive after the call.
-            bool pooled = m + 1 > ThreadScratchLimit;
-            var scratch = pooled ? ArrayPool<uint>.Shared.Rent((int)(m + 1)) : Scratch(m);
+            var rented = m + 1 > ThreadScratchLimit ? ArrayPool<uint>.Shared.Rent((int)(m + 1)) : null;
+            Span<uint> scratch = rented != null ? rented : Scratch(m);
             try
             {
                 fixed (uint* s = scratch)
@@ -152,7 +157,7 @@ internal static unsafe class MagnitudeSelection
             }
             finally
             {
-                if (pooled) ArrayPool<uint>.Shared.Return(scratch);
+                if (rented != null) ArrayPool<uint>.Shared.Return(rented);
             }
         }
     }
@@ -199,115 +204,50 @@ internal static unsafe class MagnitudeSelection
         throw new InvalidOperationException("rank beyond histogram total");
     }
 
-    private static uint[] Scratch(long m)
-    {
-        var s = t_scratch;
-        if (s == null || s.Length < m + 1)
-        {
-            s = new uint[Math.Max(m + 1, 1024)];
-            t_scratch = s;
-        }
-        return s;
-    }
+    /// <summary>This thread's key scratch, m + 1 long.</summary>
+    private static Span<uint> Scratch(long m) => ThreadScratch.Get(ref t_scratch, (int)m + 1, 1024);
 
-    // ---------------------------------------------------------------- large: sampled bracket
+    // ---------------------------------------------------------------- sampled bracket
 
-    /// <summary>The sampled-bracket select; tests may force the bracket to exercise its miss paths.</summary>
-    internal static SelectionResult SelectLarge(CpuBackend backend, float* p, long n, long k, bool applyMask, out bool finite,
+    /// <summary>
+    /// The k-th smallest key (1-based) of the n values at <paramref name="bits"/> (sign ignored), without
+    /// modifying them, and how many keys are strictly below it; <paramref name="finite"/> is false if any
+    /// key is Inf/NaN (the result then means nothing). Up to <see cref="SmallSelect"/> keys:
+    /// <see cref="PivotSelect"/> on a copy. Else a sampled bracket, one counting pass that copies the keys
+    /// inside it (chunked over <paramref name="backend"/>'s threads when given), and the k-th among those
+    /// (<see cref="TryResolve"/>); a radix select over all keys when the bracket missed.
+    /// </summary>
+    internal static uint SelectKeys(uint* bits, long n, long k, CpuBackend? backend, out long less, out bool finite,
         (uint Lo, uint Hi)? forcedBracket = null)
     {
-        if (k == 0)
+        if (n <= SmallSelect && forcedBracket == null)
         {
-            finite = ParallelMaxKey(backend, (uint*)p, n) < InfKey;
-            return new SelectionResult(0, 0f, n);
+            // 4096 keys: 3.7 µs against 8.1 for the radix select, whose histograms alone are 32 KB to clear.
+            var keys = Scratch(n);
+            TensorPrimitives.BitwiseAnd(new ReadOnlySpan<uint>(bits, (int)n), AbsMask, keys);
+            finite = TensorPrimitives.Max<uint>(keys[..(int)n]) < InfKey;
+            if (!finite) { less = 0; return 0; }
+            fixed (uint* c = keys) return PivotSelect(c, n, k, out less);
         }
         bool tieHeavy = false;
-        var (lo, hi) = forcedBracket ?? Bracket((uint*)p, n, k, out tieHeavy, backend);
-        var pass = BracketPass(backend, (uint*)p, n, lo, hi, inclusive: !tieHeavy);
+        uint maxKey = 0;
+        var (lo, hi) = forcedBracket ?? Bracket(bits, n, k, out tieHeavy, out maxKey, backend);
+        if (maxKey >= InfKey) { less = 0; finite = false; return 0; }
+        var pass = BracketPass(backend, bits, n, lo, hi, inclusive: !tieHeavy);
         if (pass.Counts.Overflow && pass.Counts.MaxKey < InfKey && !tieHeavy)
         {
             // The bracket's ends held more keys than the sample showed: count them apart instead.
-            ArrayPool<uint>.Shared.Return(pass.Candidates);
-            pass = BracketPass(backend, (uint*)p, n, lo, hi, inclusive: false);
-        }
-        try
-        {
-            finite = pass.Counts.MaxKey < InfKey;
-            if (!finite) return default;
-            uint t;
-            long less;
-            fixed (uint* c = pass.Candidates)
-            {
-                if (!TryResolve(pass.Counts, lo, hi, c, k, out t, out less, backend))
-                {
-                    // The sample missed (or the bracket held too many keys): exact all the same, at
-                    // the cost of a full radix select.
-                    t = RadixSelect((uint*)p, n, k, out less, out _);
-                }
-            }
-            long kept = applyMask ? ParallelMask(backend, p, n, t) : n - less;
-            return new SelectionResult(k, BitConverter.UInt32BitsToSingle(t), kept);
-        }
-        finally
-        {
-            ArrayPool<uint>.Shared.Return(pass.Candidates);
-        }
-    }
-
-    /// <summary>
-    /// The k-th smallest key of n values (sign ignored) on one thread, without modifying them: a
-    /// sampled bracket, then <see cref="PivotSelect"/> on the keys inside it (on a copy of all of them
-    /// for short inputs); radix select when the bracket missed. <paramref name="less"/> counts the keys
-    /// strictly below the result.
-    /// </summary>
-    internal static uint SelectKeys(uint* bits, long n, long k, out long less, out bool finite)
-    {
-        if (n <= SmallSelect)
-        {
-            // 4096 keys: 3.7 µs against 8.1 for the radix select, whose histograms alone are 32 KB to clear.
-            var copy = Scratch(n);
-            var keys = copy.AsSpan(0, (int)n);
-            TensorPrimitives.BitwiseAnd(new ReadOnlySpan<uint>(bits, (int)n), AbsMask, keys);
-            finite = TensorPrimitives.Max<uint>(keys) < InfKey;
-            if (!finite) { less = 0; return 0; }
-            fixed (uint* c = copy) return PivotSelect(c, n, k, out less);
-        }
-        var (lo, hi) = Bracket(bits, n, k, out bool tieHeavy, out uint maxKey);
-        if (maxKey >= InfKey) { less = 0; finite = false; return 0; }
-        var list = ArrayPool<uint>.Shared.Rent((int)(n / 4) + 16);
-        try
-        {
-            var counts = tieHeavy ? CountBracket(bits, n, lo, hi, list) : CountInclusive(bits, n, lo, hi, list);
-            if (counts.Overflow && counts.MaxKey < InfKey && !tieHeavy) counts = CountBracket(bits, n, lo, hi, list);
-            finite = counts.MaxKey < InfKey;
-            if (!finite) { less = 0; return 0; }
-            fixed (uint* c = list)
-                if (TryResolve(counts, lo, hi, c, k, out uint t, out less)) return t;
-            return RadixSelect(bits, n, k, out less, out _);
-        }
-        finally
-        {
-            ArrayPool<uint>.Shared.Return(list);
-        }
-    }
-
-    /// <summary>
-    /// <see cref="SelectKeys"/> of finite keys with the backend's threads: the bracket's keys of a large
-    /// tensor (a few percent of it, still hundreds of thousands) are counted and copied in parallel too.
-    /// </summary>
-    private static uint SelectKeysParallel(CpuBackend backend, uint* bits, long n, long k, out long less)
-    {
-        var (lo, hi) = Bracket(bits, n, k, out bool tieHeavy, backend);
-        var pass = BracketPass(backend, bits, n, lo, hi, inclusive: !tieHeavy);
-        if (pass.Counts.Overflow && !tieHeavy)
-        {
             ArrayPool<uint>.Shared.Return(pass.Candidates);
             pass = BracketPass(backend, bits, n, lo, hi, inclusive: false);
         }
         try
         {
+            finite = pass.Counts.MaxKey < InfKey;
+            if (!finite) { less = 0; return 0; }
             fixed (uint* c = pass.Candidates)
-                if (TryResolve(pass.Counts, lo, hi, c, k, out uint t, out less)) return t;
+                if (TryResolve(pass.Counts, lo, hi, c, k, out uint t, out less, backend)) return t;
+            // The sample missed (or the bracket held too many keys): exact all the same, at the cost of a
+            // full radix select.
             return RadixSelect(bits, n, k, out less, out _);
         }
         finally
@@ -322,7 +262,8 @@ internal static unsafe class MagnitudeSelection
     /// <summary>
     /// Places the k-th key among the classes of a bracket pass (&lt; lo, = lo, strictly inside, = hi,
     /// &gt; hi) and finishes inside; false when it is outside the bracket (or the copy overflowed).
-    /// With <paramref name="backend"/>, a large inside is finished with its threads (<see cref="SelectKeysParallel"/>).
+    /// An inside of <see cref="LargeThreshold"/> keys or more goes through <see cref="SelectKeys"/> again (with
+    /// <paramref name="backend"/>'s threads, when given).
     /// </summary>
     private static bool TryResolve(in ChunkCounts c, uint lo, uint hi, uint* candidates, long k, out uint t, out long less,
         CpuBackend? backend = null)
@@ -337,8 +278,7 @@ internal static unsafe class MagnitudeSelection
         if (r > c.EqualLo && r <= c.EqualLo + c.Inside && !c.Overflow)
         {
             t = c.Inside < LargeThreshold ? PivotSelect(candidates, c.Inside, r - c.EqualLo, out less)
-                : backend != null ? SelectKeysParallel(backend, candidates, c.Inside, r - c.EqualLo, out less)
-                : SelectKeys(candidates, c.Inside, r - c.EqualLo, out less, out _);
+                : SelectKeys(candidates, c.Inside, r - c.EqualLo, backend, out less, out _);
             less += c.Below + c.EqualLo;
             return true;
         }
@@ -377,11 +317,33 @@ internal static unsafe class MagnitudeSelection
     private static (uint Lo, uint Hi) Bracket(uint* bits, long n, long k, out bool tieHeavy, out uint maxKey, CpuBackend? backend = null)
     {
         int m = (int)Math.Min(n, Math.Clamp(n / 64, 1024, SampleCount));
-        var sample = new uint[m];
+        // Pooled: a batch of LoRA factors takes one sample each.
+        var sample = ArrayPool<uint>.Shared.Rent(m);
+        try
+        {
+            maxKey = GatherSample(bits, n, sample, m, backend);
+            // ±4.5σ of the sample rank of the k-th key, plus slack for the stratification.
+            var (lo, hi) = SampleBracket(sample.AsSpan(0, m), n, k, 4.5, 4, InfKey - 1);
+            int ends = 0;
+            for (int j = 0; j < m; j++) if (sample[j] == lo || sample[j] == hi) ends++;
+            tieHeavy = ends > m / 100 + 2;
+            return (lo, hi);
+        }
+        finally
+        {
+            ArrayPool<uint>.Shared.Return(sample);
+        }
+    }
+
+    /// <summary>
+    /// The m keys of the sample into sample[0..m): streamed below <see cref="LargeThreshold"/> keys (and
+    /// the largest key returned), else gathered (by the backend's threads when it has several; 0 returned).
+    /// </summary>
+    private static uint GatherSample(uint* bits, long n, uint[] sample, int m, CpuBackend? backend)
+    {
         long stride = n / m;
-        maxKey = 0;
-        if (n < LargeThreshold) maxKey = StreamGather(bits, n, stride, sample);
-        else if (backend is { Threads: > 1 })
+        if (n < LargeThreshold) return StreamGather(bits, n, stride, sample, m);
+        if (backend is { Threads: > 1 })
         {
             // Each sample is a cache (and TLB) miss of its own: the threads share the strata out. Eight parts
             // a thread, so that the calling thread goes on taking parts while a sleeping worker wakes up
@@ -392,12 +354,7 @@ internal static unsafe class MagnitudeSelection
                 Gather((uint*)b, stride, sample, (int)((long)m * part / parts), (int)((long)m * (part + 1) / parts)));
         }
         else Gather(bits, stride, sample, 0, m);
-        // ±4.5σ of the sample rank of the k-th key, plus slack for the stratification.
-        var (lo, hi) = SampleBracket(sample, n, k, 4.5, 4, InfKey - 1);
-        int ends = 0;
-        foreach (uint key in sample) if (key == lo || key == hi) ends++;
-        tieHeavy = ends > m / 100 + 2;
-        return (lo, hi);
+        return 0;
     }
 
     /// <summary>
@@ -407,10 +364,10 @@ internal static unsafe class MagnitudeSelection
     /// thread, from memory): sampling took 15.7 ms scattered, against 9.2 ms for a read pass and then
     /// the same sample from cache; and the passes after it find the tensor in cache.
     /// </summary>
-    internal static uint StreamGather(uint* bits, long n, long stride, uint[] sample)
+    private static uint StreamGather(uint* bits, long n, long stride, uint[] sample, int m)
     {
         const long Block = 4096;
-        int m = sample.Length, j = 0;
+        int j = 0;
         uint max = 0;
         for (long start = 0; start < n; start += Block)
         {
@@ -425,7 +382,7 @@ internal static unsafe class MagnitudeSelection
     }
 
     /// <summary>Samples of strata [from, to): stratum j's key at a hashed offset inside it.</summary>
-    internal static void Gather(uint* bits, long stride, uint[] sample, int from, int to)
+    private static void Gather(uint* bits, long stride, uint[] sample, int from, int to)
     {
         for (int j = from; j < to; j++) sample[j] = bits[j * stride + StratumOffset(j, stride)] & AbsMask;
     }
@@ -639,7 +596,7 @@ internal static unsafe class MagnitudeSelection
     private static ulong Mix(ulong z) => CounterRandom.Mix(z + 0x9E3779B97F4A7C15UL);
 
     /// <summary>Counts of one bracket pass; Candidates (pooled) holds the keys strictly inside unless Counts.Overflow.</summary>
-    internal sealed record BracketResult(ChunkCounts Counts, uint[] Candidates);
+    internal readonly record struct BracketResult(ChunkCounts Counts, uint[] Candidates);
 
     /// <summary>
     /// Runs <paramref name="body"/>(start, length) over n elements cut into chunks (about sixteen per
@@ -663,26 +620,25 @@ internal static unsafe class MagnitudeSelection
         return results;
     }
 
-    /// <param name="backend">Threads.</param>
+    /// <summary>
+    /// The counting pass of <see cref="SelectKeys"/>: on the calling thread without <paramref name="backend"/>,
+    /// else in chunks on its threads, whose copies are then joined in chunk order.
+    /// </summary>
+    /// <param name="backend">Threads, or null.</param>
     /// <param name="bits">The keys (sign ignored).</param>
     /// <param name="n">How many.</param>
     /// <param name="lo">Bracket start.</param>
     /// <param name="hi">Bracket end.</param>
     /// <param name="inclusive">Copy the keys in [lo, hi] (<see cref="CountInclusive"/>), else count the ends apart (<see cref="CountBracket"/>).</param>
-    internal static BracketResult BracketPass(CpuBackend backend, uint* bits, long n, uint lo, uint hi, bool inclusive = false)
+    internal static BracketResult BracketPass(CpuBackend? backend, uint* bits, long n, uint lo, uint hi, bool inclusive = false)
     {
+        if (backend == null) return CountChunk(bits, n, lo, hi, inclusive);
         var b = (nint)bits;
-        var parts = ForEachChunk(backend, n, (start, len) =>
-        {
-            // A bracket holds a few percent of the keys; a quarter of the chunk is plenty, and
-            // running out only sends the select down the exact fallback.
-            var list = ArrayPool<uint>.Shared.Rent((int)(len / 4) + 16);
-            var counts = inclusive ? CountInclusive((uint*)b + start, len, lo, hi, list) : CountBracket((uint*)b + start, len, lo, hi, list);
-            return (Counts: counts, List: list);
-        });
+        var parts = ForEachChunk(backend, n, (start, len) => CountChunk((uint*)b + start, len, lo, hi, inclusive));
+        if (parts.Length == 1) return parts[0];
         int chunks = parts.Length;
         var counts = parts.Select(x => x.Counts).ToArray();
-        var lists = parts.Select(x => x.List).ToArray();
+        var lists = parts.Select(x => x.Candidates).ToArray();
         long inside = 0;
         bool overflow = false;
         foreach (var c in counts) { inside += c.Inside; overflow |= c.Overflow; }
@@ -700,6 +656,15 @@ internal static unsafe class MagnitudeSelection
             EqualHi = counts.Sum(c => c.EqualHi), MaxKey = counts.Max(c => c.MaxKey), Overflow = overflow,
         };
         return new BracketResult(total, all);
+    }
+
+    /// <summary>One chunk of the counting pass, its copy in a pooled list.</summary>
+    private static BracketResult CountChunk(uint* bits, long n, uint lo, uint hi, bool inclusive)
+    {
+        // A bracket holds a few percent of the keys; a quarter of the chunk is plenty, and running out
+        // only sends the select down the exact fallback.
+        var list = ArrayPool<uint>.Shared.Rent((int)(n / 4) + 16);
+        return new BracketResult(inclusive ? CountInclusive(bits, n, lo, hi, list) : CountBracket(bits, n, lo, hi, list), list);
     }
 
     internal struct ChunkCounts

@@ -59,7 +59,7 @@ internal static unsafe class MagnitudeSelection16
         uint max;
         if (Vector512.IsHardwareAccelerated && Avx512Vbmi2.IsSupported && n >= 64)
         {
-            var scratch = t_candidates is { } c && c.Length >= n + 32 ? c : t_candidates = new ushort[Math.Max(n + 32, 4096)];
+            var scratch = ThreadScratch.Get(ref t_candidates, n + 32, 4096);
             fixed (ushort* dst = scratch)
             {
                 int collected;

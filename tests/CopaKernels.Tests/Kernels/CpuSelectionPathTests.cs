@@ -43,7 +43,7 @@ public unsafe class CpuSelectionPathTests
     public void LargePath_WithAWideBracket_FinishesTheCopyWithTheThreads_AndIsExact(string kind, int threads)
     {
         // A bracket holding about half of 600K keys: its copy is above LargeThreshold, so the finish runs the
-        // sampled select again on the copy with the backend's threads (SelectKeysParallel).
+        // sampled select again on the copy with the backend's threads (SelectKeys with the backend).
         using var backend = new CpuBackend(threads);
         var data = TestData.Make(kind, 600_000, 17);
         var expected = (float[])data.Clone();
@@ -59,7 +59,7 @@ public unsafe class CpuSelectionPathTests
     {
         using var buf = (CpuBuffer)backend.Allocate(data.Length * 4);
         backend.Upload(MemoryMarshal.AsBytes(data.AsSpan()), buf, 0);
-        var got = MagnitudeSelection.SelectLarge(backend, buf.Floats(0), data.Length, want.K, true, out bool finite, bracket);
+        var got = MagnitudeSelection.SelectTensor(backend, buf.Floats(0), data.Length, want.K, true, out bool finite, bracket);
         Assert.True(finite);
         Assert.Equal(want, got);
         Assert.Equal(expected, buf.Span<float>(0, data.Length).ToArray());

@@ -1,8 +1,9 @@
-namespace CopaKernels.Merge;
+namespace CopaKernels.Kernels;
 
 /// <summary>
-/// Per-thread scratch arrays for the merge's passes: each grows to the longest request on its thread and
-/// is reused after, so a module's loop allocates nothing once the shapes in use have been seen.
+/// Per-thread scratch arrays for the kernels' and the merge's passes: each grows to the longest request on
+/// its thread and is reused after, so a loop over tensors allocates nothing once the shapes in use have
+/// been seen.
 /// </summary>
 internal static class ThreadScratch
 {
