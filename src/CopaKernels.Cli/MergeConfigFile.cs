@@ -149,8 +149,19 @@ internal sealed class MergeConfigFile
 
     private double Number(string key, YamlNode node)
     {
-        if (node is YamlScalarNode { Value: { } s } && double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var x)) return x;
-        throw Bad(key, node, "must be a number");
+        if (node is YamlScalarNode { Value: { } s } && Numbers.TryParse(s, out var x)) return x;
+        throw new CopaInputException(FilePath, null, $"line {node.Start.Line}: " +
+            (node is YamlScalarNode { Value: { } t } ? Numbers.NotANumber(key, t) : $"{key} must be a number"));
+    }
+
+    /// <summary>
+    /// The line of a setting, for messages about its value (weights given in the adapters list: that
+    /// list's line), or null when the file does not hold it.
+    /// </summary>
+    public long? LineOf(string key)
+    {
+        if (key == "weight") key = _values.ContainsKey("weights") ? "weights" : "adapters";
+        return _values.TryGetValue(key.Replace('_', '-'), out var v) ? v.Node.Start.Line : null;
     }
 
     private string Resolve(string p) =>

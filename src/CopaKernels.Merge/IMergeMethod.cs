@@ -14,6 +14,9 @@ public interface IMergeMethod
     /// <summary>One line for help texts.</summary>
     string Description { get; }
 
+    /// <summary>The parameters this method reads and their defaults; any other one given is refused.</summary>
+    MethodParameters Parameters { get; }
+
     /// <summary>Merges one module. Input problems throw <see cref="Formats.CopaInputException"/> naming the module.</summary>
     ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options);
 
@@ -68,7 +71,8 @@ public readonly record struct ResultForm(int Rank, int DenseArrays = 0)
 /// <summary>The registry of methods (SPEC §2–§4).</summary>
 public static class MergeMethods
 {
-    private static readonly IMergeMethod[] All =
+    /// <summary>Every method, in documentation order.</summary>
+    public static IReadOnlyList<IMergeMethod> All { get; } =
     [
         new Methods.CopaMethod(),
         new Methods.CopaOfficialMethod(),
@@ -85,6 +89,6 @@ public static class MergeMethods
 
     /// <summary>The method called <paramref name="name"/>.</summary>
     public static IMergeMethod Get(string name) =>
-        All.FirstOrDefault(m => m.Name == name) ?? throw new Formats.CopaInputException(null, null,
+        All.FirstOrDefault(m => m.Name == name) ?? throw new ParameterException("method",
             $"unknown method '{name}' (expected {string.Join(", ", Names)})");
 }

@@ -12,9 +12,10 @@ public enum MergeSpace
 }
 
 /// <summary>
-/// The parameters of a merge, with the SPEC's defaults. Null means "the method's default":
+/// The parameters of a merge. Null means "the method's default" (see <see cref="IMergeMethod.Parameters"/>:
 /// density 0.2; λ 2.0 for copa and copa-official, 1.0 for the baselines; clamp 0 (copa) or 0.2
-/// (copa-official, fixed); pcb ratio 0.1; seed 0; weights 1.
+/// (copa-official, fixed); pcb ratio 0.1; seed 0; space factors; weights 1). A parameter the method does
+/// not read must stay null: <see cref="Validate"/> refuses it, since it would do nothing.
 /// </summary>
 public sealed record MergeOptions
 {
@@ -31,51 +32,93 @@ public sealed record MergeOptions
     public double? Clamp { get; init; }
 
     /// <summary>CoPA's cross-task normalisation (step 4); off allows unequal ranks.</summary>
-    public bool Normalize { get; init; } = true;
+    public bool? Normalize { get; init; }
 
     /// <summary>PCB's ratio q ∈ (0, 1].</summary>
     public double? PcbRatio { get; init; }
 
     /// <summary>DARE's seed.</summary>
-    public ulong Seed { get; init; }
+    public ulong? Seed { get; init; }
 
     /// <summary>Space of the baselines.</summary>
-    public MergeSpace Space { get; init; } = MergeSpace.Factors;
+    public MergeSpace? Space { get; init; }
 
     /// <summary>Per-adapter weights w_n (default 1 each).</summary>
     public IReadOnlyList<double>? Weights { get; init; }
 
+    /// <summary>What the method reads and its defaults.</summary>
+    public MethodParameters Declared => MergeMethods.Get(Method).Parameters;
+
     /// <summary>The effective density.</summary>
-    public double EffectiveDensity => Density ?? 0.2;
+    public double EffectiveDensity => Effective(Density, Declared.Density, MergeParameter.Density);
 
     /// <summary>The effective λ.</summary>
-    public double EffectiveLambda => Lambda ?? (Method is "copa" or "copa-official" ? 2.0 : 1.0);
+    public double EffectiveLambda => Effective(Lambda, Declared.Lambda, MergeParameter.Lambda);
 
     /// <summary>The effective clamp.</summary>
-    public double EffectiveClamp => Method == "copa-official" ? 0.2 : Clamp ?? 0.0;
+    public double EffectiveClamp => Effective(Clamp, Declared.Clamp, MergeParameter.Clamp);
+
+    /// <summary>The effective cross-task normalisation.</summary>
+    public bool EffectiveNormalize => Effective(Normalize, Declared.Normalize, MergeParameter.Normalize);
 
     /// <summary>The effective PCB ratio.</summary>
-    public double EffectivePcbRatio => PcbRatio ?? 0.1;
+    public double EffectivePcbRatio => Effective(PcbRatio, Declared.PcbRatio, MergeParameter.PcbRatio);
+
+    /// <summary>The effective seed.</summary>
+    public ulong EffectiveSeed => Seed ?? 0;
+
+    /// <summary>The effective space.</summary>
+    public MergeSpace EffectiveSpace => Space ?? MergeSpace.Factors;
 
     /// <summary>w_n for task <paramref name="n"/>.</summary>
     public double WeightOf(int n) => Weights is { Count: > 0 } w ? w[n] : 1.0;
 
-    /// <summary>Checks names and ranges; throws <see cref="CopaInputException"/> with the parameter named.</summary>
+    private T Effective<T>(T? given, T? declared, MergeParameter p) where T : struct =>
+        declared is { } d
+            ? Declared.Fixed.Contains(p) ? d : given ?? d
+            : throw new InvalidOperationException($"{Method} does not read {MethodParameters.NameOf(p)}");
+
+    /// <summary>
+    /// Checks names and ranges, and that every parameter given is one the method reads (with the fixed
+    /// value where the method fixes it); throws <see cref="ParameterException"/> naming the parameter.
+    /// </summary>
     public void Validate(int tasks)
     {
         if (!MergeMethods.Names.Contains(Method))
-            throw new CopaInputException(null, null, $"unknown method '{Method}' (expected {string.Join(", ", MergeMethods.Names)})");
+            throw new ParameterException("method", $"unknown method '{Method}' (expected {string.Join(", ", MergeMethods.Names)})");
         if (tasks < 1) throw new CopaInputException(null, null, "at least one adapter is needed");
-        if (Density is { } d && !(d > 0 && d <= 1)) throw new CopaInputException(null, null, $"density {d} must be in (0, 1] (the fraction kept)");
-        if (Lambda is { } l && !double.IsFinite(l)) throw new CopaInputException(null, null, $"lambda {l} must be a finite number");
-        if (Clamp is { } c && !(c >= 0 && c < 1)) throw new CopaInputException(null, null, $"clamp {c} must be in [0, 1)");
-        if (Clamp is not null && Method == "copa-official" && Clamp != 0.2)
-            throw new CopaInputException(null, null, "copa-official fixes clamp at 0.2 (the released code's value); use method copa for another clamp");
-        if (PcbRatio is { } q && !(q > 0 && q <= 1)) throw new CopaInputException(null, null, $"pcb-ratio {q} must be in (0, 1]");
+        var declared = Declared;
+        Read(MergeParameter.Density, Density != null);
+        Read(MergeParameter.Lambda, Lambda != null);
+        Read(MergeParameter.Clamp, Clamp != null);
+        Read(MergeParameter.Normalize, Normalize != null);
+        Read(MergeParameter.PcbRatio, PcbRatio != null);
+        Read(MergeParameter.Seed, Seed != null);
+        Read(MergeParameter.Space, Space != null);
+        Read(MergeParameter.Weights, Weights is { Count: > 0 });
+        if (Density is { } d && !(d > 0 && d <= 1)) throw new ParameterException("density", $"density {Number(d)} must be in (0, 1] (the fraction kept)");
+        if (Lambda is { } l && !double.IsFinite(l)) throw new ParameterException("lambda", $"lambda {Number(l)} must be a finite number");
+        if (Clamp is { } c && !(c >= 0 && c < 1)) throw new ParameterException("clamp", $"clamp {Number(c)} must be in [0, 1)");
+        if (Clamp is { } fc && declared.Fixed.Contains(MergeParameter.Clamp) && fc != declared.Clamp)
+            throw new ParameterException("clamp", $"{Method} fixes clamp at {Number(declared.Clamp!.Value)} (the released code's value); use method copa for another clamp");
+        if (Normalize is { } fn && declared.Fixed.Contains(MergeParameter.Normalize) && fn != declared.Normalize)
+            throw new ParameterException("normalize", $"{Method} always normalises across tasks (the released code does); use method copa with normalize false");
+        if (PcbRatio is { } q && !(q > 0 && q <= 1)) throw new ParameterException("pcb-ratio", $"pcb-ratio {Number(q)} must be in (0, 1]");
         if (Weights is { Count: > 0 } w)
         {
-            if (w.Count != tasks) throw new CopaInputException(null, null, $"{w.Count} weights for {tasks} adapters; give one weight per adapter, in order");
-            foreach (var x in w) if (!double.IsFinite(x)) throw new CopaInputException(null, null, $"weight {x} must be a finite number");
+            if (w.Count != tasks) throw new ParameterException("weight", $"{w.Count} weights for {tasks} adapters; give one weight per adapter, in order");
+            foreach (var x in w) if (!double.IsFinite(x)) throw new ParameterException("weight", $"weight {Number(x)} must be a finite number");
+        }
+
+        void Read(MergeParameter p, bool given)
+        {
+            if (!given || declared.Reads(p)) return;
+            var name = MethodParameters.NameOf(p);
+            var users = MergeMethods.All.Where(m => m.Parameters.Reads(p)).Select(m => m.Name).ToList();
+            throw new ParameterException(name, $"method {Method} does not use --{name}" +
+                (users.Count > 0 ? $" (it applies to {string.Join(", ", users)})" : ""));
         }
     }
+
+    private static string Number(double x) => x.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
 }

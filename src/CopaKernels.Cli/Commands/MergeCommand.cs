@@ -18,20 +18,20 @@ internal static class MergeCommand
         var config = new Option<string?>("--config") { Description = "YAML file with the same settings (flags override it)" };
         var method = new Option<string?>("--method") { Description = string.Join("|", MergeMethods.Names) };
         var adapter = new Option<string[]>("--adapter") { Description = "PEFT adapter folder (repeatable, in order)", AllowMultipleArgumentsPerToken = true };
-        var weight = new Option<double[]>("--weight") { Description = "weight w_n of each adapter (repeatable, in order; default 1)", AllowMultipleArgumentsPerToken = true };
+        var weight = Numbers.Many("--weight", "weight w_n of each adapter (repeatable, in order; default 1)");
         var output = new Option<string?>("--out") { Description = "output folder (must not exist or be empty)" };
         var mode = new Option<string?>("--output") { Description = "adapter|model|delta (default adapter)" };
         var baseModel = new Option<string?>("--base") { Description = "base model folder, index.json or .safetensors (needed for --output model)" };
         var rank = new Option<string?>("--rank") { Description = "sum (the exact merged rank) or N (exact re-rank to N)" };
         var space = new Option<string?>("--space") { Description = "factors|delta: where the baselines operate (default factors)" };
-        var density = new Option<double?>("--density") { Description = "ρ, the fraction kept by trims and DARE (default 0.2)" };
-        var lambda = new Option<double?>("--lambda") { Description = "λ (default 2 for copa, copa-official; 1 otherwise)" };
-        var clamp = new Option<double?>("--clamp") { Description = "CoPA clamp c in [0, 1) (default 0; copa-official fixes 0.2)" };
+        var density = Numbers.Option("--density", "ρ, the fraction kept by trims and DARE (default 0.2)");
+        var lambda = Numbers.Option("--lambda", "λ (default 2 for copa, copa-official; 1 otherwise)");
+        var clamp = Numbers.Option("--clamp", "CoPA clamp c in [0, 1) (default 0; copa-official fixes 0.2)");
         var normalize = new Option<bool?>("--normalize") { Description = "CoPA cross-task normalisation (default true)" };
-        var pcbRatio = new Option<double?>("--pcb-ratio") { Description = "PCB ratio q (default 0.1)" };
-        var seed = new Option<ulong?>("--seed") { Description = "DARE seed (default 0)" };
+        var pcbRatio = Numbers.Option("--pcb-ratio", "PCB ratio q (default 0.1)");
+        var seed = Numbers.Integer<ulong>("--seed", "DARE seed (default 0)");
         var device = new Option<string?>("--device") { Description = "auto|cpu|cuda|opencl|cuda:N|opencl:N (default auto)" };
-        var threads = new Option<int?>("--threads") { Description = "CPU threads (default all cores)" };
+        var threads = Numbers.Integer<int>("--threads", "CPU threads (default all cores)");
         var maxMemory = new Option<string?>("--max-memory") { Description = "working-memory budget, e.g. 512MiB, 2GiB (default 2GiB)" };
         var outDtype = new Option<string?>("--out-dtype") { Description = "bf16|f16|f32 (default: base dtype / adapters' dtype / f32 for delta)" };
         var shardSize = new Option<string?>("--shard-size") { Description = "max shard size, e.g. 5GB (default: mirror the base; 5GB for delta)" };
@@ -45,6 +45,13 @@ internal static class MergeCommand
         cmd.SetAction(parse =>
         {
             var file = parse.GetValue(config) is { } c ? MergeConfigFile.Load(c) : null;
+            // A value taken from the config file (its flag not given): its errors name the file and line.
+            bool FromFile(Option o, string key) => file != null && parse.GetResult(o) == null && file.LineOf(key) != null;
+            T Checked<T>(Option o, string key, Func<T> read)
+            {
+                try { return read(); }
+                catch (CopaInputException e) when (e.FilePath == null && FromFile(o, key)) { throw InFile(file!, key, e.Reason); }
+            }
             string? Text(Option<string?> o, string key) => parse.GetResult(o) != null ? parse.GetValue(o) : file?.Text(key);
             T? Value<T>(Option<T?> o, Func<MergeConfigFile, T?> fromFile) where T : struct =>
                 parse.GetResult(o) != null ? parse.GetValue(o) : file != null ? fromFile(file) : null;
@@ -64,29 +71,45 @@ internal static class MergeCommand
                     Density = Value(density, f => f.Double("density")),
                     Lambda = Value(lambda, f => f.Double("lambda")),
                     Clamp = Value(clamp, f => f.Double("clamp")),
-                    Normalize = Value(normalize, f => f.Bool("normalize")) ?? true,
+                    Normalize = Value(normalize, f => f.Bool("normalize")),
                     PcbRatio = Value(pcbRatio, f => f.Double("pcb-ratio")),
-                    Seed = Value(seed, f => f.Long("seed") is { } s ? (s >= 0 ? (ulong)s : throw Usage("seed must be 0 or more")) : null) ?? 0,
-                    Space = ParseSpace(Text(space, "space")),
+                    Seed = Value(seed, f => f.Long("seed") is { } s ? (s >= 0 ? (ulong)s : throw InFile(f, "seed", "seed must be 0 or more")) : null),
+                    Space = Checked(space, "space", () => ParseSpace(Text(space, "space"))),
                     Weights = weights,
                 },
                 Adapters = adapters,
                 Output = outPath,
-                Mode = ParseMode(Text(mode, "output")),
+                Mode = Checked(mode, "output", () => ParseMode(Text(mode, "output"))),
                 Base = parse.GetResult(baseModel) != null ? parse.GetValue(baseModel) : file?.PathValue("base"),
-                Rank = ParseRank(Text(rank, "rank")),
-                OutDType = Text(outDtype, "out-dtype") is { } d ? ParseDType(d) : null,
-                ShardSize = Text(shardSize, "shard-size") is { } ss ? MemorySize.Parse(ss, "shard-size") : null,
-                MaxMemory = Text(maxMemory, "max-memory") is { } mm ? MemorySize.Parse(mm, "max-memory") : MergeRequest.DefaultMaxMemory,
+                Rank = Checked(rank, "rank", () => ParseRank(Text(rank, "rank"))),
+                OutDType = Checked(outDtype, "out-dtype", () => Text(outDtype, "out-dtype") is { } d ? ParseDType(d) : (DType?)null),
+                ShardSize = Checked(shardSize, "shard-size", () => Text(shardSize, "shard-size") is { } ss ? MemorySize.Parse(ss, "shard-size") : (long?)null),
+                MaxMemory = Checked(maxMemory, "max-memory", () => Text(maxMemory, "max-memory") is { } mm ? MemorySize.Parse(mm, "max-memory") : MergeRequest.DefaultMaxMemory),
                 Sync = !(parse.GetValue(noSync) || (file?.Bool("no-sync") ?? false)),
             };
-            int threadCount = Value(threads, f => f.Long("threads") is { } t ? (int)t : null) ?? 0;
+            int threadCount = Value(threads, f => f.Long("threads") is { } t ? (t is >= 0 and <= int.MaxValue ? (int)t : throw InFile(f, "threads", "threads must be 0 or more")) : null) ?? 0;
             if (threadCount < 0) throw Usage("--threads must be 0 or more");
             var deviceSpec = Text(device, "device") ?? "auto";
-            return Run(request, deviceSpec, threadCount, isQuiet, stdout, stderr);
+            Option? OptionOf(string parameter) => parameter switch
+            {
+                "method" => method, "density" => density, "lambda" => lambda, "clamp" => clamp, "normalize" => normalize,
+                "pcb-ratio" => pcbRatio, "seed" => seed, "space" => space, "weight" => weight, _ => null,
+            };
+            try
+            {
+                return Run(request, deviceSpec, threadCount, isQuiet, stdout, stderr);
+            }
+            catch (ParameterException e) when (OptionOf(e.Parameter) is { } o && FromFile(o, e.Parameter))
+            {
+                throw InFile(file!, e.Parameter, e.Reason.Replace("--" + e.Parameter, e.Parameter, StringComparison.Ordinal));
+            }
         });
         return cmd;
     }
+
+    /// <summary>An error in a value read from the config file: names the file and the setting's line.</summary>
+    private static CopaInputException InFile(MergeConfigFile file, string key, string reason) =>
+        new(file.FilePath, null, $"line {file.LineOf(key)}: {reason}");
 
     /// <summary>
     /// Plans a merge (so input errors come before any device is opened), opens the device, and runs it,
@@ -155,9 +178,10 @@ internal static class MergeCommand
 
     private static CopaInputException Usage(string message) => new(null, null, message);
 
-    private static MergeSpace ParseSpace(string? s) => s?.ToLowerInvariant() switch
+    private static MergeSpace? ParseSpace(string? s) => s?.ToLowerInvariant() switch
     {
-        null or "factors" => MergeSpace.Factors,
+        null => null,
+        "factors" => MergeSpace.Factors,
         "delta" => MergeSpace.Delta,
         _ => throw Usage($"space '{s}' must be factors or delta"),
     };

@@ -40,6 +40,16 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
     /// <inheritdoc/>
     public string Description { get; } = description;
 
+    /// <inheritdoc/>
+    public MethodParameters Parameters { get; } = new()
+    {
+        Density = sparsifier == Sparsifier.None ? null : 0.2,
+        Lambda = 1.0,
+        Seed = sparsifier == Sparsifier.Drop,
+        Space = true,
+        Weights = true,
+    };
+
     /// <summary>How tasks are sparsified.</summary>
     public Sparsifier Sparsifier { get; } = sparsifier;
 
@@ -49,14 +59,14 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
     /// <inheritdoc/>
     public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options)
     {
-        if (options.Space == MergeSpace.Factors)
+        if (options.EffectiveSpace == MergeSpace.Factors)
             return ResultForm.LowRank(ResultForm.EqualRanks(path, tasks, ModuleOps.FactorSpaceRanks));
         return Sparsifier == Sparsifier.None && !Consensus ? ResultForm.LowRank(tasks.Sum(t => t.Rank)) : ResultForm.Dense;
     }
 
     /// <inheritdoc/>
     public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options) =>
-        options.Space == MergeSpace.Factors ? MergeFactors(backend, module, options) : MergeDelta(backend, module, options);
+        options.EffectiveSpace == MergeSpace.Factors ? MergeFactors(backend, module, options) : MergeDelta(backend, module, options);
 
     private ModuleResult MergeFactors(IMergeBackend backend, ModuleInput m, MergeOptions o)
     {
@@ -93,14 +103,13 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
 
     private void Sparsify(IMergeBackend backend, List<float[]> xs, string streamName, MergeOptions o, ModuleStats stats, List<float> thresholds, string path)
     {
-        double rho = o.EffectiveDensity;
         switch (Sparsifier)
         {
             case Sparsifier.None:
                 return;
             case Sparsifier.Trim:
             {
-                var sel = ModuleOps.TrimInPlace(backend, xs, rho, path);
+                var sel = ModuleOps.TrimInPlace(backend, xs, o.EffectiveDensity, path);
                 for (int i = 0; i < xs.Count; i++)
                 {
                     thresholds.Add(sel[i].Threshold);
@@ -111,11 +120,12 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
             }
             case Sparsifier.Drop:
             {
+                double rho = o.EffectiveDensity;
                 uint keep = CounterRandom.KeepThreshold(rho);
                 float fr = (float)rho;
                 for (int task = 0; task < xs.Count; task++)
                 {
-                    ulong key = CounterRandom.StreamKey(o.Seed, streamName, task);
+                    ulong key = CounterRandom.StreamKey(o.EffectiveSeed, streamName, task);
                     var x = xs[task];
                     long kept = 0;
                     for (long i = 0; i < x.LongLength; i++)

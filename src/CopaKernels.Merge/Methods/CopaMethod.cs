@@ -17,9 +17,13 @@ public sealed class CopaMethod : IMergeMethod, IReadsDeferredFactors
     public string Description => "CoPA-Merging, paper Algorithm 1: trim, complementary scaling, λ-sum (rank Σ r_n, exact)";
 
     /// <inheritdoc/>
+    /// <remarks>No weights: the paper weighs tasks only by their complementary scales S̃_n.</remarks>
+    public MethodParameters Parameters { get; } = new() { Density = 0.2, Lambda = 2.0, Clamp = 0.0, Normalize = true };
+
+    /// <inheritdoc/>
     public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options)
     {
-        if (options.Normalize) ResultForm.EqualRanks(path, tasks, "CoPA's cross-task normalisation needs one rank (or set normalize: false)");
+        if (options.EffectiveNormalize) ResultForm.EqualRanks(path, tasks, "CoPA's cross-task normalisation needs one rank (or set normalize: false)");
         return ResultForm.LowRank(tasks.Sum(t => t.Rank));
     }
 
@@ -39,10 +43,10 @@ public sealed class CopaMethod : IMergeMethod, IReadsDeferredFactors
         {
             // Adapter output in the factors' own format: the pair is built in the output's bytes.
             var output = new EncodedConcatenation(module, format);
-            s = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.Normalize, stats, (format, output.Sink)).S;
+            s = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.EffectiveNormalize, stats, (format, output.Sink)).S;
             return output.Finish(coefficient, stats, parallel);
         }
-        var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.Normalize, stats);
+        var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.EffectiveNormalize, stats);
         s = scaled.S;
         return ModuleOps.Concatenate(module, scaled.BTrimmed, scaled.ATrimmed, coefficient, stats, parallel);
     }

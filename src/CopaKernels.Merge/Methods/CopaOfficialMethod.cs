@@ -20,6 +20,14 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
     public string Description => "CoPA as released (RobustMerge code): clamp 0.2, A = λΣÃ, B = λΣB̃·diag(S̃), rank r";
 
     /// <inheritdoc/>
+    /// <remarks>The released code fixes the clamp at 0.2 and always normalises; it has no weights.</remarks>
+    public MethodParameters Parameters { get; } = new()
+    {
+        Density = 0.2, Lambda = 2.0, Clamp = 0.2, Normalize = true,
+        Fixed = new HashSet<MergeParameter> { MergeParameter.Clamp, MergeParameter.Normalize },
+    };
+
+    /// <inheritdoc/>
     public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options)
     {
         if (tasks.Any(t => t.Rank != tasks[0].Rank || t.Alpha != tasks[0].Alpha))

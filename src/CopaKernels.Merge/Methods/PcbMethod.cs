@@ -27,15 +27,18 @@ public sealed class PcbMethod : IMergeMethod
     public string Description => "Parameter Competition Balancing: intra/inter-task balancing, top-q weights (Du et al. 2024)";
 
     /// <inheritdoc/>
+    public MethodParameters Parameters { get; } = new() { Lambda = 1.0, PcbRatio = 0.1, Space = true, Weights = true };
+
+    /// <inheritdoc/>
     /// <remarks>In delta space <see cref="Merge"/> holds six d-length arrays besides the task deltas: Σx, the two running sums, |x̂|, p and the selection scratch.</remarks>
     public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options) =>
-        options.Space == MergeSpace.Delta ? ResultForm.DenseHolding(6) : ResultForm.LowRank(ResultForm.EqualRanks(path, tasks, ModuleOps.FactorSpaceRanks));
+        options.EffectiveSpace == MergeSpace.Delta ? ResultForm.DenseHolding(6) : ResultForm.LowRank(ResultForm.EqualRanks(path, tasks, ModuleOps.FactorSpaceRanks));
 
     /// <inheritdoc/>
     public ModuleResult MergeModule(IMergeBackend backend, ModuleInput m, MergeOptions o)
     {
         int n = m.Tasks.Count;
-        if (o.Space == MergeSpace.Delta)
+        if (o.EffectiveSpace == MergeSpace.Delta)
         {
             var deltas = new List<float[]>(n);
             for (int t = 0; t < n; t++)

@@ -85,7 +85,7 @@ public static class MergePlanner
             {
                 if (form.IsDense)
                     throw new CopaInputException(adapters[0].Folder, path,
-                        $"{plan.Method.Name} in {request.Options.Space.ToString().ToLowerInvariant()} space gives a dense ΔW; --rank needs a low-rank result (use --space factors, or drop --rank)");
+                        $"{plan.Method.Name} in {request.Options.EffectiveSpace.ToString().ToLowerInvariant()} space gives a dense ΔW; --rank needs a low-rank result (use --space factors, or drop --rank)");
                 if (n > form.Rank)
                     throw new CopaInputException(adapters[0].Folder, path,
                         $"--rank {n} is above the merged rank {form.Rank} of this module; an exact re-rank cannot raise the rank (use --rank sum)");

@@ -312,24 +312,23 @@ public sealed class MergeRunner
         return new Dictionary<string, string> { ["copa_merge"] = System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan) };
     }
 
+    /// <summary>The parameters in effect: those the method reads (defaults filled in), and the output rank.</summary>
     private SortedDictionary<string, object?> Parameters()
     {
         var o = _plan.Request.Options;
+        var d = o.Declared;
         var p = new SortedDictionary<string, object?>(StringComparer.Ordinal)
         {
-            ["density"] = o.EffectiveDensity,
-            ["lambda"] = o.EffectiveLambda,
-            ["space"] = o.Space.ToString().ToLowerInvariant(),
-            ["weights"] = Enumerable.Range(0, _plan.Adapters.Count).Select(o.WeightOf).ToArray(),
             ["rank"] = _plan.Request.Rank is { } r ? r : "sum",
         };
-        if (o.Method is "copa" or "copa-official")
-        {
-            p["clamp"] = o.EffectiveClamp;
-            p["normalize"] = o.Normalize;
-        }
-        if (o.Method == "pcb") p["pcb_ratio"] = o.EffectivePcbRatio;
-        if (o.Method.StartsWith("dare", StringComparison.Ordinal)) p["seed"] = o.Seed;
+        if (d.Reads(MergeParameter.Density)) p["density"] = o.EffectiveDensity;
+        if (d.Reads(MergeParameter.Lambda)) p["lambda"] = o.EffectiveLambda;
+        if (d.Reads(MergeParameter.Clamp)) p["clamp"] = o.EffectiveClamp;
+        if (d.Reads(MergeParameter.Normalize)) p["normalize"] = o.EffectiveNormalize;
+        if (d.Reads(MergeParameter.PcbRatio)) p["pcb_ratio"] = o.EffectivePcbRatio;
+        if (d.Reads(MergeParameter.Seed)) p["seed"] = o.EffectiveSeed;
+        if (d.Reads(MergeParameter.Space)) p["space"] = o.EffectiveSpace.ToString().ToLowerInvariant();
+        if (d.Reads(MergeParameter.Weights)) p["weights"] = Enumerable.Range(0, _plan.Adapters.Count).Select(o.WeightOf).ToArray();
         return p;
     }
 

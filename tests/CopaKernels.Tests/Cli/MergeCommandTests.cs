@@ -42,7 +42,18 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
         { ["--method", "copa", "--out-dtype", "int8"], ["out-dtype 'int8'"] },
         { ["--method", "copa", "--output", "weights"], ["output 'weights'"] },
         { ["--method", "copa", "--space", "dense"], ["space 'dense'"] },
-        { ["--method", "copa", "--weight", "1"], ["1 weights for 3 adapters"] },
+        { ["--method", "ties", "--weight", "1"], ["1 weights for 3 adapters"] },
+        { ["--method", "copa", "--weight", "0", "--weight", "0", "--weight", "0"], ["method copa does not use --weight"] },
+        { ["--method", "ties", "--clamp", "0.3"], ["method ties does not use --clamp"] },
+        { ["--method", "ties", "--seed", "3"], ["method ties does not use --seed"] },
+        { ["--method", "copa", "--space", "delta"], ["method copa does not use --space"] },
+        { ["--method", "copa-official", "--normalize", "false"], ["copa-official always normalises"] },
+        { ["--method", "ties", "--weight", "1,000", "--weight", "1", "--weight", "1"], ["--weight '1,000' is not a number", "no thousands separators"] },
+        { ["--method", "ties", "--weight", "0,5", "--weight", "1", "--weight", "1"], ["--weight '0,5' is not a number"] },
+        { ["--method", "copa", "--density", "0,5"], ["--density '0,5' is not a number"] },
+        { ["--method", "copa", "--lambda", "1,000"], ["--lambda '1,000' is not a number"] },
+        { ["--method", "copa", "--threads", "1,000"], ["--threads '1,000' is not a whole number"] },
+        { ["--method", "dare", "--seed", "1,000"], ["--seed '1,000' is not a whole number"] },
         { ["--method", "pcb", "--pcb-ratio", "2"], ["pcb-ratio 2"] },
         { ["--method", "copa", "--output", "model"], ["--output model needs --base"] },
         { ["--method", "copa", "--shard-size", "1GB"], ["--shard-size applies to model and delta"] },
@@ -193,7 +204,18 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
     {
         { "method: copa\nadapters: [a, b\n", ["not valid YAML", "line"] },
         { "method: copa\ndensty: 0.5\n", ["unknown setting 'densty'", "line 2"] },
-        { "method: copa\ndensity: lots\n", ["density must be a number"] },
+        { "method: copa\ndensity: lots\n", ["line 2: density 'lots' is not a number"] },
+        { "method: copa\ndensity: 0,5\n", ["line 2: density '0,5' is not a number", "no thousands separators"] },
+        { "method: ties\nweights: [1, '1,000', 1]\n", ["line 2: weights '1,000' is not a number"] },
+        { "method: copa\ndensity: 1.5\n", ["line 2: density 1.5 must be in (0, 1]"] },
+        { "method: ties\nclamp: 0.1\n", ["line 2: method ties does not use clamp"] },
+        { "method: copa\nweights: [1, 1, 1]\n", ["line 2: method copa does not use weight"] },
+        { "method: ties\nweights: [1, 1]\n", ["line 2: 2 weights for 3 adapters"] },
+        { "method: merge-all\n", ["line 1: unknown method 'merge-all'"] },
+        { "method: ties\nspace: dense\n", ["line 2: space 'dense' must be factors or delta"] },
+        { "method: copa\nrank: many\n", ["line 2: rank 'many'"] },
+        { "method: copa\nmax-memory: lots\n", ["line 2: max-memory 'lots'"] },
+        { "method: dare\nseed: -1\n", ["line 2: seed must be 0 or more"] },
         { "- copa\n", ["must be a mapping"] },
         { "method: copa\nadapters: {a: 1}\n", ["adapters must be a list"] },
         { "method: copa\nmethod: ties\n", ["Duplicate key", "line 2"] },
@@ -208,7 +230,10 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
         var yaml = Path.Combine(dir.Path, "merge.yaml");
         File.WriteAllText(yaml, text);
         var output = Path.Combine(dir.Path, "out");
-        AssertInvalid(CliRunner.Run("merge", "--config", yaml, "--out", output), output, [yaml, .. fragments]);
+        // The adapters come from flags, so every setting in the file is checked (the plan needs adapters first).
+        var args = new List<string> { "merge", "--config", yaml, "--out", output };
+        foreach (var a in fx.Adapters) args.AddRange(["--adapter", a]);
+        AssertInvalid(CliRunner.Run(args.ToArray()), output, [yaml, .. fragments]);
     }
 
     [Fact]

@@ -223,13 +223,32 @@ public class MergeMethodTests
         var m = Module(24, 2, 8, 8, rankOf: t => 2 + t);
         var e = Assert.Throws<CopaInputException>(() => MergeMethods.Get("ties").MergeModule(Backend, m, new MergeOptions { Method = "ties" }));
         Assert.Contains("space delta", e.Message);
-        Assert.Throws<CopaInputException>(() => new MergeOptions { Method = "ties", Density = 0 }.Validate(2));
-        Assert.Throws<CopaInputException>(() => new MergeOptions { Method = "ties", Density = 1.5 }.Validate(2));
-        Assert.Throws<CopaInputException>(() => new MergeOptions { Method = "copa", Clamp = 1 }.Validate(2));
-        Assert.Throws<CopaInputException>(() => new MergeOptions { Method = "copa-official", Clamp = 0.3 }.Validate(2));
-        Assert.Throws<CopaInputException>(() => new MergeOptions { Method = "ties", Weights = [1.0] }.Validate(2));
-        Assert.Throws<CopaInputException>(() => new MergeOptions { Method = "nope" }.Validate(2));
-        new MergeOptions { Method = "copa", Density = 1, Clamp = 0.2, Weights = [1.0, 2.0] }.Validate(2);
+        void Refused(MergeOptions o, string parameter, string fragment)
+        {
+            var e = Assert.Throws<ParameterException>(() => o.Validate(2));
+            Assert.Equal(parameter, e.Parameter);
+            Assert.Contains(fragment, e.Message);
+        }
+        Refused(new MergeOptions { Method = "ties", Density = 0 }, "density", "density 0 must be in (0, 1]");
+        Refused(new MergeOptions { Method = "ties", Density = 1.5 }, "density", "density 1.5");
+        Refused(new MergeOptions { Method = "copa", Clamp = 1 }, "clamp", "clamp 1 must be in [0, 1)");
+        Refused(new MergeOptions { Method = "copa-official", Clamp = 0.3 }, "clamp", "copa-official fixes clamp at 0.2");
+        Refused(new MergeOptions { Method = "copa-official", Normalize = false }, "normalize", "always normalises");
+        Refused(new MergeOptions { Method = "ties", Weights = [1.0] }, "weight", "1 weights for 2 adapters");
+        Refused(new MergeOptions { Method = "nope" }, "method", "unknown method 'nope'");
+        // A parameter the method does not read would do nothing: refused, naming the method and the flag.
+        Refused(new MergeOptions { Method = "copa", Weights = [0.0, 0.0] }, "weight", "method copa does not use --weight");
+        Refused(new MergeOptions { Method = "ties", Clamp = 0.1 }, "clamp", "method ties does not use --clamp (it applies to copa, copa-official)");
+        Refused(new MergeOptions { Method = "ties", Seed = 1 }, "seed", "method ties does not use --seed (it applies to dare, dare-ties)");
+        Refused(new MergeOptions { Method = "task-arithmetic", Density = 0.5 }, "density", "method task-arithmetic does not use --density");
+        Refused(new MergeOptions { Method = "pcb", Density = 0.5 }, "density", "method pcb does not use --density");
+        Refused(new MergeOptions { Method = "copa", Space = MergeSpace.Factors }, "space", "method copa does not use --space");
+        Refused(new MergeOptions { Method = "dare", PcbRatio = 0.2 }, "pcb-ratio", "method dare does not use --pcb-ratio (it applies to pcb)");
+        Refused(new MergeOptions { Method = "ties", Normalize = true }, "normalize", "method ties does not use --normalize");
+        new MergeOptions { Method = "copa", Density = 1, Clamp = 0.2, Normalize = false, Lambda = 3 }.Validate(2);
+        new MergeOptions { Method = "copa-official", Clamp = 0.2, Normalize = true }.Validate(2);
+        new MergeOptions { Method = "dare-ties", Density = 0.5, Seed = 4, Space = MergeSpace.Delta, Weights = [1.0, 2.0] }.Validate(2);
+        new MergeOptions { Method = "pcb", PcbRatio = 0.2, Lambda = 1.5, Weights = [1.0, 2.0] }.Validate(2);
     }
 
     [Fact]

@@ -41,13 +41,21 @@ public sealed class StreamingMergeTests(StreamingFixture fx) : IClassFixture<Str
     {
         var output = fx.NewOutput($"{method}-{space}-{mode}");
         var inputsBefore = StreamingFixture.Fingerprint(fx.Root + "/adapter0") + StreamingFixture.Fingerprint(fx.Base);
-        var (code, _, err) = Merge(output, "--method", method, "--space", space, "--output", mode, "--base", fx.Base,
-            "--out-dtype", "f32", "--seed", "3", "--weight", "1", "--weight", "0.5", "--weight", "-0.25");
+        // Only the parameters the method reads: any other one is refused (it would do nothing).
+        var reads = MergeMethods.Get(method).Parameters;
+        var flags = new List<string> { "--method", method, "--output", mode, "--base", fx.Base, "--out-dtype", "f32" };
+        if (reads.Space) flags.AddRange(["--space", space]);
+        if (reads.Seed) flags.AddRange(["--seed", "3"]);
+        if (reads.Weights) flags.AddRange(["--weight", "1", "--weight", "0.5", "--weight", "-0.25"]);
+        var (code, _, err) = Merge(output, flags.ToArray());
         Assert.True(code == 0, err);
         Assert.Equal(inputsBefore, StreamingFixture.Fingerprint(fx.Root + "/adapter0") + StreamingFixture.Fingerprint(fx.Base));
         var options = new MergeOptions
         {
-            Method = method, Space = space == "delta" ? MergeSpace.Delta : MergeSpace.Factors, Seed = 3, Weights = [1, 0.5, -0.25],
+            Method = method,
+            Space = reads.Space ? space == "delta" ? MergeSpace.Delta : MergeSpace.Factors : null,
+            Seed = reads.Seed ? 3 : null,
+            Weights = reads.Weights ? [1, 0.5, -0.25] : null,
         };
         var reference = fx.Reference(options);
         var report = MergeReport.FromJson(File.ReadAllText(Path.Combine(output, MergeReport.FileName)));
