@@ -51,6 +51,8 @@ public enum SafetensorsErrorKind
     InvalidIndex,
     /// <summary>Reading or writing failed at the operating-system level.</summary>
     Io,
+    /// <summary>The file was written to or replaced after it was opened (<see cref="SafetensorsFile.CheckUnchanged"/>).</summary>
+    ChangedWhileRead,
 }
 
 /// <summary>The one exception type of the safetensors layer: a kind, the file, and the tensor when there is one.</summary>

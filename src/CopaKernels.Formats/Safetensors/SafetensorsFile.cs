@@ -15,10 +15,11 @@ public sealed class SafetensorsFile : IDisposable
 {
     private readonly SafeFileHandle _handle;
 
-    private SafetensorsFile(string path, SafeFileHandle handle, long length, long dataStart, SafetensorsHeader header)
+    private SafetensorsFile(string path, SafeFileHandle handle, FileIdentity identity, long length, long dataStart, SafetensorsHeader header)
     {
         Path = path;
         _handle = handle;
+        Identity = identity;
         FileLength = length;
         DataStart = dataStart;
         Header = header;
@@ -26,6 +27,9 @@ public sealed class SafetensorsFile : IDisposable
 
     /// <summary>The path the file was opened with.</summary>
     public string Path { get; }
+
+    /// <summary>The file's identity when it was opened (see <see cref="CheckUnchanged"/>).</summary>
+    public FileIdentity Identity { get; }
 
     /// <summary>File size in bytes.</summary>
     public long FileLength { get; }
@@ -54,6 +58,7 @@ public sealed class SafetensorsFile : IDisposable
         }
         try
         {
+            var identity = FileIdentity.Of(handle);
             long length = RandomAccess.GetLength(handle);
             Span<byte> prefix = stackalloc byte[SafetensorsHeader.PrefixSize];
             int got = length >= prefix.Length ? ReadFully(handle, prefix, 0, path) : 0;
@@ -63,13 +68,27 @@ public sealed class SafetensorsFile : IDisposable
             ReadFully(handle, header, SafetensorsHeader.PrefixSize, path);
             long dataStart = SafetensorsHeader.PrefixSize + n;
             var parsed = SafetensorsHeader.Parse(header, length - dataStart, path);
-            return new SafetensorsFile(path, handle, length, dataStart, parsed);
+            return new SafetensorsFile(path, handle, identity, length, dataStart, parsed);
         }
         catch
         {
             handle.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Throws <see cref="SafetensorsErrorKind.ChangedWhileRead"/> when the open file has been written to
+    /// since it was opened, or its path now names another file (or none): what was read from it may mix
+    /// two versions. Called before an output made from it is committed.
+    /// </summary>
+    public void CheckUnchanged()
+    {
+        // The path first: a file replaced by a rename also changes the old one's ctime (its link count).
+        var change = (FileIdentity.Of(Path) is { } now ? now.ChangeSince(Identity) : "it was deleted or moved")
+            ?? FileIdentity.Of(_handle).ChangeSince(Identity);
+        if (change != null)
+            throw new SafetensorsException(K.ChangedWhileRead, Path, null, $"input changed during the merge ({change}); nothing was written, run the merge again");
     }
 
     /// <summary>Looks a tensor up by name, or throws <see cref="SafetensorsErrorKind.TensorNotFound"/>.</summary>

@@ -93,6 +93,22 @@ public sealed class MergePlan : IDisposable
     /// <summary>Estimated peak working memory of the whole job (excluding the .NET runtime itself).</summary>
     public long EstimatedPeakBytes { get; internal set; }
 
+    /// <summary>The JSON inputs read whole at plan time (adapter configs, the base's index), with their identity then.</summary>
+    internal List<(string Path, FileIdentity Identity)> ReadFiles { get; } = new();
+
+    /// <summary>
+    /// Throws <see cref="CopaInputException"/> naming the first input that changed since it was opened or
+    /// read: the merge may have read two versions of it, so its output must not be committed.
+    /// </summary>
+    public void CheckInputsUnchanged()
+    {
+        foreach (var a in Adapters) a.Weights.CheckUnchanged();
+        if (Base != null) foreach (var s in Base.Shards) s.CheckUnchanged();
+        foreach (var (path, identity) in ReadFiles)
+            if ((FileIdentity.Of(path) is { } now ? now.ChangeSince(identity) : "it was deleted or moved") is { } change)
+                throw new CopaInputException(path, null, $"input changed during the merge ({change}); nothing was written, run the merge again");
+    }
+
     /// <summary>Total bytes of the input files (adapters' weights, base shards).</summary>
     public long InputFileBytes => Adapters.Sum(a => a.Weights.FileLength) + (Base?.Shards.Sum(s => s.FileLength) ?? 0);
 

@@ -45,6 +45,8 @@ public static class MergePlanner
             foreach (var dir in request.Adapters) adapters.Add(LoraAdapter.Open(dir));
             if (request.Base != null) baseModel = OpenBase(request.Base);
             var plan = new MergePlan(request, method, adapters, baseModel);
+            foreach (var a in adapters) Record(plan, Path.Combine(a.Folder, AdapterConfig.FileName));
+            if (baseModel?.IndexPath is { } index) Record(plan, index);
             Fill(plan);
             return plan;
         }
@@ -54,6 +56,11 @@ public static class MergePlanner
             baseModel?.Dispose();
             throw;
         }
+    }
+
+    private static void Record(MergePlan plan, string path)
+    {
+        if (FileIdentity.Of(path) is { } id) plan.ReadFiles.Add((path, id));
     }
 
     private static ShardedModel OpenBase(string path)

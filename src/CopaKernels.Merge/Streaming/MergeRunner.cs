@@ -75,6 +75,9 @@ public sealed class MergeRunner
         total.Stop();
         var report = MakeReport(tensors, planSeconds, total.Elapsed.TotalSeconds);
         File.WriteAllText(Path.Combine(folder.TempPath, MergeReport.FileName), report.ToJson() + "\n");
+        // Every byte was read: an input written to or replaced since it was opened may have given some of
+        // them from each version, so the output is committed only if every input is still what was opened.
+        _plan.CheckInputsUnchanged();
         folder.Commit(_plan.Request.Sync);
         return report;
     }
