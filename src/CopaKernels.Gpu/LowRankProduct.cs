@@ -39,9 +39,9 @@ internal sealed class LowRankProduct : IDisposable
     private readonly IlgpuBackend _backend;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, int, ArrayView<float>, int, float, ArrayView<float>, int, int> _packB;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int, int,
-        ArrayView<float>, ArrayView<ushort>, int, ArrayView<float>, ArrayView<ushort>, int> _gemm;
+        ArrayView<float>, ArrayView<ushort>, int, ArrayView<float>, ArrayView<ushort>, int, ArrayView<float>, int> _gemm;
     private MemoryBuffer1D<float, Stride1D.Dense>? _bPanel, _aPanel;
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>>? _exact;
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>, int>? _exact;
 
     public LowRankProduct(IlgpuBackend backend)
     {
@@ -49,7 +49,7 @@ internal sealed class LowRankProduct : IDisposable
         var acc = backend.Accelerator;
         _packB = acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, ArrayView<float>, int, float, ArrayView<float>, int, int>(PackBKernel);
         _gemm = acc.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int, int,
-            ArrayView<float>, ArrayView<ushort>, int, ArrayView<float>, ArrayView<ushort>, int>(GemmKernel);
+            ArrayView<float>, ArrayView<ushort>, int, ArrayView<float>, ArrayView<ushort>, int, ArrayView<float>, int>(GemmKernel);
     }
 
     public void Run(ReadOnlySpan<LowRankTerm> terms, long dOut, long dIn, in ProductTile tile)
@@ -79,11 +79,14 @@ internal sealed class LowRankProduct : IDisposable
 
         var output = (IlgpuBuffer)tile.Output;
         long count = (long)m * n;
+        // The flag word as a float view (any non-zero bits raise it); without a flag, any view and 0.
+        var flag = tile.NonFiniteFlag is IlgpuBuffer fb ? fb.Floats.SubView(tile.NonFiniteFlagOffset / 4, 1) : bPanel;
+        int hasFlag = tile.NonFiniteFlag != null ? 1 : 0;
         if (tile.BitExact)
         {
             // Loaded on first use: it needs fp64, which the fp32 product and a device without it do not.
             _exact ??= LoadExact();
-            _exact(stream, (int)count, bPanel, aPanel, n, k, output.Floats.SubView(tile.OutputOffset, count));
+            _exact(stream, (int)count, bPanel, aPanel, n, k, output.Floats.SubView(tile.OutputOffset, count), flag, hasFlag);
             return;
         }
         int outType = Code(tile.OutputType);
@@ -101,14 +104,14 @@ internal sealed class LowRankProduct : IDisposable
         int side = _backend.TileThreads, tileRows = 4 * side;
         int tilesM = (m + tileRows - 1) / tileRows, tilesN = (n + tileRows - 1) / tileRows;
         _gemm(stream, new KernelConfig(tilesM * tilesN, side * side), bPanel, aPanel, m, n, k, side,
-            outF, outH, outType, baseF, baseH, baseType);
+            outF, outH, outType, baseF, baseH, baseType, flag, hasFlag);
     }
 
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>> LoadExact()
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>, int> LoadExact()
     {
         if (_backend.Accelerator.Capabilities is ILGPU.Runtime.OpenCL.CLCapabilityContext { Float64: false })
             throw new NotSupportedException($"{_backend.Name}: the device has no fp64, which the bit-exact product (delta-space merges) needs; use --device cpu");
-        return _backend.Accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>>(ExactKernel);
+        return _backend.Accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>, int>(ExactKernel);
     }
 
     private static int Code(StorageType t) => t switch { StorageType.F32 => TypeF32, StorageType.BF16 => TypeBf16, _ => TypeF16 };
@@ -139,21 +142,30 @@ internal sealed class LowRankProduct : IDisposable
     /// <summary>
     /// The bit-exact product (ProductTile.BitExact), one thread per output element: Σ_k b'[i,k]·a[k,j] in
     /// double over k ascending from +0 (each product exact in double, so a fused multiply-add rounds the
-    /// same), rounded once to fp32. The CPU backend returns the same bits.
+    /// same), rounded once to fp32. The CPU backend returns the same bits. A non-finite result raises the
+    /// flag (<paramref name="hasFlag"/>): every writer writes the same value, so the race is harmless.
     /// </summary>
     [GpuKernel(KernelGrouping.Implicit)]
-    internal static void ExactKernel(Index1D index, ArrayView<float> b, ArrayView<float> a, int n, int kTotal, ArrayView<float> output)
+    internal static void ExactKernel(Index1D index, ArrayView<float> b, ArrayView<float> a, int n, int kTotal, ArrayView<float> output,
+        ArrayView<float> flag, int hasFlag)
     {
         int i = index / n, j = index - i * n;
         double acc = 0;
         for (int k = 0; k < kTotal; k++) acc += (double)b[(long)i * kTotal + k] * a[(long)k * n + j];
-        output[index] = (float)acc;
+        float v = (float)acc;
+        output[index] = v;
+        if (hasFlag != 0 && (Interop.FloatAsInt(v) & 0x7FFF_FFFFu) >= 0x7F80_0000u) flag[0] = 1f;
     }
 
-    /// <summary>One 4T × 4T output tile per group of T × T threads: out = b·a (+ base), rounded once to the output type.</summary>
+    /// <summary>
+    /// One 4T × 4T output tile per group of T × T threads: out = b·a (+ base), rounded once to the output
+    /// type. A thread that stored a NaN or ±Inf raises the flag once, at the end (<paramref name="hasFlag"/>):
+    /// every writer writes the same value, so the race is harmless, and no other thread waits for it.
+    /// </summary>
     [GpuKernel(KernelGrouping.Explicit)]
     internal static void GemmKernel(ArrayView<float> b, ArrayView<float> a, int m, int n, int kTotal, int side,
-        ArrayView<float> outF, ArrayView<ushort> outH, int outType, ArrayView<float> baseF, ArrayView<ushort> baseH, int baseType)
+        ArrayView<float> outF, ArrayView<ushort> outH, int outType, ArrayView<float> baseF, ArrayView<ushort> baseH, int baseType,
+        ArrayView<float> flag, int hasFlag)
     {
         var bs = SharedMemory.Allocate<float>(Slab * MaxTile);
         var @as = SharedMemory.Allocate<float>(Slab * MaxTile);
@@ -190,35 +202,43 @@ internal sealed class LowRankProduct : IDisposable
             Group.Barrier();
         }
         int r = row0 + ty, c = col0 + tx;
-        Store(c00, r, c, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c01, r, c + side, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c02, r, c + 2 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c03, r, c + 3 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c10, r + side, c, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c11, r + side, c + side, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c12, r + side, c + 2 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c13, r + side, c + 3 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c20, r + 2 * side, c, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c21, r + 2 * side, c + side, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c22, r + 2 * side, c + 2 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c23, r + 2 * side, c + 3 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c30, r + 3 * side, c, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c31, r + 3 * side, c + side, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c32, r + 3 * side, c + 2 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
-        Store(c33, r + 3 * side, c + 3 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        int bad = 0;
+        bad |= Store(c00, r, c, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c01, r, c + side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c02, r, c + 2 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c03, r, c + 3 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c10, r + side, c, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c11, r + side, c + side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c12, r + side, c + 2 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c13, r + side, c + 3 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c20, r + 2 * side, c, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c21, r + 2 * side, c + side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c22, r + 2 * side, c + 2 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c23, r + 2 * side, c + 3 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c30, r + 3 * side, c, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c31, r + 3 * side, c + side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c32, r + 3 * side, c + 2 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        bad |= Store(c33, r + 3 * side, c + 3 * side, m, n, outF, outH, outType, baseF, baseH, baseType);
+        if (bad != 0 && hasFlag != 0) flag[0] = 1f;
     }
 
-    private static void Store(float v, int row, int col, int m, int n, ArrayView<float> outF, ArrayView<ushort> outH, int outType,
+    /// <summary>Stores one element; returns 1 when what was stored is NaN or ±Inf in the output type (its exponent all ones).</summary>
+    private static int Store(float v, int row, int col, int m, int n, ArrayView<float> outF, ArrayView<ushort> outH, int outType,
         ArrayView<float> baseF, ArrayView<ushort> baseH, int baseType)
     {
-        if (row >= m || col >= n) return;
+        if (row >= m || col >= n) return 0;
         long e = (long)row * n + col;
         if (baseType == TypeF32) v += baseF[e];
         else if (baseType == TypeBf16) v += Interop.IntAsFloat((uint)baseH[e] << 16);
         else if (baseType == TypeF16) v += HalfToSingle(baseH[e]);
-        if (outType == TypeF32) outF[e] = v;
-        else if (outType == TypeBf16) outH[e] = SingleToBf16(v);
-        else outH[e] = SingleToHalf(v);
+        if (outType == TypeF32)
+        {
+            outF[e] = v;
+            return (Interop.FloatAsInt(v) & 0x7FFF_FFFFu) >= 0x7F80_0000u ? 1 : 0;
+        }
+        ushort h = outType == TypeBf16 ? SingleToBf16(v) : SingleToHalf(v);
+        outH[e] = h;
+        return (h & 0x7FFF) >= (outType == TypeBf16 ? 0x7F80 : 0x7C00) ? 1 : 0;
     }
 
     /// <summary>FloatConversion.SingleToBf16: nearest-even on the dropped 16 bits, every NaN → 0x7FC0.</summary>

@@ -113,5 +113,11 @@ internal static class BackendChecks
             Own(backend, tile.Base);
             Range(tile.Base, tile.BaseOffset * tile.BaseType.Size(), tileElements * tile.BaseType.Size());
         }
+        if (tile.NonFiniteFlag != null)
+        {
+            Own(backend, tile.NonFiniteFlag);
+            if (tile.NonFiniteFlagOffset % 4 != 0) throw new ArgumentException("the non-finite flag must be 4-byte aligned", nameof(tile));
+            Range(tile.NonFiniteFlag, tile.NonFiniteFlagOffset, 4);
+        }
     }
 }

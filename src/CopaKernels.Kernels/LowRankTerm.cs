@@ -39,6 +39,14 @@ public readonly record struct LowRankTerm(
 /// GPU. F32 output without a base only. Slower than the fp32 product at high rank; at LoRA ranks it is
 /// bound by the output write all the same.
 /// </param>
+/// <param name="NonFiniteFlag">
+/// Optional: a buffer holding a 4-byte word (at <paramref name="NonFiniteFlagOffset"/> bytes) that the
+/// product sets to a non-zero value when it writes any NaN or ±Inf, as stored in the output type (a finite
+/// fp32 sum can round to ±Inf in F16 or BF16). It is never cleared here: the caller zeroes it, and a
+/// device raises it from the epilogue, so an overflowed tile is caught without a second pass over it.
+/// </param>
+/// <param name="NonFiniteFlagOffset">Byte offset of the flag word (a multiple of 4).</param>
 public readonly record struct ProductTile(
     long RowStart, int RowCount, KernelBuffer Output, long OutputOffset = 0, StorageType OutputType = StorageType.F32,
-    KernelBuffer? Base = null, long BaseOffset = 0, StorageType BaseType = StorageType.F32, bool BitExact = false);
+    KernelBuffer? Base = null, long BaseOffset = 0, StorageType BaseType = StorageType.F32, bool BitExact = false,
+    KernelBuffer? NonFiniteFlag = null, long NonFiniteFlagOffset = 0);

@@ -74,14 +74,16 @@ internal sealed unsafe class EncodedConcatenation
             var output = MemoryMarshal.Cast<byte, ushort>(_b.AsSpan(i0 * total * 2, count * total * 2));
             if (fused)
             {
+                bool finite = true;
                 fixed (ushort* dst = output)
                 fixed (float* c = coef)
                     for (int task = 0; task < n; task++)
                     {
                         int r = _start[task + 1] - _start[task];
                         fixed (ushort* src = KeptB(task))
-                            ScaleBf16(src + (long)i0 * r, r, c + _start[task], dst + _start[task], total, count);
+                            finite &= ScaleBf16(src + (long)i0 * r, r, c + _start[task], dst + _start[task], total, count);
                     }
+                if (!finite) throw NonFiniteB(i0, output);
                 return;
             }
             // Any format: the block widened into a scratch, scaled row by row, encoded back.
@@ -94,7 +96,7 @@ internal sealed unsafe class EncodedConcatenation
                 for (int i = 0; i < count; i++)
                     TensorPrimitives.Multiply(widened.Slice(i * r, r), coef.AsSpan(_start[task], r), values.Slice(i * total + _start[task], r));
             }
-            ElementCodec.Encode(DType, values, MemoryMarshal.AsBytes(output));
+            if (!ElementCodec.EncodeChecked(DType, values, MemoryMarshal.AsBytes(output))) throw NonFiniteB(i0, output);
         });
         return new LowRankResult([], [], total, 1.0, total)
         {
@@ -103,19 +105,29 @@ internal sealed unsafe class EncodedConcatenation
         };
     }
 
+    /// <summary>The output B's rows from <paramref name="i0"/> hold a NaN or ±Inf (an overflow of the coefficients: the trimmed inputs are finite).</summary>
+    private NonFiniteResultException NonFiniteB(int i0, ReadOnlySpan<ushort> block) =>
+        new(Formats.Peft.LoraAdapter.KeyB(_m.Path), (long)i0 * _total + NonFinite.IndexOf(DType, MemoryMarshal.AsBytes(block)), _total, DType.ToString());
+
     /// <summary>
     /// dst[i·stride + j] = bf16(widen(src[i·r + j]) · c[j]) for <paramref name="rows"/> rows, r a multiple
-    /// of 16: widened, multiplied and rounded sixteen at a time in registers.
+    /// of 16: widened, multiplied and rounded sixteen at a time in registers. Returns whether every value
+    /// written is finite (a running maximum of the rounded bits with the sign cleared, in a register).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void ScaleBf16(ushort* src, int r, float* c, ushort* dst, int stride, int rows)
+    private static bool ScaleBf16(ushort* src, int r, float* c, ushort* dst, int stride, int rows)
     {
+        var max = Vector256<ushort>.Zero;
+        var magnitude = Vector256.Create((ushort)0x7FFF);
         for (int i = 0; i < rows; i++)
             for (int j = 0; j < r; j += 16)
             {
                 var v = FloatConversion.Bf16ToSingle(Vector256.Load(src + (long)i * r + j)) * Vector512.Load(c + j);
-                FloatConversion.SingleToBf16(v).Store(dst + (long)i * stride + j);
+                var bits = FloatConversion.SingleToBf16(v);
+                bits.Store(dst + (long)i * stride + j);
+                max = Vector256.Max(max, bits & magnitude);
             }
+        return !Vector256.GreaterThanOrEqualAny(max, Vector256.Create((ushort)0x7F80));
     }
 
     [ThreadStatic] private static float[]? t_values, t_widened;

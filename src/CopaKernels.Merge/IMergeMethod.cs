@@ -63,7 +63,8 @@ public readonly record struct ResultForm(int Rank, int DenseArrays = 0)
     {
         int r = tasks[0].Rank;
         if (tasks.Any(t => t.Rank != r))
-            throw new Formats.CopaInputException(null, path, $"ranks differ between adapters ({string.Join(", ", tasks.Select(t => t.Rank))}); {why}");
+            throw new TaskInputException(ModuleOps.FirstOtherRank(tasks.Select(t => t.Rank).ToList()), path,
+                $"ranks differ between adapters ({string.Join(", ", tasks.Select(t => t.Rank))}); {why}");
         return r;
     }
 }

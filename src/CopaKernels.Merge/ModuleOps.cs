@@ -14,8 +14,41 @@ namespace CopaKernels.Merge;
 internal static class ModuleOps
 {
     /// <summary>The one message for a non-finite input value (task is 0-based).</summary>
-    public static CopaInputException NonFinite(string path, int task) =>
-        new(null, path, $"adapter {task + 1} holds NaN or Inf in this module");
+    public static TaskInputException NonFinite(string path, int task) =>
+        new(task, path, $"adapter {task + 1} holds NaN or Inf in this module", values: true);
+
+    /// <summary>
+    /// A NaN or Inf in a value made from task <paramref name="task"/>'s factors (<paramref name="what"/>: its
+    /// dense ΔW, its weighted factors): the input's fault when the factors themselves hold one, else an
+    /// overflow of the scaling, which the message names (<paramref name="scaling"/>) instead of blaming the input.
+    /// </summary>
+    public static TaskInputException NonFiniteDerived(ModuleInput m, int task, string what, string scaling)
+    {
+        var t = m.Tasks[task];
+        if (Formats.Numerics.NonFinite.Any(t.A) || Formats.Numerics.NonFinite.Any(t.B)) return NonFinite(m.Path, task);
+        return new TaskInputException(task, m.Path,
+            $"{what} of adapter {task + 1} overflows F32 ({scaling}); its values are finite: lower the scaling");
+    }
+
+    /// <summary>What a NaN or Inf in task n's weighted factor (factor space: √|w_n·s_n| times it) means.</summary>
+    public static Func<int, TaskInputException> WeightedOverflow(ModuleInput m, MergeOptions o, string factor) =>
+        task => NonFiniteDerived(m, task, $"{factor} weighted by √|w·s|",
+            $"weight {G(o.WeightOf(task))} × LoRA scale {G(m.Tasks[task].Scale)}");
+
+    /// <summary>What a NaN or Inf in task n's dense ΔW_n = s_n·B_n·A_n (times w_n where <paramref name="o"/> is given) means.</summary>
+    public static Func<int, TaskInputException> DeltaOverflow(ModuleInput m, MergeOptions? o = null) =>
+        task => NonFiniteDerived(m, task, o is null ? "ΔW = s·B·A" : "w·ΔW = w·s·B·A",
+            (o is null ? "" : $"weight {G(o.WeightOf(task))}, ") + $"LoRA scale {G(m.Tasks[task].Scale)}");
+
+    /// <summary>A number for messages: four significant digits, invariant, "1.25e+39".</summary>
+    internal static string G(double x) => x.ToString("G4", System.Globalization.CultureInfo.InvariantCulture).Replace("E", "e");
+
+    /// <summary>The first task whose rank differs from the first task's, or 0.</summary>
+    public static int FirstOtherRank(IReadOnlyList<int> ranks)
+    {
+        for (int i = 1; i < ranks.Count; i++) if (ranks[i] != ranks[0]) return i;
+        return 0;
+    }
 
     /// <summary>Why factor-space merges need one rank.</summary>
     public const string FactorSpaceRanks = "factor space needs equal ranks (use space delta)";
@@ -26,7 +59,7 @@ internal static class ModuleOps
         int r = m.Tasks[0].Rank;
         foreach (var t in m.Tasks)
             if (t.Rank != r)
-                throw new CopaInputException(null, m.Path,
+                throw new TaskInputException(FirstOtherRank(m.Tasks.Select(x => x.Rank).ToList()), m.Path,
                     $"ranks differ between adapters ({string.Join(", ", m.Tasks.Select(x => x.Rank))}); {why}");
         return r;
     }
@@ -153,11 +186,11 @@ internal static class ModuleOps
 
     /// <summary>
     /// Trims every tensor in place to its top-ρ magnitudes (family 1, each tensor on its own) and
-    /// returns the selections; a non-finite value is an input error naming the task. On the CPU backend
+    /// returns the selections; a non-finite value in task n's tensor throws <paramref name="nonFinite"/>(n). On the CPU backend
     /// the arrays are trimmed where they lie (large ones with every thread, small ones one per thread);
     /// a device gets them packed into one batched launch and they are read back.
     /// </summary>
-    public static SelectionResult[] TrimInPlace(IMergeBackend backend, List<float[]> xs, double density, string path)
+    public static SelectionResult[] TrimInPlace(IMergeBackend backend, List<float[]> xs, double density, Func<int, TaskInputException> nonFinite)
     {
         var sel = new SelectionResult[xs.Count];
         if (backend is CpuBackend cpu)
@@ -177,14 +210,14 @@ internal static class ModuleOps
                 catch (NonFiniteInputException) { bad[i] = true; }
             }
             int first = Array.IndexOf(bad, true);
-            if (first >= 0) throw NonFinite(path, first);
+            if (first >= 0) throw nonFinite(first);
             return sel;
         }
         using var packed = new PackedTensors(backend, xs);
         try { backend.SelectByMagnitudeBatched(packed.Buffer, packed.Ranges, density, sel); }
         catch (NonFiniteInputException e)
         {
-            throw NonFinite(path, e.RangeIndex);
+            throw nonFinite(e.RangeIndex);
         }
         var trimmed = packed.ReadBack();
         for (int i = 0; i < xs.Count; i++) xs[i] = trimmed[i];
@@ -372,19 +405,26 @@ internal static class ModuleOps
         private readonly float[]? _values;
         private readonly DType _type;
         private readonly byte[]? _bytes;
+        private readonly string _tensor;
+        private readonly int _columns;
 
-        private SumSink(float[]? values, DType type, byte[]? bytes)
+        private SumSink(float[]? values, DType type, byte[]? bytes, string tensor, int columns)
         {
             _values = values;
             _type = type;
             _bytes = bytes;
+            _tensor = tensor;
+            _columns = columns;
         }
 
         /// <summary>Blocks written into <paramref name="values"/>.</summary>
-        public static SumSink Floats(float[] values) => new(values, DType.F32, null);
+        public static SumSink Floats(float[] values) => new(values, DType.F32, null, "", 0);
 
-        /// <summary>Blocks encoded as <paramref name="type"/> into <paramref name="bytes"/>, at their elements' offsets.</summary>
-        public static SumSink Encoded(DType type, byte[] bytes) => new(null, type, bytes);
+        /// <summary>
+        /// Blocks encoded as <paramref name="type"/> into <paramref name="bytes"/>, at their elements' offsets;
+        /// a block that encodes to NaN or ±Inf throws <see cref="NonFiniteResultException"/> for <paramref name="tensor"/>.
+        /// </summary>
+        public static SumSink Encoded(DType type, byte[] bytes, string tensor, int columns) => new(null, type, bytes, tensor, columns);
 
         /// <summary>Where the block of elements [start, start + length) is summed.</summary>
         public Span<float> Block(int start, int length) =>
@@ -396,7 +436,9 @@ internal static class ModuleOps
         {
             if (_bytes == null) return;
             int size = _type.Bits() / 8;
-            ElementCodec.Encode(_type, block, _bytes.AsSpan(start * size, block.Length * size));
+            var into = _bytes.AsSpan(start * size, block.Length * size);
+            if (!ElementCodec.EncodeChecked(_type, block, into))
+                throw new NonFiniteResultException(_tensor, start + Formats.Numerics.NonFinite.IndexOf(_type, into), _columns, _type.ToString());
         }
     }
 

@@ -38,6 +38,27 @@ public static class ElementCodec
         }
     }
 
+    /// <summary>
+    /// <see cref="Encode"/>, and whether every encoded value is finite: each block of at most 4096 elements
+    /// is checked (<see cref="NonFinite"/>) right after it is encoded, while it is still in L1, so the check
+    /// costs no second trip to memory. A finite F32 value can still encode as ±Inf (F16 above 65504, BF16
+    /// next to F32's largest value): the check is on what is written.
+    /// </summary>
+    public static bool EncodeChecked(DType dtype, ReadOnlySpan<float> source, Span<byte> destination)
+    {
+        const int Block = 4096;
+        int size = dtype.Bits() / 8;
+        bool finite = true;
+        for (int i = 0; i < source.Length; i += Block)
+        {
+            int n = Math.Min(Block, source.Length - i);
+            var bytes = destination.Slice(i * size, n * size);
+            Encode(dtype, source.Slice(i, n), bytes);
+            finite &= !NonFinite.Any(dtype, bytes);
+        }
+        return finite;
+    }
+
     /// <summary>True when <see cref="Decode"/> accepts the type.</summary>
     public static bool CanDecode(DType dtype) => dtype is DType.F32 or DType.BF16 or DType.F16 or DType.F64;
 }

@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using CopaKernels.Formats.Numerics;
+using CopaKernels.Formats.Safetensors;
 
 namespace CopaKernels.Kernels.Cpu;
 
@@ -110,6 +111,7 @@ internal static unsafe class LowRankProduct
         private readonly byte* _out, _base;
         private readonly StorageType _outType, _baseType;
         private readonly bool _hasBase;
+        private readonly int* _flag;         // ProductTile.NonFiniteFlag, or null
 
         // Work split, set by Execute: items = row blocks × column groups.
         private int _nr, _kc, _ncMax, _rowPanels, _panelsPerBlock, _rowBlocks, _colGroups;
@@ -156,6 +158,7 @@ internal static unsafe class LowRankProduct
                 _baseType = tile.BaseType;
                 _base = bb.Pointer + tile.BaseOffset * _baseType.Size();
             }
+            if (tile.NonFiniteFlag is CpuBuffer fb) _flag = (int*)(fb.Pointer + tile.NonFiniteFlagOffset);
         }
 
         public void Execute<TK>() where TK : struct, IMicroKernel
@@ -294,6 +297,7 @@ internal static unsafe class LowRankProduct
             {
                 TK.Run<Epilogue<NoBase, F32Out>>(s.A, bp, kc, panels, (byte*)s.Strip, s.StripStride * sizeof(float), null, 0, init, s.NcPad);
                 StripEpilogue(s, i0, mr, j0, nc);
+                CheckFinite(i0, mr, j0, nc);
                 return;
             }
             int os = TE.OutSize, bs = TE.BaseSize;
@@ -326,6 +330,25 @@ internal static unsafe class LowRankProduct
                     for (int j = 0; j < cols; j++)
                         TE.Store(s.Tile[i * nr + j], oq + j * os, bq + j * bs);
             }
+            CheckFinite(i0, mr, j0, nc);
+        }
+
+        /// <summary>
+        /// Raises the non-finite flag if rows i0.. of columns j0..j0+nc, just stored, hold NaN or ±Inf. The
+        /// block was written a moment ago (at most 6 rows of one column block, in L1 or L2), so the scan adds
+        /// no memory traffic to a product bound by writing its output.
+        /// </summary>
+        private void CheckFinite(int i0, int mr, long j0, int nc)
+        {
+            if (_flag == null || Volatile.Read(ref *_flag) != 0) return;
+            int os = _outType.Size();
+            var dtype = _outType switch { StorageType.BF16 => DType.BF16, StorageType.F16 => DType.F16, _ => DType.F32 };
+            for (int i = 0; i < mr; i++)
+                if (NonFinite.Any(dtype, new ReadOnlySpan<byte>(_out + ((i0 + i) * _n + j0) * os, nc * os)))
+                {
+                    Volatile.Write(ref *_flag, 1);
+                    return;
+                }
         }
 
         /// <summary>Rows i0.. of the tile as a 6 × K panel, k-major, scaled by c[k]; missing rows are zero.</summary>

@@ -75,6 +75,9 @@ internal static unsafe class LowRankProductExact
                     }
             }
         });
+        // The exact path is bound by its double arithmetic: a second pass for the flag is noise here.
+        if (tile.NonFiniteFlag is CpuBuffer flag && Formats.Numerics.NonFinite.Any(new ReadOnlySpan<float>(output, checked(m * n))))
+            Volatile.Write(ref *(int*)(flag.Pointer + tile.NonFiniteFlagOffset), 1);
     }
 
     /// <summary>

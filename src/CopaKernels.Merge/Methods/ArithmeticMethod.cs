@@ -73,8 +73,8 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         int n = m.Tasks.Count;
         var (xa, xb, r) = ModuleOps.WeightedFactors(m, o);
         var stats = new ModuleStats();
-        Sparsify(backend, xa, $"{m.Path}.lora_A", o, stats, stats.ThresholdsA, m.Path);
-        Sparsify(backend, xb, $"{m.Path}.lora_B", o, stats, stats.ThresholdsB, m.Path);
+        Sparsify(backend, xa, $"{m.Path}.lora_A", o, stats, stats.ThresholdsA, ModuleOps.WeightedOverflow(m, o, "lora_A"));
+        Sparsify(backend, xb, $"{m.Path}.lora_B", o, stats, stats.ThresholdsB, ModuleOps.WeightedOverflow(m, o, "lora_B"));
         var unit = Enumerable.Repeat(1.0, n).ToArray();
         var parallel = ModuleOps.HostParallel(backend);
         var a = Combine(xa, unit, 1.0, parallel);
@@ -92,7 +92,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         var stats = new ModuleStats();
         var deltas = new List<float[]>(n);
         for (int task = 0; task < n; task++) deltas.Add(ModuleOps.Delta(backend, m, task));
-        Sparsify(backend, deltas, m.Path, o, stats, stats.ThresholdsA, m.Path);
+        Sparsify(backend, deltas, m.Path, o, stats, stats.ThresholdsA, ModuleOps.DeltaOverflow(m));
         var w = Enumerable.Range(0, n).Select(o.WeightOf).ToArray();
         return new DenseResult(Combine(deltas, w, o.EffectiveLambda, ModuleOps.HostParallel(backend))) { Stats = stats };
     }
@@ -101,7 +101,8 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         ModuleOps.Concatenate(m, m.Tasks.Select(t => t.B).ToList(), m.Tasks.Select(t => t.A).ToList(),
             (task, _) => o.EffectiveLambda * o.WeightOf(task) * m.Tasks[task].Scale, new ModuleStats(), ModuleOps.HostParallel(backend));
 
-    private void Sparsify(IMergeBackend backend, List<float[]> xs, string streamName, MergeOptions o, ModuleStats stats, List<float> thresholds, string path)
+    private void Sparsify(IMergeBackend backend, List<float[]> xs, string streamName, MergeOptions o, ModuleStats stats, List<float> thresholds,
+        Func<int, TaskInputException> nonFinite)
     {
         switch (Sparsifier)
         {
@@ -109,7 +110,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
                 return;
             case Sparsifier.Trim:
             {
-                var sel = ModuleOps.TrimInPlace(backend, xs, o.EffectiveDensity, path);
+                var sel = ModuleOps.TrimInPlace(backend, xs, o.EffectiveDensity, nonFinite);
                 for (int i = 0; i < xs.Count; i++)
                 {
                     thresholds.Add(sel[i].Threshold);
@@ -131,7 +132,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
                     for (long i = 0; i < x.LongLength; i++)
                     {
                         if (!float.IsFinite(x[i]))
-                            throw ModuleOps.NonFinite(path, task);
+                            throw nonFinite(task);
                         if (CounterRandom.Keep(key, i, keep)) { x[i] /= fr; kept++; }
                         else x[i] = 0f;
                     }

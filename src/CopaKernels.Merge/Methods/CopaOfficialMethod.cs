@@ -31,8 +31,14 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
     public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options)
     {
         if (tasks.Any(t => t.Rank != tasks[0].Rank || t.Alpha != tasks[0].Alpha))
-            throw new CopaInputException(null, path, SharedRankMessage(tasks));
+            throw new TaskInputException(FirstOther(tasks), path, SharedRankMessage(tasks));
         return ResultForm.LowRank(tasks[0].Rank);
+    }
+
+    private static int FirstOther(IReadOnlyList<(int Rank, double Alpha)> tasks)
+    {
+        for (int i = 1; i < tasks.Count; i++) if (tasks[i] != tasks[0]) return i;
+        return 0;
     }
 
     private static string SharedRankMessage(IEnumerable<(int Rank, double Alpha)> tasks) =>
@@ -45,7 +51,8 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
     {
         var first = module.Tasks[0];
         if (module.Tasks.Any(t => t.Rank != first.Rank || t.Alpha != first.Alpha))
-            throw new CopaInputException(null, module.Path, SharedRankMessage(module.Tasks.Select(t => (t.Rank, t.Alpha))));
+            throw new TaskInputException(FirstOther(module.Tasks.Select(t => (t.Rank, t.Alpha)).ToList()), module.Path,
+                SharedRankMessage(module.Tasks.Select(t => (t.Rank, t.Alpha))));
         var stats = new ModuleStats();
         // On the CPU route with 16-bit factors, each trimmed factor is kept in its stored format in the
         // first half of its own (unread) F32 array, and the sums below widen it block by block.
@@ -68,7 +75,8 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
         {
             int size = outType.Bits() / 8, aLength = r * dIn * size, bLength = dOut * r * size;
             encoded = new EncodedFactors(outType, Streaming.WriteQueue.Rent(bLength), bLength, Streaming.WriteQueue.Rent(aLength), aLength);
-            (aOut, bOut) = (ModuleOps.SumSink.Encoded(outType, encoded.A), ModuleOps.SumSink.Encoded(outType, encoded.B));
+            (aOut, bOut) = (ModuleOps.SumSink.Encoded(outType, encoded.A, Formats.Peft.LoraAdapter.KeyA(module.Path), dIn),
+                ModuleOps.SumSink.Encoded(outType, encoded.B, Formats.Peft.LoraAdapter.KeyB(module.Path), r));
         }
         else
         {

@@ -47,11 +47,12 @@ public sealed class PcbMethod : IMergeMethod
                 TensorPrimitives.Multiply(d, (float)o.WeightOf(t), d);
                 deltas.Add(d);
             }
-            return new DenseResult(Merge(deltas, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path, ModuleOps.HostParallel(backend)));
+            return new DenseResult(Merge(deltas, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path, ModuleOps.HostParallel(backend),
+                ModuleOps.DeltaOverflow(m, o)));
         }
         var (xa, xb, r) = ModuleOps.WeightedFactors(m, o);
-        var am = Merge(xa, o.EffectivePcbRatio, 1f, m.Path, ModuleOps.HostParallel(backend));
-        var bm = Merge(xb, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path, ModuleOps.HostParallel(backend));
+        var am = Merge(xa, o.EffectivePcbRatio, 1f, m.Path, ModuleOps.HostParallel(backend), ModuleOps.WeightedOverflow(m, o, "lora_A"));
+        var bm = Merge(xb, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path, ModuleOps.HostParallel(backend), ModuleOps.WeightedOverflow(m, o, "lora_B"));
         return new LowRankResult(bm, am, r, 1.0, r);
     }
 
@@ -65,14 +66,15 @@ public sealed class PcbMethod : IMergeMethod
     /// sums of step 5 (Σ_n β_n·x̂_n and Σ_n β_n, in task order), so only a few length-d arrays live at once
     /// whatever N is.
     /// </remarks>
-    internal static float[] Merge(IReadOnlyList<float[]> xs, double q, float lambda, string path, ParallelOptions? parallel = null)
+    internal static float[] Merge(IReadOnlyList<float[]> xs, double q, float lambda, string path, ParallelOptions? parallel = null,
+        Func<int, TaskInputException>? nonFinite = null)
     {
         parallel ??= new ParallelOptions();
         int n = xs.Count;
         int d = xs[0].Length;
         if (d == 0) return [];
         for (int t = 0; t < n; t++)
-            if (!float.IsFinite(TensorPrimitives.MaxMagnitude(xs[t]))) throw ModuleOps.NonFinite(path, t);
+            if (!float.IsFinite(TensorPrimitives.MaxMagnitude(xs[t]))) throw nonFinite?.Invoke(t) ?? ModuleOps.NonFinite(path, t);
         var sumAll = new float[d];
         foreach (var x in xs) TensorPrimitives.Add(sumAll, x, sumAll);
         var numerator = new float[d];

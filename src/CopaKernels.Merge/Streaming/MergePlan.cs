@@ -109,6 +109,13 @@ public sealed class MergePlan : IDisposable
                 throw new CopaInputException(path, null, $"input changed during the merge ({change}); nothing was written, run the merge again");
     }
 
+    /// <summary>
+    /// A module's input error raised where only the adapter's index is known (<see cref="TaskInputException"/>),
+    /// re-raised naming that adapter: its weights file for its values, else its folder.
+    /// </summary>
+    internal CopaInputException Named(TaskInputException e) =>
+        new(e.Values ? Adapters[e.Task].Weights.Path : Adapters[e.Task].Folder, e.Tensor, e.Reason, e);
+
     /// <summary>Total bytes of the input files (adapters' weights, base shards).</summary>
     public long InputFileBytes => Adapters.Sum(a => a.Weights.FileLength) + (Base?.Shards.Sum(s => s.FileLength) ?? 0);
 

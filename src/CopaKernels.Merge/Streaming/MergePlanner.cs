@@ -84,7 +84,9 @@ public static class MergePlanner
         foreach (var path in paths)
         {
             var per = adapters.Select(a => a.TryGetModule(path, out var m) ? m : throw new InvalidOperationException($"{path} was planned but is not in {a.Folder}")).ToList();
-            var form = plan.Method.Plan(path, per.Select(m => (m.Rank, m.Alpha)).ToList(), request.Options);
+            ResultForm form;
+            try { form = plan.Method.Plan(path, per.Select(m => (m.Rank, m.Alpha)).ToList(), request.Options); }
+            catch (TaskInputException e) { throw plan.Named(e); }
             var first = per[0];
             int dOut = checked((int)first.DOut), dIn = checked((int)first.DIn);
             int outRank = form.Rank;

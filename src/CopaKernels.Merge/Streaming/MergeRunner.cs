@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using CopaKernels.Formats;
+using CopaKernels.Formats.Numerics;
 using CopaKernels.Formats.Peft;
 using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels;
@@ -100,6 +101,7 @@ public sealed class MergeRunner
             var layout = writer.Weights.Layout;
             int next = 0;
             foreach (var m in _plan.Modules)
+            try
             {
                 var r = (LowRankResult)Merge(feed, m);
                 for (int k = 0; k < 2; k++)
@@ -123,6 +125,7 @@ public sealed class MergeRunner
                 written.Add(new WrittenModule(m.Path, r.Rank, r.Scale, r.Alpha));
                 feed.Recycle(r); // converted and queued: the floats are free
             }
+            catch (NonFiniteResultException e) { throw Overflow(m, e); }
             queue.Complete();
         }
         writer.Config = AdapterConfigFor(written, first);
@@ -217,12 +220,24 @@ public sealed class MergeRunner
                     throw new InvalidOperationException($"{t.Name} planned but not in the base");
                 if (byTensor.TryGetValue(t.Name, out var m))
                 {
-                    var result = Merge(feed, m);
-                    int rows = _plan.TileRowsFor(m);
-                    if (result is LowRankResult lr) tiles.LowRank(t, m, lr, file, source, rows);
-                    else tiles.Dense(t, m, ((DenseResult)result).Delta, file, source, rows);
+                    try
+                    {
+                        var result = Merge(feed, m);
+                        int rows = _plan.TileRowsFor(m);
+                        if (result is LowRankResult lr) tiles.LowRank(t, m, lr, file, source, rows);
+                        else tiles.Dense(t, m, ((DenseResult)result).Delta, file, source, rows);
+                    }
+                    catch (NonFiniteResultException e) { throw Overflow(m, e); }
                 }
-                else tiles.Copy(t, file!, source!);
+                else
+                {
+                    try { tiles.Copy(t, file!, source!); }
+                    catch (NonFiniteResultException e)
+                    {
+                        throw new CopaInputException(file!.Path, t.Name,
+                            $"does not fit {e.DType}: a value{e.Where} is out of its range (--out-dtype {e.DType.ToLowerInvariant()}); keep the base's dtype");
+                    }
+                }
                 _progress?.Advance(0, t.Name);
             }
             queue.Complete();
@@ -270,12 +285,17 @@ public sealed class MergeRunner
             GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true, compacting: false);
         var sw = Stopwatch.StartNew();
         _compute.Start();
-        var result = _plan.Method.MergeModule(_backend, input, _plan.Request.Options);
+        ModuleResult result;
+        try { result = _plan.Method.MergeModule(_backend, input, _plan.Request.Options); }
+        catch (TaskInputException e) { throw _plan.Named(e); }
         double? truncation = null;
         if (_plan.Request.Rank is { } n && result is LowRankResult lr)
         {
             // Fold the LoRA scale into B so the re-ranked pair reproduces the update with scale 1.
             var b = lr.Scale == 1.0 ? lr.B : ModuleOps.Scaled(lr.B, (float)lr.Scale);
+            // The SVD needs finite factors; an overflow in them is the merge's, reported as at the encoders.
+            if (NonFinite.Any(b) || NonFinite.Any(lr.A))
+                throw new NonFiniteResultException(NonFinite.Any(b) ? LoraAdapter.KeyB(m.Path) : LoraAdapter.KeyA(m.Path), -1, 0, "F32");
             var t = LowRankTruncation.Truncate(b, lr.A, m.DOut, lr.Rank, m.DIn, n);
             truncation = t.RelativeError;
             _maxTruncationError = Math.Max(_maxTruncationError, t.RelativeError);
@@ -288,6 +308,31 @@ public sealed class MergeRunner
             result is LowRankResult l ? l.Rank : 0, result is DenseResult, s.ThresholdsA, s.ThresholdsB, s.Kept, s.Total,
             s.ZeroDenominatorRows, truncation, sw.Elapsed.TotalSeconds));
         return result;
+    }
+
+    /// <summary>
+    /// The error for a merged value that came out NaN or Inf: the input's, naming it, when one of the module's
+    /// factors holds NaN or Inf (a method without a trim passes them on); else an overflow, naming the
+    /// module's output tensor and the parameters and scales that multiplied the values.
+    /// </summary>
+    private CopaInputException Overflow(PlannedModule m, NonFiniteResultException e)
+    {
+        foreach (var a in _plan.Adapters)
+        {
+            if (!a.TryGetModule(m.Path, out var lm)) continue;
+            foreach (var t in (ReadOnlySpan<TensorInfo>)[lm.A, lm.B])
+                if (NonFinite.Any(a.Weights.ReadSingles(t)))
+                    return new CopaInputException(a.Weights.Path, t.Name, "holds NaN or Inf");
+        }
+        var o = _plan.Request.Options;
+        var d = o.Declared;
+        var causes = new List<string>();
+        if (d.Reads(MergeParameter.Lambda)) causes.Add($"lambda {ModuleOps.G(o.EffectiveLambda)}");
+        if (d.Reads(MergeParameter.Weights) && o.Weights is { Count: > 0 } w) causes.Add($"weights {string.Join(", ", w.Select(ModuleOps.G))}");
+        causes.Add("LoRA scales (lora_alpha / r) " + string.Join(", ", _plan.Adapters.Select(a => a.TryGetModule(m.Path, out var lm) ? ModuleOps.G(lm.Scale) : "?")));
+        return new CopaInputException(_plan.Request.Output, e.Tensor,
+            $"merged values overflow {e.DType} (NaN or Inf{e.Where}) though every input value is finite; the merge multiplied them by " +
+            string.Join(", ", causes) + ": lower them");
     }
 
     /// <summary>Provenance in every written safetensors file's <c>__metadata__</c> (strings only, as the format requires).</summary>

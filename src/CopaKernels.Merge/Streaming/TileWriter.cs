@@ -60,6 +60,11 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
         var input = baseTensor is null ? null : host.Inputs(tileElems * baseType.Size());
         host.EnsureOutput(tileElems * outType.Size(), ct);
         LowRankTerm[] terms = [new LowRankTerm(bBuf, 0, aBuf, 0, rank, (float)r.Scale)];
+        // The product's non-finite flag (ProductTile.NonFiniteFlag): zeroed from word 0 of the host buffer
+        // before each tile, downloaded into word 1 + t % 2 before the tile itself, so the tile's fence covers it.
+        using var flag = backend.Allocate(4);
+        using var flags = backend.AllocateHost(12, pageLocked: false);
+        flags.Span<uint>(0, 3).Clear();
         int ReadBase(int r0, HostBuffer into)
         {
             int bytes = checked(Math.Min(tile, rows - r0) * cols * baseType.Size());
@@ -78,14 +83,21 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
                 int n = Math.Min(tile, rows - r0);
                 int length = checked(n * cols * outType.Size());
                 current = host.TakeOutput(ct);
+                backend.UploadAsync(flags, 0, flag, 0, 4);
                 if (input is not null) backend.UploadAsync(input[t % 2], 0, baseBuf!, 0, pending);
-                backend.LowRankProduct(terms, rows, cols, new ProductTile(r0, n, outBuf, 0, outType, baseBuf, 0, baseType));
+                backend.LowRankProduct(terms, rows, cols,
+                    new ProductTile(r0, n, outBuf, 0, outType, baseBuf, 0, baseType, NonFiniteFlag: flag));
+                backend.DownloadAsync(flag, 0, flags, 4 + 4 * (t % 2), 4);
                 var downloaded = backend.DownloadAsync(outBuf, 0, current, 0, length);
                 // While the device works on tile t: queue tile t−1 for writing, read tile t+1. Tile t+1's input
                 // buffer last fed tile t−1's upload, which tile t−1's download fence (waited for last time) covers.
                 Emit(target.Name, ref ready, readyLength);
                 if (input is not null && r0 + tile < rows) pending = ReadBase(r0 + tile, input[(t + 1) % 2]);
                 backend.Wait(downloaded);
+                // Tile t's base is still in input[t % 2]: tile t + 1's went into the other buffer.
+                if (flags.Span<uint>(1 + t % 2, 1)[0] != 0)
+                    CheckTile(target, current.Span<byte>(0, length), baseTensor?.DType,
+                        input is null ? default : input[t % 2].Span<byte>(0, n * cols * baseType.Size()), (long)r0 * cols);
                 (ready, readyLength, current) = (current, length, null);
             }
             Emit(target.Name, ref ready, readyLength);
@@ -96,6 +108,25 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
             // one completes before any later use of it, which is queued after it, or before it is freed).
             if (current != null) host.ReturnOutput(current);
             if (ready != null) host.ReturnOutput(ready);
+        }
+    }
+
+    /// <summary>
+    /// A tile whose product raised the non-finite flag: throws <see cref="NonFiniteResultException"/> at the
+    /// first value that is not finite where its base value is (a base that holds NaN or Inf passes them
+    /// on: the output holds nothing non-finite the input did not).
+    /// </summary>
+    private static void CheckTile(TensorInfo target, ReadOnlySpan<byte> output, DType? baseType, ReadOnlySpan<byte> baseBytes, long first)
+    {
+        int os = target.DType.Bits() / 8, bs = baseType is { } b ? b.Bits() / 8 : 0;
+        for (long i = 0; ;)
+        {
+            long j = NonFinite.IndexOf(target.DType, output[(int)(i * os)..]);
+            if (j < 0) return;
+            i += j;
+            if (baseType is not { } bt || !NonFinite.Any(bt, baseBytes.Slice((int)(i * bs), bs)))
+                throw new NonFiniteResultException(target.Name, first + i, target.Shape[^1], target.DType.ToString());
+            i++;
         }
     }
 
@@ -142,7 +173,9 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
                 }
                 int length = n * cols * outSize;
                 var output = WriteQueue.Rent(length);
-                ElementCodec.Encode(target.DType, v, output.AsSpan(0, length));
+                if (!ElementCodec.EncodeChecked(target.DType, v, output.AsSpan(0, length)))
+                    CheckTile(target, output.AsSpan(0, length), baseTensor is null ? null : DType.F32,
+                        MemoryMarshal.AsBytes(w.AsSpan(0, n * cols)), (long)r0 * cols);
                 queue.Append(target.Name, output, length);
                 progress?.Advance(length, null);
             }
@@ -164,7 +197,8 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
         {
             int n = Math.Min(chunk, values.Length - done);
             var output = WriteQueue.Rent((long)n * size);
-            ElementCodec.Encode(target.DType, values.Slice(done, n), output.AsSpan(0, n * size));
+            if (!ElementCodec.EncodeChecked(target.DType, values.Slice(done, n), output.AsSpan(0, n * size)))
+                CheckTile(target, output.AsSpan(0, n * size), null, default, done);
             queue.Append(target.Name, output, n * size);
         }
     }
@@ -198,7 +232,9 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
                 file.ReadBytes(source, done * inSize, raw.AsSpan(0, n * inSize));
                 ElementCodec.Decode(source.DType, raw.AsSpan(0, n * inSize), values.AsSpan(0, n));
                 var output = WriteQueue.Rent((long)n * outSize);
-                ElementCodec.Encode(target.DType, values.AsSpan(0, n), output.AsSpan(0, n * outSize));
+                // A converted copy (--out-dtype) can overflow too (F32 above 65504 into F16).
+                if (!ElementCodec.EncodeChecked(target.DType, values.AsSpan(0, n), output.AsSpan(0, n * outSize)))
+                    CheckTile(target, output.AsSpan(0, n * outSize), DType.F32, MemoryMarshal.AsBytes(values.AsSpan(0, n)), done);
                 queue.Append(target.Name, output, n * outSize);
                 progress?.Advance((long)n * outSize, null);
             }

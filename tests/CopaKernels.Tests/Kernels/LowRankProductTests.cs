@@ -25,7 +25,7 @@ public abstract class LowRankProductSuite
 
     protected sealed record Term(float[] B, float[] A, int Rank, float Factor, float[]? Scale);
 
-    protected sealed record Result(float[] Values, uint[] Bits);
+    protected sealed record Result(float[] Values, uint[] Bits, uint Flag = 0);
 
     protected static Term[] MakeTerms(int[] ranks, int dOut, int dIn, bool scaled, int seed)
     {
@@ -86,12 +86,13 @@ public abstract class LowRankProductSuite
     /// element offsets inside larger buffers, whose padding must stay untouched.
     /// </summary>
     protected Result RunBackend(int threads, Term[] terms, int dOut, int dIn, int rowStart, int rowCount,
-        StorageType outType, StorageType? baseType = null, float[]? baseTile = null, bool inPlace = false, bool bitExact = false)
+        StorageType outType, StorageType? baseType = null, float[]? baseTile = null, bool inPlace = false, bool bitExact = false,
+        bool withFlag = false)
     {
         var backend = CreateBackend(threads);
         try
         {
-            return RunOn(backend, terms, dOut, dIn, rowStart, rowCount, outType, baseType, baseTile, inPlace, bitExact);
+            return RunOn(backend, terms, dOut, dIn, rowStart, rowCount, outType, baseType, baseTile, inPlace, bitExact, withFlag);
         }
         finally
         {
@@ -100,7 +101,7 @@ public abstract class LowRankProductSuite
     }
 
     private static Result RunOn(IMergeBackend backend, Term[] terms, int dOut, int dIn, int rowStart, int rowCount,
-        StorageType outType, StorageType? baseType, float[]? baseTile, bool inPlace, bool bitExact)
+        StorageType outType, StorageType? baseType, float[]? baseTile, bool inPlace, bool bitExact, bool withFlag)
     {
         long total = 3;
         var offsets = new (long B, long A, long S)[terms.Length];
@@ -143,10 +144,14 @@ public abstract class LowRankProductSuite
                 backend.Upload(Encode(baseTile, baseType.Value), baseBuf, baseOff * baseType.Value.Size());
             }
         }
+        // The flag word sits between two sentinels (byte offset 4 of 12), zeroed as the contract asks of the caller.
+        using var flag = withFlag ? backend.Allocate(12) : null;
+        if (flag != null) backend.Upload([0xA5, 0xA5, 0xA5, 0xA5, 0, 0, 0, 0, 0xA5, 0xA5, 0xA5, 0xA5], flag, 0);
         try
         {
             backend.LowRankProduct(lrt, dOut, dIn,
-                new ProductTile(rowStart, rowCount, output, outOff, outType, baseBuf, baseOff, baseType ?? StorageType.F32, bitExact));
+                new ProductTile(rowStart, rowCount, output, outOff, outType, baseBuf, baseOff, baseType ?? StorageType.F32, bitExact,
+                    flag, 4));
             var raw = new byte[output.ByteLength];
             backend.Download(output, 0, raw);
             for (int i = 0; i < raw.Length; i++)
@@ -160,7 +165,15 @@ public abstract class LowRankProductSuite
                 bits[i] = size == 4 ? BitConverter.ToUInt32(raw, at) : BitConverter.ToUInt16(raw, at);
                 values[i] = Widen(bits[i], outType);
             }
-            return new Result(values, bits);
+            uint flagWord = 0;
+            if (flag != null)
+            {
+                var f = new byte[12];
+                backend.Download(flag, 0, f);
+                Assert.True(f[..4].All(x => x == 0xA5) && f[8..].All(x => x == 0xA5), "bytes beside the flag word were written");
+                flagWord = BitConverter.ToUInt32(f, 4);
+            }
+            return new Result(values, bits, flagWord);
         }
         finally
         {
@@ -318,6 +331,48 @@ public abstract class LowRankProductSuite
         var terms = MakeTerms([4], 8, 8, scaled: false, seed: 3);
         Assert.Throws<ArgumentException>(() => RunBackend(1, terms, 8, 8, 0, 8, StorageType.BF16, bitExact: true));
         Assert.Throws<ArgumentException>(() => RunBackend(1, terms, 8, 8, 0, 8, StorageType.F32, StorageType.F32, new float[64], bitExact: true));
+    }
+
+    [BackendTheory]
+    [MemberData(nameof(TypePairs))]
+    public void NonFiniteFlag_IsRaisedExactlyWhenAStoredValueIsNotFinite(StorageType outType, StorageType? baseType)
+    {
+        // 127 × 1027 leaves partial GPU tiles, SIMD tails and a K-less column; the bad element goes at the
+        // first, a middle and the last position of the tile.
+        const int dOut = 127, dIn = 1027;
+        int rowStart = 5, rows = 61;
+        if ((long)rows * dIn > MaxTileElements) rows = (int)Math.Max(1, MaxTileElements / dIn);
+        var baseTile = baseType is { } bt ? MakeBase(rows * dIn, bt, 7) : null;
+        var clean = RunBackend(2, MakeTerms([16, 3], dOut, dIn, scaled: true, 3), dOut, dIn, rowStart, rows, outType, baseType, baseTile, withFlag: true);
+        Assert.True(clean.Flag == 0, $"flag raised for a finite tile (out {outType}, base {baseType})");
+        foreach (var (i, j) in new[] { (0, 0), (rows / 2, 517), (rows - 1, dIn - 1) })
+        {
+            // A product that overflows F32 at one element only: B and A large in one row and one column.
+            var terms = MakeTerms([16, 3], dOut, dIn, scaled: true, 3);
+            terms[0].B[(rowStart + i) * 16] = 1e20f;
+            terms[0].A[j] = 1e20f;
+            var got = RunBackend(2, terms, dOut, dIn, rowStart, rows, outType, baseType, baseTile, withFlag: true);
+            Assert.True(got.Flag != 0, $"flag not raised for Inf at ({i}, {j}) (out {outType}, base {baseType})");
+        }
+        if (outType == StorageType.F16)
+        {
+            // Finite in F32, but above F16's largest value: Inf as stored.
+            var terms = MakeTerms([1], dOut, dIn, scaled: false, 3);
+            terms[0].B[(rowStart + 3) * 1] = 1000f;
+            terms[0].A[40] = 1000f / terms[0].Factor;
+            var got = RunBackend(2, terms, dOut, dIn, rowStart, rows, outType, baseType, baseTile, withFlag: true);
+            Assert.True(got.Flag != 0, $"flag not raised for an F16 overflow (base {baseType})");
+        }
+    }
+
+    [BackendFact]
+    public void NonFiniteFlag_BitExact()
+    {
+        var terms = MakeTerms([16], 31, 33, scaled: false, 5);
+        Assert.Equal(0u, RunBackend(2, terms, 31, 33, 0, 31, StorageType.F32, bitExact: true, withFlag: true).Flag);
+        terms[0].B[16 * 30] = 1e30f;
+        terms[0].A[32] = 1e30f;
+        Assert.NotEqual(0u, RunBackend(2, terms, 31, 33, 0, 31, StorageType.F32, bitExact: true, withFlag: true).Flag);
     }
 
     protected static void AssertSameBits(Result expected, Result actual, string label)

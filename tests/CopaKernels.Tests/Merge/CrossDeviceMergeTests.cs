@@ -30,11 +30,33 @@ public sealed class CrossDeviceMergeTests(StreamingFixture fx) : IClassFixture<S
     {
         var output = fx.NewOutput($"{device}-{method}-{mode}-{space}");
         var args = new List<string> { "merge", "--method", method, "--output", mode, "--base", fx.Base, "--out", output,
-            "--device", device, "--out-dtype", "f32", "--seed", "9", "--space", space, "--quiet" };
+            "--device", device, "--out-dtype", "f32", "--quiet" };
+        // Only the parameters the method reads: any other one is refused.
+        var reads = MergeMethods.Get(method).Parameters;
+        if (reads.Seed) args.AddRange(["--seed", "9"]);
+        if (reads.Space) args.AddRange(["--space", space]);
         foreach (var a in fx.Adapters) args.AddRange(["--adapter", a]);
         var (code, _, err) = CliRunner.Run(args.ToArray());
         Assert.True(code == 0, $"{device}: {err}");
         return output;
+    }
+
+    [BackendTheory]
+    [InlineData("model", "f32")]
+    [InlineData("model", "bf16")]
+    [InlineData("model", "f16")]
+    [InlineData("delta", "f32")]
+    public void OpenCl_OverflowInTheProduct_IsAnError(string mode, string dtype)
+    {
+        // The device's epilogue raises the non-finite flag; the host reads it with the tile and refuses.
+        var output = fx.NewOutput($"opencl-overflow-{mode}-{dtype}");
+        var args = new List<string> { "merge", "--method", "copa", "--lambda", dtype == "f16" ? "1e9" : "1e39", "--output", mode,
+            "--base", fx.Base, "--out", output, "--device", "opencl", "--out-dtype", dtype, "--quiet" };
+        foreach (var a in fx.Adapters) args.AddRange(["--adapter", a]);
+        var (code, _, err) = CliRunner.Run(args.ToArray());
+        Assert.True(code == 2, $"exit {code}: {err}");
+        Assert.Contains($"merged values overflow {dtype.ToUpperInvariant()}", err);
+        Assert.False(Directory.Exists(output));
     }
 
     [BackendTheory]

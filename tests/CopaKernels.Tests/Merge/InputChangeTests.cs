@@ -12,26 +12,6 @@ namespace CopaKernels.Tests.Merge;
 /// </summary>
 public sealed class InputChangeTests(StreamingFixture fx) : IClassFixture<StreamingFixture>
 {
-    /// <summary>Private copies of the fixture's inputs: these tests change them.</summary>
-    private static (string Base, List<string> Adapters) CopyInputs(StreamingFixture fx, TempDir dir)
-    {
-        static void Copy(string from, string to)
-        {
-            Directory.CreateDirectory(to);
-            foreach (var f in Directory.GetFiles(from)) File.Copy(f, Path.Combine(to, Path.GetFileName(f)));
-        }
-        var b = Path.Combine(dir.Path, "base");
-        Copy(fx.Base, b);
-        var adapters = new List<string>();
-        for (int i = 0; i < fx.Adapters.Count; i++)
-        {
-            var a = Path.Combine(dir.Path, $"adapter{i}");
-            Copy(fx.Adapters[i], a);
-            adapters.Add(a);
-        }
-        return (b, adapters);
-    }
-
     /// <summary>Rewrites the last 16 bytes of a file in place (same size, same inode), as an editor or a copy over it would.</summary>
     private static void OverwriteInPlace(string path)
     {
@@ -77,7 +57,7 @@ public sealed class InputChangeTests(StreamingFixture fx) : IClassFixture<Stream
     public void AdapterRewrittenInPlace_DuringTheMerge_IsAnError(string mode, int at)
     {
         using var dir = new TempDir();
-        var (b, adapters) = CopyInputs(fx, dir);
+        var (b, adapters) = fx.CopyInputs(dir);
         var weights = Path.Combine(adapters[1], LoraAdapter.WeightsFileName);
         long size = new FileInfo(weights).Length;
         var output = Path.Combine(dir.Path, "out", "merged");
@@ -89,7 +69,7 @@ public sealed class InputChangeTests(StreamingFixture fx) : IClassFixture<Stream
     public void BaseShardRewrittenInPlace_DuringTheMerge_IsAnError()
     {
         using var dir = new TempDir();
-        var (b, adapters) = CopyInputs(fx, dir);
+        var (b, adapters) = fx.CopyInputs(dir);
         var shard = Directory.GetFiles(b, "*.safetensors").Order(StringComparer.Ordinal).Last();
         var output = Path.Combine(dir.Path, "out", "merged");
         AssertRefused(Merge(output, adapters, b, "model", () => OverwriteInPlace(shard), 2), output, shard, "it was written to");
@@ -99,7 +79,7 @@ public sealed class InputChangeTests(StreamingFixture fx) : IClassFixture<Stream
     public void AdapterReplaced_DuringTheMerge_IsAnError()
     {
         using var dir = new TempDir();
-        var (b, adapters) = CopyInputs(fx, dir);
+        var (b, adapters) = fx.CopyInputs(dir);
         var weights = Path.Combine(adapters[0], LoraAdapter.WeightsFileName);
         var output = Path.Combine(dir.Path, "out", "merged");
         AssertRefused(Merge(output, adapters, b, "model", () => Replace(weights), 7), output, weights, "it was replaced by another file");
@@ -109,7 +89,7 @@ public sealed class InputChangeTests(StreamingFixture fx) : IClassFixture<Stream
     public void ConfigRewritten_DuringTheMerge_IsAnError()
     {
         using var dir = new TempDir();
-        var (b, adapters) = CopyInputs(fx, dir);
+        var (b, adapters) = fx.CopyInputs(dir);
         var config = Path.Combine(adapters[2], AdapterConfig.FileName);
         var output = Path.Combine(dir.Path, "out", "merged");
         AssertRefused(Merge(output, adapters, b, "adapter", () => File.AppendAllText(config, " "), 1), output, config, "its size changed");
@@ -119,7 +99,7 @@ public sealed class InputChangeTests(StreamingFixture fx) : IClassFixture<Stream
     public void UnchangedInputs_StillMerge()
     {
         using var dir = new TempDir();
-        var (b, adapters) = CopyInputs(fx, dir);
+        var (b, adapters) = fx.CopyInputs(dir);
         var output = Path.Combine(dir.Path, "out", "merged");
         var r = Merge(output, adapters, b, "model", () => { }, 1);
         Assert.True(r.Code == 0, r.Err);

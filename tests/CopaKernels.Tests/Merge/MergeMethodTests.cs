@@ -86,9 +86,10 @@ public class MergeMethodTests
         Close(MergeReference.Copa(m, 0.2, 2.0, 0, true), MergeReference.Dense(((LowRankResult)r).B, ((LowRankResult)r).A, 16, 12, 12), "copa ties");
 
         var uneven = Module(7, 3, 10, 9, rankOf: t => 2 + 2 * t);
-        var e = Assert.Throws<CopaInputException>(() => MergeMethods.Get("copa").MergeModule(Backend, uneven, new MergeOptions { Method = "copa" }));
+        var e = Assert.Throws<TaskInputException>(() => MergeMethods.Get("copa").MergeModule(Backend, uneven, new MergeOptions { Method = "copa" }));
         Assert.Contains("ranks differ", e.Message);
         Assert.Equal(uneven.Path, e.Tensor);
+        Assert.Equal(1, e.Task); // the first adapter whose rank is not the first's: the runner names its folder
         var lr = (LowRankResult)MergeMethods.Get("copa").MergeModule(Backend, uneven, new MergeOptions { Method = "copa", Normalize = false });
         Assert.Equal(12, lr.Rank);
         Close(MergeReference.Copa(uneven, 0.2, 2.0, 0, false), MergeReference.Dense(lr.B, lr.A, 10, 12, 9), "copa unnormalised");
@@ -221,7 +222,7 @@ public class MergeMethodTests
     public void FactorSpace_NeedsEqualRanks_AndOptionsAreValidated()
     {
         var m = Module(24, 2, 8, 8, rankOf: t => 2 + t);
-        var e = Assert.Throws<CopaInputException>(() => MergeMethods.Get("ties").MergeModule(Backend, m, new MergeOptions { Method = "ties" }));
+        var e = Assert.Throws<TaskInputException>(() => MergeMethods.Get("ties").MergeModule(Backend, m, new MergeOptions { Method = "ties" }));
         Assert.Contains("space delta", e.Message);
         void Refused(MergeOptions o, string parameter, string fragment)
         {
@@ -256,12 +257,37 @@ public class MergeMethodTests
     {
         var m = Module(25, 2, 8, 8);
         m.Tasks[1].B[3] = float.NaN;
-        foreach (var method in new[] { "copa", "ties", "dare" })
+        foreach (var method in new[] { "copa", "ties", "dare", "magnitude-prune", "pcb" })
+            foreach (var space in new MergeSpace?[] { null, MergeSpace.Delta })
+            {
+                if (space != null && !MergeMethods.Get(method).Parameters.Space) continue;
+                var e = Assert.Throws<TaskInputException>(() => MergeMethods.Get(method).MergeModule(Backend, m, new MergeOptions { Method = method, Space = space }));
+                Assert.Equal(m.Path, e.Tensor);
+                Assert.Equal("adapter 2 holds NaN or Inf in this module", e.Reason);
+                Assert.True(e.Task == 1 && e.Values, $"{method} {space}: task {e.Task}, values {e.Values}");
+            }
+    }
+
+    [Fact]
+    public void Overflow_OfADerivedValue_IsNotBlamedOnTheInput()
+    {
+        // Finite factors whose scale (lora_alpha / r = 1.25e39) overflows F32 once applied: the delta-space
+        // trims and the factor-space weighting must say so, not that the adapter holds NaN or Inf.
+        var m = Module(27, 3, 8, 8);
+        var huge = m with { Tasks = m.Tasks.Select((t, i) => i == 1 ? t with { Scale = 1.25e39 } : t).ToList() };
+        foreach (var (method, space) in new[] { ("ties", MergeSpace.Delta), ("dare", MergeSpace.Delta), ("pcb", MergeSpace.Delta), ("magnitude-prune", MergeSpace.Delta) })
         {
-            var e = Assert.Throws<CopaInputException>(() => MergeMethods.Get(method).MergeModule(Backend, m, new MergeOptions { Method = method }));
-            Assert.Equal(m.Path, e.Tensor);
-            Assert.Contains("adapter 2", e.Message);
+            var e = Assert.Throws<TaskInputException>(() => MergeMethods.Get(method).MergeModule(Backend, huge, new MergeOptions { Method = method, Space = space }));
+            Assert.True(e.Task == 1 && !e.Values, $"{method}: task {e.Task}, values {e.Values}");
+            Assert.Contains("of adapter 2 overflows F32", e.Reason);
+            Assert.Contains("LoRA scale 1.25e+39", e.Reason);
+            Assert.DoesNotContain("holds NaN", e.Reason);
         }
+        // A weight of 1e300 in factor space: √|w·s| is Inf in fp32.
+        var w = Assert.Throws<TaskInputException>(() => MergeMethods.Get("ties").MergeModule(Backend, m,
+            new MergeOptions { Method = "ties", Weights = [1, 1e300, 1] }));
+        Assert.True(w.Task == 1 && !w.Values);
+        Assert.Contains("weight 1e+300", w.Reason);
     }
 
     [Fact]
@@ -272,10 +298,10 @@ public class MergeMethodTests
         var m = Module(26, 3, 8, 8);
         m.Tasks[0].B[1] = float.NaN;
         m.Tasks[2].A[5] = float.PositiveInfinity;
-        var e = Assert.Throws<CopaInputException>(() => MergeMethods.Get("copa").MergeModule(Backend, m, new MergeOptions { Method = "copa" }));
+        var e = Assert.Throws<TaskInputException>(() => MergeMethods.Get("copa").MergeModule(Backend, m, new MergeOptions { Method = "copa" }));
         Assert.Contains("adapter 3", e.Message);
         m.Tasks[2].A[5] = 0;
-        e = Assert.Throws<CopaInputException>(() => MergeMethods.Get("copa-official").MergeModule(Backend, m, new MergeOptions { Method = "copa-official" }));
+        e = Assert.Throws<TaskInputException>(() => MergeMethods.Get("copa-official").MergeModule(Backend, m, new MergeOptions { Method = "copa-official" }));
         Assert.Contains("adapter 1", e.Message);
     }
 

@@ -93,6 +93,41 @@ public sealed class StreamingFixture : IDisposable
         return Convert.ToHexString(sha.Hash!);
     }
 
+    /// <summary>Private copies of the base and the adapters under <paramref name="dir"/>, for tests that change their inputs.</summary>
+    internal (string Base, List<string> Adapters) CopyInputs(TempDir dir)
+    {
+        static void Copy(string from, string to)
+        {
+            Directory.CreateDirectory(to);
+            foreach (var f in Directory.GetFiles(from)) File.Copy(f, Path.Combine(to, Path.GetFileName(f)));
+        }
+        var b = Path.Combine(dir.Path, "base");
+        Copy(Base, b);
+        var adapters = new List<string>();
+        for (int i = 0; i < Adapters.Count; i++)
+        {
+            var a = Path.Combine(dir.Path, $"adapter{i}");
+            Copy(Adapters[i], a);
+            adapters.Add(a);
+        }
+        return (b, adapters);
+    }
+
+    /// <summary>Overwrites element <paramref name="element"/> of a 16-bit tensor in a safetensors file with <paramref name="bits"/>.</summary>
+    internal static void Poke16(string file, string tensor, long element, ushort bits)
+    {
+        long at;
+        using (var f = SafetensorsFile.Open(file))
+        {
+            var t = f.Get(tensor);
+            Assert.Equal(16, t.DType.Bits());
+            at = f.DataStart + t.Begin + element * 2;
+        }
+        using var s = new FileStream(file, FileMode.Open, FileAccess.Write);
+        s.Seek(at, SeekOrigin.Begin);
+        s.Write(BitConverter.GetBytes(bits));
+    }
+
     /// <summary>A base tensor as F32.</summary>
     internal static float[] Read(string model, string tensor)
     {
