@@ -64,6 +64,30 @@ public class InspectCommandTests
     }
 
     [Fact]
+    public void ShardedModel_WithATensorInTwoShards_ExitsTwo_NamingBothShards()
+    {
+        using var dir = new TempDir();
+        var specs = Enumerable.Range(0, 6).Select(i => new TensorSpec($"layer.{i}.weight", DType.F16, [16, 16])).ToList();
+        using (var w = new ShardedWriter(dir.Path, ShardedWriter.PlanBySize(specs, 1024)))
+        {
+            foreach (var t in w.WriteOrder) w.For(t.Name).AppendSingles(t.Name, new float[256]);
+            w.Commit();
+        }
+        var first = dir.File("model-00001-of-00003.safetensors");
+        var third = dir.File("model-00003-of-00003.safetensors");
+        string name;
+        using (var f = SafetensorsFile.Open(first)) name = f.Tensors[0].Name;
+        ShardedModelTests.CopyTensorInto(third, first, name);
+        var (code, output, err) = CliRunner.Run("inspect", dir.Path);
+        Assert.Equal(2, code);
+        Assert.Equal("", output);
+        var line = Assert.Single(err.TrimEnd('\n').Split('\n'));
+        Assert.StartsWith($"error: {dir.File(ShardedModel.IndexFileName)}: {name}: ", line);
+        Assert.Contains("'model-00001-of-00003.safetensors'", line);
+        Assert.Contains("'model-00003-of-00003.safetensors'", line);
+    }
+
+    [Fact]
     public void MalformedFile_ExitsTwo_WithOneLineNamingFileAndTensor()
     {
         using var dir = new TempDir();

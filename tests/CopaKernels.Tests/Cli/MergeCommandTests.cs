@@ -109,6 +109,23 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
     }
 
     [Fact]
+    public void BaseWithATensorInTwoShards_IsAnInputError_NamingBothShards()
+    {
+        using var dir = new TempDir();
+        var output = Path.Combine(dir.Path, "out");
+        var baseCopy = Path.Combine(dir.Path, "base");
+        Directory.CreateDirectory(baseCopy);
+        foreach (var f in Directory.GetFiles(fx.Base)) File.Copy(f, Path.Combine(baseCopy, Path.GetFileName(f)));
+        var shards = Directory.GetFiles(baseCopy, "*.safetensors").Order(StringComparer.Ordinal).ToArray();
+        Assert.True(shards.Length >= 2);
+        string name;
+        using (var f = SafetensorsFile.Open(shards[0])) name = f.Tensors.First(t => t.Name.EndsWith("q_proj.weight")).Name;
+        ShardedModelTests.CopyTensorInto(shards[^1], shards[0], name);
+        var r = CliRunner.Run("merge", "--method", "copa", "--adapter", fx.Adapters[0], "--output", "model", "--base", baseCopy, "--out", output);
+        AssertInvalid(r, output, name, Path.GetFileName(shards[0]), Path.GetFileName(shards[^1]), "two shards");
+    }
+
+    [Fact]
     public void UnmatchedModule_NamesTheAdapterTensor()
     {
         using var dir = new TempDir();
