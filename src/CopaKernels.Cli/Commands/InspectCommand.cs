@@ -41,8 +41,8 @@ internal static class InspectCommand
         console.MarkupLine($"[bold]LoRA adapter[/] {Markup.Escape(a.Folder)}");
         var info = new Grid().AddColumn().AddColumn();
         info.AddRow("base model", Markup.Escape(c.BaseModelNameOrPath ?? "(not given)"));
-        info.AddRow("rank r", c.R.ToString());
-        info.AddRow("lora_alpha", c.LoraAlpha.ToString("G"));
+        info.AddRow("rank r", c.R.ToString() + (c.RIsDefault ? " (not in the config: PEFT's default)" : ""));
+        info.AddRow("lora_alpha", c.LoraAlpha.ToString("G") + (c.LoraAlphaIsDefault ? " (not in the config: PEFT's default)" : ""));
         info.AddRow("scale", $"{c.ScaleFor("", c.R):G6} ({(c.UseRsLora ? "α/√r, rsLoRA" : "α/r")})");
         info.AddRow("target modules", Markup.Escape(c.TargetModules.Count == 0 ? "(none listed)" : (c.TargetModulesIsRegex ? "regex " : "") + string.Join(", ", c.TargetModules)));
         if (c.RankPattern.Count > 0) info.AddRow("rank_pattern", Markup.Escape(string.Join(", ", c.RankPattern.Select(kv => $"{kv.Key}={kv.Value}"))));

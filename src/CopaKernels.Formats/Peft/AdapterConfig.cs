@@ -13,11 +13,29 @@ public sealed class AdapterConfig
     /// <summary>The file name PEFT uses.</summary>
     public const string FileName = "adapter_config.json";
 
-    /// <summary>Default rank <c>r</c>.</summary>
+    /// <summary>
+    /// PEFT's default rank. PEFT reads a config by passing its fields to the <c>LoraConfig</c>
+    /// dataclass, so a field the file lacks takes the dataclass default (huggingface/peft,
+    /// src/peft/tuners/lora/config.py, <c>LoraConfig</c>: <c>r = 8</c>, <c>lora_alpha = 8</c>,
+    /// <c>use_rslora = False</c>, <c>fan_in_fan_out = False</c>). A missing <c>r</c> is safe to
+    /// default: the rank of every module's factors is checked against it when the adapter is opened.
+    /// </summary>
+    public const int PeftDefaultR = 8;
+
+    /// <summary>PEFT's default <c>lora_alpha</c> (see <see cref="PeftDefaultR"/>): 8 whatever r is.</summary>
+    public const double PeftDefaultLoraAlpha = 8;
+
+    /// <summary>Default rank <c>r</c> (<see cref="PeftDefaultR"/> when the file has none).</summary>
     public int R { get; init; }
 
-    /// <summary>Default <c>lora_alpha</c>.</summary>
+    /// <summary>True when the file has no <c>r</c> and <see cref="R"/> is PEFT's default.</summary>
+    public bool RIsDefault { get; init; }
+
+    /// <summary>Default <c>lora_alpha</c> (<see cref="PeftDefaultLoraAlpha"/> when the file has none).</summary>
     public double LoraAlpha { get; init; }
+
+    /// <summary>True when the file has no <c>lora_alpha</c> and <see cref="LoraAlpha"/> is PEFT's default.</summary>
+    public bool LoraAlphaIsDefault { get; init; }
 
     /// <summary>Scale α/√r instead of α/r.</summary>
     public bool UseRsLora { get; init; }
@@ -105,15 +123,19 @@ public sealed class AdapterConfig
         string? peftType = Str(root, "peft_type", path);
         if (peftType != null && !string.Equals(peftType, "LORA", StringComparison.OrdinalIgnoreCase))
             throw new AdapterException(path, null, $"peft_type is {peftType}; only LORA adapters can be merged");
-        double rd = Num(root, "r", path) ?? throw new AdapterException(path, null, "adapter config has no 'r'");
+        double? rField = Required(root, "r", path);
+        double rd = rField ?? PeftDefaultR;
         if (rd <= 0 || rd != Math.Floor(rd) || rd > int.MaxValue) throw new AdapterException(path, null, $"r is {rd}; it must be a positive integer");
         int r = (int)rd;
-        double alpha = Num(root, "lora_alpha", path) ?? r;
+        double? alphaField = Required(root, "lora_alpha", path);
+        double alpha = alphaField ?? PeftDefaultLoraAlpha;
         var (targets, isRegex) = Targets(root, path);
         var cfg = new AdapterConfig
         {
             R = r,
+            RIsDefault = rField is null,
             LoraAlpha = alpha,
+            LoraAlphaIsDefault = alphaField is null,
             UseRsLora = Bool(root, "use_rslora", path),
             FanInFanOut = Bool(root, "fan_in_fan_out", path),
             UseDora = Bool(root, "use_dora", path),
@@ -137,6 +159,17 @@ public sealed class AdapterConfig
         if (!o.TryGetPropertyValue(key, out var n) || n is null) return null;
         return n.GetValueKind() == JsonValueKind.String ? n.GetValue<string>()
             : throw new AdapterException(path, null, $"'{key}' is not a string");
+    }
+
+    /// <summary>
+    /// A number PEFT cannot do without: absent gives null (the caller applies PEFT's default), but an
+    /// explicit null is refused, as PEFT would pass None on and fail computing the scale.
+    /// </summary>
+    private static double? Required(JsonObject o, string key, string path)
+    {
+        if (o.TryGetPropertyValue(key, out var n) && n is null)
+            throw new AdapterException(path, null, $"'{key}' is null; PEFT needs a number (leave it out for PEFT's default)");
+        return Num(o, key, path);
     }
 
     private static double? Num(JsonObject o, string key, string path)

@@ -150,7 +150,8 @@ public sealed partial class LoraAdapter : IDisposable
                 throw new AdapterException(weightsPath, ta.Name, $"empty factor (A {ta.ShapeText}, B {tb.ShapeText})");
             int rank = config.RankFor(path);
             if (rank != r)
-                throw new AdapterException(weightsPath, ta.Name, $"rank {r} in the weights but {rank} in {AdapterConfig.FileName} (r / rank_pattern)");
+                throw new AdapterException(weightsPath, ta.Name, $"rank {r} in the weights but {rank} in {AdapterConfig.FileName} (r / rank_pattern"
+                    + (config.RIsDefault ? $"; it has no 'r', so PEFT uses its default {AdapterConfig.PeftDefaultR})" : ")"));
             modules.Add(new LoraModule(path, path + ".weight", ta, tb, rank, config.AlphaFor(path), config.ScaleFor(path, rank)));
         }
         if (modules.Count == 0) throw new AdapterException(weightsPath, null, "adapter holds no LoRA modules");

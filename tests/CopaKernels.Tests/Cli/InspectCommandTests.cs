@@ -27,6 +27,17 @@ public class InspectCommandTests
     }
 
     [Fact]
+    public void Adapter_WithoutLoraAlpha_ShowsPeftsDefault()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 16, editConfig: c => c.Remove("lora_alpha"));
+        var (code, output, err) = CliRunner.Run("inspect", dir.Path);
+        Assert.True(code == 0, err);
+        Assert.Contains("8 (not in the config: PEFT's default)", output);
+        Assert.Contains("0.5 (α/r)", output);
+    }
+
+    [Fact]
     public void SafetensorsFile_ShowsTensorsMetadataAndTotals()
     {
         using var dir = new TempDir();

@@ -61,6 +61,40 @@ public class PeftAdapterTests
     }
 
     [Fact]
+    public void MissingLoraAlpha_IsPeftsDefault8_NotR()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 16, editConfig: c => c.Remove("lora_alpha"));
+        using var a = LoraAdapter.Open(dir.Path);
+        Assert.Equal(8.0, a.Config.LoraAlpha);
+        Assert.True(a.Config.LoraAlphaIsDefault);
+        Assert.All(a.Modules, m => { Assert.Equal(8.0, m.Alpha); Assert.Equal(0.5, m.Scale); });
+    }
+
+    [Fact]
+    public void MissingR_IsPeftsDefault8_AndIsCheckedAgainstTheWeights()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 8, alpha: 32, editConfig: c => c.Remove("r"));
+        using var a = LoraAdapter.Open(dir.Path);
+        Assert.Equal(8, a.Config.R);
+        Assert.True(a.Config.RIsDefault);
+        Assert.False(a.Config.LoraAlphaIsDefault);
+        Assert.All(a.Modules, m => { Assert.Equal(8, m.Rank); Assert.Equal(4.0, m.Scale); });
+    }
+
+    [Fact]
+    public void MissingRAndAlpha_ScaleOne_AsPeftLoadsIt()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 8, editConfig: c => { c.Remove("r"); c.Remove("lora_alpha"); c.Remove("use_rslora"); c.Remove("fan_in_fan_out"); });
+        using var a = LoraAdapter.Open(dir.Path);
+        Assert.False(a.Config.UseRsLora);
+        Assert.False(a.Config.FanInFanOut);
+        Assert.All(a.Modules, m => Assert.Equal(1.0, m.Scale));
+    }
+
+    [Fact]
     public void AdapterNameInKeys_IsStripped()
     {
         using var dir = new TempDir();
@@ -93,7 +127,9 @@ public class PeftAdapterTests
         { "int-dtype", P + ".lora_A.weight", "not F32, F16 or BF16" },
         { "two-adapter-names", P + ".lora_B.other.weight", "two adapters" },
         { "peft-type", null, "only LORA" },
-        { "r-missing", null, "no 'r'" },
+        { "r-missing", P + ".lora_A.weight", "rank 2 in the weights but 8 in adapter_config.json (r / rank_pattern; it has no 'r', so PEFT uses its default 8)" },
+        { "r-null", null, "'r' is null" },
+        { "alpha-null", null, "'lora_alpha' is null" },
         { "r-negative", null, "positive integer" },
         { "r-fraction", null, "positive integer" },
         { "bad-json", null, "not valid JSON" },
@@ -129,6 +165,8 @@ public class PeftAdapterTests
             case "two-adapter-names": tensors = [A(name: ".lora_A.default.weight"), B(name: ".lora_B.other.weight")]; break;
             case "peft-type": cfg["peft_type"] = "IA3"; break;
             case "r-missing": cfg.Remove("r"); break;
+            case "r-null": cfg["r"] = null; break;
+            case "alpha-null": cfg["lora_alpha"] = null; break;
             case "r-negative": cfg["r"] = -2; break;
             case "r-fraction": cfg["r"] = 2.5; break;
             case "no-tensors": tensors = []; break;
