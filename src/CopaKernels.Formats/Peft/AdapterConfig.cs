@@ -70,6 +70,9 @@ public sealed class AdapterConfig
     /// <summary>The base model named in the config, if any.</summary>
     public string? BaseModelNameOrPath { get; init; }
 
+    /// <summary>Which modules PEFT would put LoRA on, by target_modules, exclude_modules, layers_to_transform...</summary>
+    public AdapterTargeting Targeting { get; init; } = null!;
+
     /// <summary>The whole config as read.</summary>
     public JsonObject Raw { get; init; } = new();
 
@@ -147,6 +150,7 @@ public sealed class AdapterConfig
             RankPattern = Pattern(root, "rank_pattern", path, v => (int)v),
             AlphaPattern = Pattern(root, "alpha_pattern", path, v => v),
             BaseModelNameOrPath = Str(root, "base_model_name_or_path", path),
+            Targeting = AdapterTargeting.FromJson(root, path),
             Raw = root,
         };
         foreach (var (k, v) in cfg.RankPattern)

@@ -1,3 +1,4 @@
+using CopaKernels.Formats.Peft;
 using CopaKernels.Formats.Safetensors;
 using CopaKernels.Tests.Formats;
 
@@ -35,6 +36,36 @@ public class InspectCommandTests
         Assert.True(code == 0, err);
         Assert.Contains("8 (not in the config: PEFT's default)", output);
         Assert.Contains("0.5 (α/r)", output);
+    }
+
+    [Fact]
+    public void Adapter_ShowsTheSettingsThatNarrowItsTargets()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, editConfig: c =>
+        {
+            c["layers_to_transform"] = new System.Text.Json.Nodes.JsonArray(0, 1);
+            c["exclude_modules"] = "lm_head";
+        });
+        var (code, output, err) = CliRunner.Run("inspect", dir.Path);
+        Assert.True(code == 0, err);
+        Assert.Contains("layers_to_transform", output);
+        Assert.Contains("[0,1]", output);
+        Assert.Contains("\"lm_head\"", output);
+        Assert.DoesNotContain("layers_pattern", output);
+    }
+
+    [Fact]
+    public void Adapter_WithATensorItsConfigDoesNotTarget_ExitsTwo()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("q_proj", "v_proj"));
+        var (code, output, err) = CliRunner.Run("inspect", dir.Path);
+        Assert.Equal(2, code);
+        Assert.Equal("", output);
+        var line = Assert.Single(err.TrimEnd('\n').Split('\n'));
+        Assert.Equal($"error: {dir.File(LoraAdapter.WeightsFileName)}: base_model.model.model.layers.0.mlp.up_proj.lora_A.weight: "
+            + "not targeted by adapter_config.json (target_modules [q_proj, v_proj]) — PEFT would not load it", line);
     }
 
     [Fact]
