@@ -86,23 +86,52 @@ public sealed class AdapterConfig
     public double ScaleFor(string modulePath, int rank) =>
         UseRsLora ? AlphaFor(modulePath) / Math.Sqrt(rank) : AlphaFor(modulePath) / rank;
 
+    /// <summary>Each rank_pattern / alpha_pattern key as PEFT's regular expression, compiled once.</summary>
+    private Dictionary<string, Regex> _patternKeys = new(StringComparer.Ordinal);
+
+    /// <summary>The config file, for messages.</summary>
+    private string? _path;
+
     /// <summary>
-    /// PEFT's pattern rule (<c>get_pattern_key</c>): a key equal to the module path wins; else the
-    /// first key, in file order, for which <c>(.*\.)?KEY$</c> matches the path from its start.
+    /// PEFT's pattern rule (huggingface/peft, src/peft/utils/other.py <c>get_pattern_key</c>, used by
+    /// src/peft/tuners/lora/model.py <c>LoraModel._create_and_replace</c>): the first key, in file
+    /// order, for which <c>re.match(rf"(.*\.)?({key})$", module)</c> succeeds; when none does, the
+    /// module path itself is looked up, so an exact key counts only if no earlier key matches.
     /// </summary>
-    internal static bool Lookup<T>(IReadOnlyList<KeyValuePair<string, T>> patterns, string modulePath, out T value)
+    private bool Lookup<T>(IReadOnlyList<KeyValuePair<string, T>> patterns, string modulePath, out T value)
     {
-        foreach (var (k, v) in patterns)
-            if (k == modulePath) { value = v; return true; }
         foreach (var (k, v) in patterns)
         {
             bool match;
-            try { match = Regex.IsMatch(modulePath, $@"\A(?:.*\.)?(?:{k})\z", RegexOptions.CultureInvariant, TimeSpan.FromSeconds(1)); }
-            catch (ArgumentException) { match = false; }
+            try { match = _patternKeys[k].IsMatch(modulePath); }
+            catch (RegexMatchTimeoutException e)
+            {
+                throw new AdapterException(_path, null, $"pattern key '{k}' took too long to match '{modulePath}'", e);
+            }
             if (match) { value = v; return true; }
         }
+        foreach (var (k, v) in patterns)
+            if (k == modulePath) { value = v; return true; }
         value = default!;
         return false;
+    }
+
+    /// <summary>Compiles every pattern key; one PEFT's <c>re</c> would reject fails PEFT too, so it is refused.</summary>
+    private static Dictionary<string, Regex> CompilePatternKeys(AdapterConfig cfg, string path)
+    {
+        var keys = new Dictionary<string, Regex>(StringComparer.Ordinal);
+        void Add(string field, string k)
+        {
+            if (keys.ContainsKey(k)) return;
+            try { keys[k] = new Regex($@"\A(.*\.)?({k})$", RegexOptions.CultureInvariant, TimeSpan.FromSeconds(1)); }
+            catch (ArgumentException e)
+            {
+                throw new AdapterException(path, null, $"{field} key '{k}' is not a regular expression copa can read ({e.Message.Split('\n')[0].TrimEnd('.')})", e);
+            }
+        }
+        foreach (var (k, _) in cfg.RankPattern) Add("rank_pattern", k);
+        foreach (var (k, _) in cfg.AlphaPattern) Add("alpha_pattern", k);
+        return keys;
     }
 
     /// <summary>Reads and checks a config file.</summary>
@@ -155,6 +184,8 @@ public sealed class AdapterConfig
         };
         foreach (var (k, v) in cfg.RankPattern)
             if (v <= 0) throw new AdapterException(path, null, $"rank_pattern['{k}'] is {v}; it must be positive");
+        cfg._patternKeys = CompilePatternKeys(cfg, path);
+        cfg._path = path;
         return cfg;
     }
 

@@ -44,8 +44,9 @@ public class PeftAdapterTests
         TestAdapters.Write(dir.Path, r: 4, alpha: 8,
             editConfig: c =>
             {
-                // Exact path wins over a suffix pattern; a suffix pattern matches at a dot boundary.
-                c["rank_pattern"] = new JsonObject { ["q_proj"] = 2, ["model.layers.1.self_attn.q_proj"] = 6 };
+                // The first key in file order that matches wins (an exact path listed first here);
+                // a suffix pattern matches at a dot boundary.
+                c["rank_pattern"] = new JsonObject { ["model.layers.1.self_attn.q_proj"] = 6, ["q_proj"] = 2 };
                 c["alpha_pattern"] = new JsonObject { ["mlp.up_proj"] = 32, ["proj"] = 1 };
             },
             rankOf: p => p switch { "model.layers.0.self_attn.q_proj" => 2, "model.layers.1.self_attn.q_proj" => 6, _ => 4 });
@@ -58,6 +59,47 @@ public class PeftAdapterTests
         // "proj" does not match "q_proj" at a dot boundary, so v_proj keeps lora_alpha.
         Assert.Equal(8.0 / 4, byPath["model.layers.0.self_attn.v_proj"].Scale);
         Assert.Equal(8.0 / 2, byPath["model.layers.0.self_attn.q_proj"].Scale);
+    }
+
+    [Fact]
+    public void PatternKeys_FirstMatchInFileOrderWins_EvenOverALaterExactPath()
+    {
+        // PEFT's get_pattern_key returns the first key whose (.*\.)?(KEY)$ matches: "q_proj" comes
+        // first, so layer 1's q_proj gets alpha 32 although its exact path is listed after it.
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 4, alpha: 8, editConfig: c =>
+            c["alpha_pattern"] = new JsonObject { ["q_proj"] = 32, ["model.layers.1.self_attn.q_proj"] = 4 });
+        using var a = LoraAdapter.Open(dir.Path);
+        var byPath = a.Modules.ToDictionary(m => m.Path);
+        Assert.Equal(32.0, byPath["model.layers.1.self_attn.q_proj"].Alpha);
+        Assert.Equal(32.0, byPath["model.layers.0.self_attn.q_proj"].Alpha);
+        Assert.Equal(8.0, byPath["model.layers.0.self_attn.v_proj"].Alpha);
+    }
+
+    [Fact]
+    public void PatternKeys_ExactPathCountsWhenNoKeyMatchesAsARegex()
+    {
+        // "layers[1]" does not match itself as a regular expression; PEFT then looks the module
+        // path up as it is, and finds it.
+        using var dir = new TempDir();
+        var cfg = AdapterWriter.MakeConfig(2, 4, ["q_proj"], null, rankPattern: new Dictionary<string, int> { ["model.layers[1].q_proj"] = 3 });
+        TestAdapters.WriteRaw(dir.Path, cfg,
+        [
+            new(LoraAdapter.KeyA("model.layers[1].q_proj"), DType.F32, [3, 8]),
+            new(LoraAdapter.KeyB("model.layers[1].q_proj"), DType.F32, [8, 3]),
+        ]);
+        using var a = LoraAdapter.Open(dir.Path);
+        Assert.Equal(3, Assert.Single(a.Modules).Rank);
+    }
+
+    [Fact]
+    public void PatternKey_ThatIsNotARegex_IsRefused()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 4, alpha: 8, editConfig: c => c["alpha_pattern"] = new JsonObject { ["q_proj("] = 32 });
+        var e = Assert.Throws<AdapterException>(() => LoraAdapter.Open(dir.Path));
+        Assert.Equal(dir.File(AdapterConfig.FileName), e.FilePath);
+        Assert.Contains("alpha_pattern key 'q_proj(' is not a regular expression copa can read", e.Message);
     }
 
     [Fact]
