@@ -59,19 +59,20 @@ public sealed class AdapterTargeting
     private readonly Regex? _targetRegex;
     private readonly bool _allLinear;
     private readonly bool _seqCls;
-    private readonly IReadOnlyList<string> _exclude = [];
+    private readonly IReadOnlyList<string> _exclude;
     private readonly Regex? _excludeRegex;
-    private readonly IReadOnlyList<(string Name, Regex Rx)> _modulesToSave = [];
+    private readonly IReadOnlyList<(string Name, Regex Rx)> _modulesToSave;
     private readonly IReadOnlyList<long>? _layers;
-    private readonly IReadOnlyList<(string Pattern, Regex Rx)> _layerPatterns = [];
+    private readonly IReadOnlyList<(string Pattern, Regex Rx)> _layerPatterns;
+    private readonly bool _layerPatternsGiven;
     private readonly string _targetText;
-
     private readonly string _path;
 
     private AdapterTargeting(string path, IReadOnlyList<string>? targets, Regex? targetRegex, bool allLinear, bool seqCls,
         IReadOnlyList<string> exclude, Regex? excludeRegex, IReadOnlyList<(string, Regex)> modulesToSave,
-        IReadOnlyList<long>? layers, IReadOnlyList<(string, Regex)> layerPatterns, string targetText)
+        IReadOnlyList<long>? layers, IReadOnlyList<(string, Regex)> layerPatterns, bool layerPatternsGiven, string targetText)
     {
+        _layerPatternsGiven = layerPatternsGiven;
         _path = path;
         _targets = targets;
         _targetRegex = targetRegex;
@@ -136,25 +137,31 @@ public sealed class AdapterTargeting
         }
         if (m is not { Success: true })
         {
-            var how = _layerPatterns.Count == 0 ? "" : $" with layers_pattern {ListText(_layerPatterns.Select(p => p.Pattern).ToList())}";
+            var how = _layerPatternsGiven ? $" with layers_pattern {ListText(_layerPatterns.Select(p => p.Pattern).ToList())}" : "";
             return $"{what}: PEFT finds no layer index in the name{how}";
         }
+        // Group 1, as PEFT reads it: a layers_pattern with groups of its own shifts it off the number,
+        // and PEFT's int() then fails.
         var digits = m.Groups[1].Value;
         if (!TryLayerIndex(digits, out long index))
-            return $"{what}: layer index '{digits}' is not one PEFT can read";
-        return layers.Contains(index) ? null : $"{what}: it is in layer {index}";
+            throw new AdapterException(_path, null, $"layers_pattern makes PEFT read '{digits}' as the layer index of {modulePath}; PEFT fails on it");
+        return layers.Contains(index) ? null : $"{what}: it is in layer {digits}";
     }
 
-    /// <summary>Python's <c>int()</c> of a run of decimal digits (any script, as <c>\d</c> matches them).</summary>
+    /// <summary>
+    /// Python's <c>int()</c> of a run of decimal digits (any script, as <c>\d</c> matches them); a
+    /// number past 64 bits gives <see cref="long.MinValue"/>, which no layer list holds.
+    /// </summary>
     private static bool TryLayerIndex(string digits, out long value)
     {
         value = 0;
         if (digits.Length == 0) return false;
         foreach (char c in digits)
+            if (!char.IsDigit(c)) return false;
+        foreach (char c in digits)
         {
             int d = (int)char.GetNumericValue(c);
-            if (d < 0 || d > 9 || !char.IsDigit(c)) return false;
-            if (value > (long.MaxValue - d) / 10) return false; // larger than any listed layer
+            if (value > (long.MaxValue - d) / 10) { value = long.MinValue; return true; }
             value = value * 10 + d;
         }
         return true;
@@ -246,7 +253,7 @@ public sealed class AdapterTargeting
         bool seqCls = root["task_type"] is JsonValue tv && tv.GetValueKind() == JsonValueKind.String && tv.GetValue<string>() == "SEQ_CLS";
 
         return new AdapterTargeting(path, targetIsString ? null : targets, targetRegex, allLinear, seqCls,
-            excludeList, excludeRegex, saves, useLayers, layerPatterns, targetText);
+            excludeList, excludeRegex, saves, useLayers, layerPatterns, patternSet, targetText);
     }
 
     private static Regex Compile(string pattern, string field, string source, string path)

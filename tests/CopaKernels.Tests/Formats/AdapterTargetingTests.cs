@@ -51,6 +51,7 @@ public class AdapterTargetingTests
         { "modules_to_save covers submodules", """{"target_modules": ["q_proj"], "modules_to_save": ["self_attn"]}""", [L0Q], L0Q, "modules_to_save names 'self_attn'" },
         { "all-linear leaves out lm_head", """{"target_modules": "all-linear"}""", [L0Q, "lm_head"], "lm_head", "target_modules 'all-linear' leaves out the output layer lm_head" },
         { "all-linear leaves out a SEQ_CLS head", """{"target_modules": "all-linear", "task_type": "SEQ_CLS"}""", [L0Q, "score"], "score", "classifier head score" },
+        { "layer index past 64 bits", """{"target_modules": ["q_proj"], "layers_to_transform": [0]}""", ["model.layers.99999999999999999999.q_proj"], "model.layers.99999999999999999999.q_proj", "it is in layer 99999999999999999999" },
         { "no target_modules, layers still apply", """{"target_modules": null, "layers_to_transform": [0]}""", [L0Q, L1Q], L1Q, "it is in layer 1" },
     };
 
@@ -107,6 +108,7 @@ public class AdapterTargetingTests
         { "fractional layer", """{"target_modules": ["q_proj"], "layers_to_transform": [0.5]}""", "layers_to_transform holds 0.5, not an integer" },
         { "string layer", """{"target_modules": ["q_proj"], "layers_to_transform": ["0"]}""", "layers_to_transform holds a non-integer" },
         { "exclude_modules a number", """{"target_modules": ["q_proj"], "exclude_modules": 3}""", "exclude_modules is neither a string nor a list of strings" },
+        { "layers_pattern with a group of its own", """{"target_modules": ["q_proj"], "layers_to_transform": [0], "layers_pattern": "(layers)"}""", "PEFT read 'layers' as the layer index" },
         { "modules_to_save a string", """{"target_modules": ["q_proj"], "modules_to_save": "lm_head"}""", "modules_to_save is not a list of strings" },
     };
 
