@@ -41,10 +41,15 @@ internal static class InspectCommand
         console.MarkupLine($"[bold]LoRA adapter[/] {Markup.Escape(a.Folder)}");
         var info = new Grid().AddColumn().AddColumn();
         info.AddRow("base model", Markup.Escape(c.BaseModelNameOrPath ?? "(not given)"));
-        info.AddRow("rank r", c.R.ToString());
-        info.AddRow("lora_alpha", c.LoraAlpha.ToString("G"));
+        info.AddRow("rank r", c.R.ToString() + (c.RIsDefault ? " (not in the config: PEFT's default)" : ""));
+        info.AddRow("lora_alpha", c.LoraAlpha.ToString("G") + (c.LoraAlphaIsDefault ? " (not in the config: PEFT's default)" : ""));
         info.AddRow("scale", $"{c.ScaleFor("", c.R):G6} ({(c.UseRsLora ? "α/√r, rsLoRA" : "α/r")})");
-        info.AddRow("target modules", Markup.Escape(c.TargetModules.Count == 0 ? "(none listed)" : (c.TargetModulesIsRegex ? "regex " : "") + string.Join(", ", c.TargetModules)));
+        info.AddRow("target modules", Markup.Escape(c.Targeting.TargetsUnknown ? "(not in the config: PEFT's per-architecture default)"
+            : c.TargetModules.Count == 0 ? "(none)" : (c.TargetModulesIsRegex ? "regex " : "") + string.Join(", ", c.TargetModules)));
+        // The settings that narrow target_modules, as written (every module shown below passed them).
+        foreach (var key in (string[])["exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save"])
+            if (c.Raw[key] is { } v && !(v is System.Text.Json.Nodes.JsonArray { Count: 0 }) && v.ToJsonString() != "\"\"")
+                info.AddRow(key, Markup.Escape(v.ToJsonString()));
         if (c.RankPattern.Count > 0) info.AddRow("rank_pattern", Markup.Escape(string.Join(", ", c.RankPattern.Select(kv => $"{kv.Key}={kv.Value}"))));
         if (c.AlphaPattern.Count > 0) info.AddRow("alpha_pattern", Markup.Escape(string.Join(", ", c.AlphaPattern.Select(kv => $"{kv.Key}={kv.Value:G}"))));
         if (c.FanInFanOut) info.AddRow("fan_in_fan_out", "true (base weights stored d_in × d_out)");

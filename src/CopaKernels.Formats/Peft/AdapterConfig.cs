@@ -13,11 +13,29 @@ public sealed class AdapterConfig
     /// <summary>The file name PEFT uses.</summary>
     public const string FileName = "adapter_config.json";
 
-    /// <summary>Default rank <c>r</c>.</summary>
+    /// <summary>
+    /// PEFT's default rank. PEFT reads a config by passing its fields to the <c>LoraConfig</c>
+    /// dataclass, so a field the file lacks takes the dataclass default (huggingface/peft,
+    /// src/peft/tuners/lora/config.py, <c>LoraConfig</c>: <c>r = 8</c>, <c>lora_alpha = 8</c>,
+    /// <c>use_rslora = False</c>, <c>fan_in_fan_out = False</c>). A missing <c>r</c> is safe to
+    /// default: the rank of every module's factors is checked against it when the adapter is opened.
+    /// </summary>
+    public const int PeftDefaultR = 8;
+
+    /// <summary>PEFT's default <c>lora_alpha</c> (see <see cref="PeftDefaultR"/>): 8 whatever r is.</summary>
+    public const double PeftDefaultLoraAlpha = 8;
+
+    /// <summary>Default rank <c>r</c> (<see cref="PeftDefaultR"/> when the file has none).</summary>
     public int R { get; init; }
 
-    /// <summary>Default <c>lora_alpha</c>.</summary>
+    /// <summary>True when the file has no <c>r</c> and <see cref="R"/> is PEFT's default.</summary>
+    public bool RIsDefault { get; init; }
+
+    /// <summary>Default <c>lora_alpha</c> (<see cref="PeftDefaultLoraAlpha"/> when the file has none).</summary>
     public double LoraAlpha { get; init; }
+
+    /// <summary>True when the file has no <c>lora_alpha</c> and <see cref="LoraAlpha"/> is PEFT's default.</summary>
+    public bool LoraAlphaIsDefault { get; init; }
 
     /// <summary>Scale α/√r instead of α/r.</summary>
     public bool UseRsLora { get; init; }
@@ -52,6 +70,9 @@ public sealed class AdapterConfig
     /// <summary>The base model named in the config, if any.</summary>
     public string? BaseModelNameOrPath { get; init; }
 
+    /// <summary>Which modules PEFT would put LoRA on, by target_modules, exclude_modules, layers_to_transform...</summary>
+    public AdapterTargeting Targeting { get; init; } = null!;
+
     /// <summary>The whole config as read.</summary>
     public JsonObject Raw { get; init; } = new();
 
@@ -65,23 +86,52 @@ public sealed class AdapterConfig
     public double ScaleFor(string modulePath, int rank) =>
         UseRsLora ? AlphaFor(modulePath) / Math.Sqrt(rank) : AlphaFor(modulePath) / rank;
 
+    /// <summary>Each rank_pattern / alpha_pattern key as PEFT's regular expression, compiled once.</summary>
+    private Dictionary<string, Regex> _patternKeys = new(StringComparer.Ordinal);
+
+    /// <summary>The config file, for messages.</summary>
+    private string? _path;
+
     /// <summary>
-    /// PEFT's pattern rule (<c>get_pattern_key</c>): a key equal to the module path wins; else the
-    /// first key, in file order, for which <c>(.*\.)?KEY$</c> matches the path from its start.
+    /// PEFT's pattern rule (huggingface/peft, src/peft/utils/other.py <c>get_pattern_key</c>, used by
+    /// src/peft/tuners/lora/model.py <c>LoraModel._create_and_replace</c>): the first key, in file
+    /// order, for which <c>re.match(rf"(.*\.)?({key})$", module)</c> succeeds; when none does, the
+    /// module path itself is looked up, so an exact key counts only if no earlier key matches.
     /// </summary>
-    internal static bool Lookup<T>(IReadOnlyList<KeyValuePair<string, T>> patterns, string modulePath, out T value)
+    private bool Lookup<T>(IReadOnlyList<KeyValuePair<string, T>> patterns, string modulePath, out T value)
     {
-        foreach (var (k, v) in patterns)
-            if (k == modulePath) { value = v; return true; }
         foreach (var (k, v) in patterns)
         {
             bool match;
-            try { match = Regex.IsMatch(modulePath, $@"\A(?:.*\.)?(?:{k})\z", RegexOptions.CultureInvariant, TimeSpan.FromSeconds(1)); }
-            catch (ArgumentException) { match = false; }
+            try { match = _patternKeys[k].IsMatch(modulePath); }
+            catch (RegexMatchTimeoutException e)
+            {
+                throw new AdapterException(_path, null, $"pattern key '{k}' took too long to match '{modulePath}'", e);
+            }
             if (match) { value = v; return true; }
         }
+        foreach (var (k, v) in patterns)
+            if (k == modulePath) { value = v; return true; }
         value = default!;
         return false;
+    }
+
+    /// <summary>Compiles every pattern key; one PEFT's <c>re</c> would reject fails PEFT too, so it is refused.</summary>
+    private static Dictionary<string, Regex> CompilePatternKeys(AdapterConfig cfg, string path)
+    {
+        var keys = new Dictionary<string, Regex>(StringComparer.Ordinal);
+        void Add(string field, string k)
+        {
+            if (keys.ContainsKey(k)) return;
+            try { keys[k] = new Regex($@"\A(.*\.)?({k})$", RegexOptions.CultureInvariant, TimeSpan.FromSeconds(1)); }
+            catch (ArgumentException e)
+            {
+                throw new AdapterException(path, null, $"{field} key '{k}' is not a regular expression copa can read ({e.Message.Split('\n')[0].TrimEnd('.')})", e);
+            }
+        }
+        foreach (var (k, _) in cfg.RankPattern) Add("rank_pattern", k);
+        foreach (var (k, _) in cfg.AlphaPattern) Add("alpha_pattern", k);
+        return keys;
     }
 
     /// <summary>Reads and checks a config file.</summary>
@@ -105,15 +155,19 @@ public sealed class AdapterConfig
         string? peftType = Str(root, "peft_type", path);
         if (peftType != null && !string.Equals(peftType, "LORA", StringComparison.OrdinalIgnoreCase))
             throw new AdapterException(path, null, $"peft_type is {peftType}; only LORA adapters can be merged");
-        double rd = Num(root, "r", path) ?? throw new AdapterException(path, null, "adapter config has no 'r'");
+        double? rField = Required(root, "r", path);
+        double rd = rField ?? PeftDefaultR;
         if (rd <= 0 || rd != Math.Floor(rd) || rd > int.MaxValue) throw new AdapterException(path, null, $"r is {rd}; it must be a positive integer");
         int r = (int)rd;
-        double alpha = Num(root, "lora_alpha", path) ?? r;
+        double? alphaField = Required(root, "lora_alpha", path);
+        double alpha = alphaField ?? PeftDefaultLoraAlpha;
         var (targets, isRegex) = Targets(root, path);
         var cfg = new AdapterConfig
         {
             R = r,
+            RIsDefault = rField is null,
             LoraAlpha = alpha,
+            LoraAlphaIsDefault = alphaField is null,
             UseRsLora = Bool(root, "use_rslora", path),
             FanInFanOut = Bool(root, "fan_in_fan_out", path),
             UseDora = Bool(root, "use_dora", path),
@@ -125,10 +179,13 @@ public sealed class AdapterConfig
             RankPattern = Pattern(root, "rank_pattern", path, v => (int)v),
             AlphaPattern = Pattern(root, "alpha_pattern", path, v => v),
             BaseModelNameOrPath = Str(root, "base_model_name_or_path", path),
+            Targeting = AdapterTargeting.FromJson(root, path),
             Raw = root,
         };
         foreach (var (k, v) in cfg.RankPattern)
             if (v <= 0) throw new AdapterException(path, null, $"rank_pattern['{k}'] is {v}; it must be positive");
+        cfg._patternKeys = CompilePatternKeys(cfg, path);
+        cfg._path = path;
         return cfg;
     }
 
@@ -137,6 +194,17 @@ public sealed class AdapterConfig
         if (!o.TryGetPropertyValue(key, out var n) || n is null) return null;
         return n.GetValueKind() == JsonValueKind.String ? n.GetValue<string>()
             : throw new AdapterException(path, null, $"'{key}' is not a string");
+    }
+
+    /// <summary>
+    /// A number PEFT cannot do without: absent gives null (the caller applies PEFT's default), but an
+    /// explicit null is refused, as PEFT would pass None on and fail computing the scale.
+    /// </summary>
+    private static double? Required(JsonObject o, string key, string path)
+    {
+        if (o.TryGetPropertyValue(key, out var n) && n is null)
+            throw new AdapterException(path, null, $"'{key}' is null; PEFT needs a number (leave it out for PEFT's default)");
+        return Num(o, key, path);
     }
 
     private static double? Num(JsonObject o, string key, string path)

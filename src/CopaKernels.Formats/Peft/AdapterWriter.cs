@@ -43,7 +43,10 @@ public sealed class AdapterWriter : IDisposable
 
     /// <summary>
     /// A LoRA config in PEFT's shape. Fields of <paramref name="template"/> (e.g. the first input
-    /// adapter's config) are kept, then r, lora_alpha and the rest are set; rank_pattern and
+    /// adapter's config) are kept, then r, lora_alpha and the rest are set; <paramref name="targetModules"/>
+    /// (names matched as a suffix after a '.', or whole paths) must cover every module written, and the
+    /// template's exclude_modules, layers_to_transform, layers_pattern, modules_to_save and
+    /// target_parameters are cleared so that nothing narrows them; rank_pattern and
     /// alpha_pattern are replaced by the given ones (module path → value, for the modules whose rank or
     /// alpha differs from <paramref name="r"/> / <paramref name="loraAlpha"/>; empty by default).
     /// </summary>
@@ -58,6 +61,12 @@ public sealed class AdapterWriter : IDisposable
         c["lora_alpha"] = Number(loraAlpha);
         c["use_rslora"] = useRsLora;
         c["target_modules"] = new JsonArray(targetModules.Distinct().Order(StringComparer.Ordinal).Select(t => (JsonNode)t!).ToArray());
+        // target_modules alone says what the written tensors cover. A template's narrowing fields
+        // described its own tensors, not these: kept, they could leave out a written module (a
+        // layer another input adds, a module it excluded) and PEFT would drop that module's tensors.
+        // modules_to_save goes too: copa never writes those modules' weights.
+        foreach (var key in (string[])["exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save", "target_parameters"])
+            if (c.ContainsKey(key)) c[key] = null;
         // Sorted by key (strings, not key-value pairs: no generic code over value types to compile).
         var rp = new JsonObject();
         if (rankPattern != null)

@@ -22,8 +22,9 @@ public sealed record LoraModule(string Path, string BaseTensor, TensorInfo A, Te
 
 /// <summary>
 /// A PEFT LoRA adapter folder (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>), read
-/// and checked: every tensor is a lora_A/lora_B factor of a 2-D module, paired, with ranks that
-/// agree with the config. Anything that would not merge exactly is rejected with a named error.
+/// and checked: every tensor is a lora_A/lora_B factor of a 2-D module the config targets (see
+/// <see cref="AdapterTargeting"/>), paired, with ranks that agree with the config. Anything that
+/// would not merge exactly is rejected with a named error.
 /// </summary>
 public sealed partial class LoraAdapter : IDisposable
 {
@@ -115,6 +116,10 @@ public sealed partial class LoraAdapter : IDisposable
             if (!m.Success) throw new AdapterException(weightsPath, t.Name, Unsupported(t.Name, config));
             var path = m.Groups["path"].Value;
             if (path.StartsWith(KeyPrefix, StringComparison.Ordinal)) path = path[KeyPrefix.Length..];
+            // PEFT creates LoRA layers from the config, then loads the weights: a tensor of a module the
+            // config does not target is dropped, so merging it would change what the adapter does.
+            if (config.Targeting.WhyNotTargeted(path) is { } why)
+                throw new AdapterException(weightsPath, t.Name, $"not targeted by {AdapterConfig.FileName} ({why}) — PEFT would not load it");
             if (m.Groups["name"].Success)
             {
                 var n = m.Groups["name"].Value;
@@ -150,7 +155,8 @@ public sealed partial class LoraAdapter : IDisposable
                 throw new AdapterException(weightsPath, ta.Name, $"empty factor (A {ta.ShapeText}, B {tb.ShapeText})");
             int rank = config.RankFor(path);
             if (rank != r)
-                throw new AdapterException(weightsPath, ta.Name, $"rank {r} in the weights but {rank} in {AdapterConfig.FileName} (r / rank_pattern)");
+                throw new AdapterException(weightsPath, ta.Name, $"rank {r} in the weights but {rank} in {AdapterConfig.FileName} (r / rank_pattern"
+                    + (config.RIsDefault ? $"; it has no 'r', so PEFT uses its default {AdapterConfig.PeftDefaultR})" : ")"));
             modules.Add(new LoraModule(path, path + ".weight", ta, tb, rank, config.AlphaFor(path), config.ScaleFor(path, rank)));
         }
         if (modules.Count == 0) throw new AdapterException(weightsPath, null, "adapter holds no LoRA modules");

@@ -11,7 +11,7 @@ public enum SafetensorsErrorKind
     HeaderPastEnd,
     /// <summary>The header is not valid UTF-8.</summary>
     HeaderNotUtf8,
-    /// <summary>The header does not start with <c>{</c>.</summary>
+    /// <summary>The header does not start with <c>{</c> (after any JSON whitespace: space, tab, CR, LF).</summary>
     HeaderStart,
     /// <summary>The header is not valid JSON, or has bytes after the JSON object other than spaces.</summary>
     InvalidJson,

@@ -63,8 +63,14 @@ public sealed class SafetensorsHeader
     {
         if (!Utf8.IsValid(header))
             throw new SafetensorsException(K.HeaderNotUtf8, path, null, "header is not valid UTF-8");
-        if (header.Length == 0 || header[0] != (byte)'{')
-            throw new SafetensorsException(K.HeaderStart, path, null, "header does not start with '{'");
+        // JSON whitespace may come before the '{': the reference reader hands the header to serde_json,
+        // which skips it, and writers use it to pad the header so the data section is aligned
+        // (huggingface/safetensors, safetensors/src/tensor.rs: SafeTensors::read_metadata, and its test
+        // test_whitespace_leading_padded_header). Any other first byte (a BOM, a form feed) is refused.
+        int start = 0;
+        while (start < header.Length && header[start] is (byte)' ' or (byte)'\t' or (byte)'\n' or (byte)'\r') start++;
+        if (start == header.Length || header[start] != (byte)'{')
+            throw new SafetensorsException(K.HeaderStart, path, null, "header does not start with '{' (after any JSON whitespace)");
 
         var tensors = new List<TensorInfo>();
         var metadata = new Dictionary<string, string>(StringComparer.Ordinal);

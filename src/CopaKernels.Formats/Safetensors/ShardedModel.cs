@@ -5,7 +5,9 @@ namespace CopaKernels.Formats.Safetensors;
 
 /// <summary>
 /// A model stored as one safetensors file or as shards with a <c>model.safetensors.index.json</c>.
-/// Opening reads every shard header and cross-checks them against the index's weight_map.
+/// Opening reads every shard header and cross-checks them against the index's weight_map: each
+/// tensor in the map is in the shard the map names, each shard tensor is in the map, and no tensor
+/// is in two shards.
 /// </summary>
 public sealed class ShardedModel : IDisposable
 {
@@ -98,12 +100,26 @@ public sealed class ShardedModel : IDisposable
                 shards.Add(f);
                 byShard[s] = f;
             }
+            // Every tensor must live in exactly one shard. A second copy makes the model ambiguous
+            // (which one do loaders read?) and every consumer of Names would see the tensor twice,
+            // so it is refused here, when the model is opened, naming both files.
+            var holder = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
+            foreach (var f in shards)
+                foreach (var t in f.Tensors)
+                {
+                    if (holder.TryGetValue(t.Name, out var first))
+                        throw new SafetensorsException(K.InvalidIndex, indexPath, t.Name,
+                            $"held by two shards, '{System.IO.Path.GetFileName(first.Path)}' and '{System.IO.Path.GetFileName(f.Path)}'"
+                            + (weightMap.TryGetValue(t.Name, out var listed) ? $" (weight_map names '{listed}')" : ""));
+                    holder[t.Name] = f;
+                }
             var map = new Dictionary<string, (SafetensorsFile, TensorInfo)>(StringComparer.Ordinal);
             foreach (var (name, shard) in weightMap)
             {
                 var f = byShard[shard];
                 if (!f.TryGet(name, out var info))
-                    throw new SafetensorsException(K.InvalidIndex, indexPath, name, $"weight_map puts it in '{shard}', which does not hold it");
+                    throw new SafetensorsException(K.InvalidIndex, indexPath, name, $"weight_map puts it in '{shard}', which does not hold it"
+                        + (holder.TryGetValue(name, out var actual) ? $" (it is in '{System.IO.Path.GetFileName(actual.Path)}')" : ""));
                 map[name] = (f, info);
             }
             foreach (var f in shards)

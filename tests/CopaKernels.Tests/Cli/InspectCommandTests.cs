@@ -1,3 +1,4 @@
+using CopaKernels.Formats.Peft;
 using CopaKernels.Formats.Safetensors;
 using CopaKernels.Tests.Formats;
 
@@ -24,6 +25,47 @@ public class InspectCommandTests
         }
         Assert.Contains("4 modules", output);
         Assert.Empty(err);
+    }
+
+    [Fact]
+    public void Adapter_WithoutLoraAlpha_ShowsPeftsDefault()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 16, editConfig: c => c.Remove("lora_alpha"));
+        var (code, output, err) = CliRunner.Run("inspect", dir.Path);
+        Assert.True(code == 0, err);
+        Assert.Contains("8 (not in the config: PEFT's default)", output);
+        Assert.Contains("0.5 (α/r)", output);
+    }
+
+    [Fact]
+    public void Adapter_ShowsTheSettingsThatNarrowItsTargets()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, editConfig: c =>
+        {
+            c["layers_to_transform"] = new System.Text.Json.Nodes.JsonArray(0, 1);
+            c["exclude_modules"] = "lm_head";
+        });
+        var (code, output, err) = CliRunner.Run("inspect", dir.Path);
+        Assert.True(code == 0, err);
+        Assert.Contains("layers_to_transform", output);
+        Assert.Contains("[0,1]", output);
+        Assert.Contains("\"lm_head\"", output);
+        Assert.DoesNotContain("layers_pattern", output);
+    }
+
+    [Fact]
+    public void Adapter_WithATensorItsConfigDoesNotTarget_ExitsTwo()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, editConfig: c => c["target_modules"] = new System.Text.Json.Nodes.JsonArray("q_proj", "v_proj"));
+        var (code, output, err) = CliRunner.Run("inspect", dir.Path);
+        Assert.Equal(2, code);
+        Assert.Equal("", output);
+        var line = Assert.Single(err.TrimEnd('\n').Split('\n'));
+        Assert.Equal($"error: {dir.File(LoraAdapter.WeightsFileName)}: base_model.model.model.layers.0.mlp.up_proj.lora_A.weight: "
+            + "not targeted by adapter_config.json (target_modules [q_proj, v_proj]) — PEFT would not load it", line);
     }
 
     [Fact]
@@ -61,6 +103,30 @@ public class InspectCommandTests
         Assert.Contains("Sharded safetensors model", output);
         Assert.Contains("model-00003-of-00003.safetensors", output);
         Assert.Contains("6 tensors", output);
+    }
+
+    [Fact]
+    public void ShardedModel_WithATensorInTwoShards_ExitsTwo_NamingBothShards()
+    {
+        using var dir = new TempDir();
+        var specs = Enumerable.Range(0, 6).Select(i => new TensorSpec($"layer.{i}.weight", DType.F16, [16, 16])).ToList();
+        using (var w = new ShardedWriter(dir.Path, ShardedWriter.PlanBySize(specs, 1024)))
+        {
+            foreach (var t in w.WriteOrder) w.For(t.Name).AppendSingles(t.Name, new float[256]);
+            w.Commit();
+        }
+        var first = dir.File("model-00001-of-00003.safetensors");
+        var third = dir.File("model-00003-of-00003.safetensors");
+        string name;
+        using (var f = SafetensorsFile.Open(first)) name = f.Tensors[0].Name;
+        ShardedModelTests.CopyTensorInto(third, first, name);
+        var (code, output, err) = CliRunner.Run("inspect", dir.Path);
+        Assert.Equal(2, code);
+        Assert.Equal("", output);
+        var line = Assert.Single(err.TrimEnd('\n').Split('\n'));
+        Assert.StartsWith($"error: {dir.File(ShardedModel.IndexFileName)}: {name}: ", line);
+        Assert.Contains("'model-00001-of-00003.safetensors'", line);
+        Assert.Contains("'model-00003-of-00003.safetensors'", line);
     }
 
     [Fact]

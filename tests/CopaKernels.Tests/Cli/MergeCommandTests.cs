@@ -120,6 +120,66 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
     }
 
     [Fact]
+    public void BaseWithATensorInTwoShards_IsAnInputError_NamingBothShards()
+    {
+        using var dir = new TempDir();
+        var output = Path.Combine(dir.Path, "out");
+        var baseCopy = Path.Combine(dir.Path, "base");
+        Directory.CreateDirectory(baseCopy);
+        foreach (var f in Directory.GetFiles(fx.Base)) File.Copy(f, Path.Combine(baseCopy, Path.GetFileName(f)));
+        var shards = Directory.GetFiles(baseCopy, "*.safetensors").Order(StringComparer.Ordinal).ToArray();
+        Assert.True(shards.Length >= 2);
+        string name;
+        using (var f = SafetensorsFile.Open(shards[0])) name = f.Tensors.First(t => t.Name.EndsWith("q_proj.weight")).Name;
+        ShardedModelTests.CopyTensorInto(shards[^1], shards[0], name);
+        var r = CliRunner.Run("merge", "--method", "copa", "--adapter", fx.Adapters[0], "--output", "model", "--base", baseCopy, "--out", output);
+        AssertInvalid(r, output, name, Path.GetFileName(shards[0]), Path.GetFileName(shards[^1]), "two shards");
+    }
+
+    [Fact]
+    public void MergedAdapter_Reopens_WhenTheInputsNarrowedTheirTargets()
+    {
+        using var dir = new TempDir();
+        var output = Path.Combine(dir.Path, "out");
+        // Exact paths, so layer 1's q_proj is targeted despite layers_to_transform [0]; the written
+        // config lists suffix names, which layers_to_transform would then apply to.
+        var a = TestAdapters.Write(Path.Combine(dir.Path, "a"), r: 4, seed: 1, editConfig: c =>
+        {
+            c["target_modules"] = new JsonArray(TestAdapters.SmallModules.Select(m => (JsonNode)m.Path!).ToArray());
+            c["layers_to_transform"] = new JsonArray(0);
+            c["exclude_modules"] = new JsonArray("k_proj");
+            c["modules_to_save"] = new JsonArray("lm_head");
+        });
+        var b = TestAdapters.Write(Path.Combine(dir.Path, "b"), r: 4, seed: 2, editConfig: c =>
+        {
+            c["target_modules"] = @".*\.(q_proj|v_proj|up_proj)";
+            c["exclude_modules"] = @".*\.k_proj";
+        });
+        var r = CliRunner.Run("merge", "--method", "copa", "--adapter", a, "--adapter", b, "--out", output, "--quiet");
+        Assert.True(r.Code == 0, r.Err);
+        using var merged = LoraAdapter.Open(output);
+        Assert.Equal(TestAdapters.SmallModules.Select(m => m.Path).Order(StringComparer.Ordinal), merged.Modules.Select(m => m.Path));
+        Assert.Equal(["q_proj", "up_proj", "v_proj"], merged.Config.TargetModules);
+        foreach (var key in new[] { "layers_to_transform", "exclude_modules", "modules_to_save" })
+            Assert.Null(merged.Config.Raw[key]);
+    }
+
+    [Fact]
+    public void DemoAdapters_AndTheirMerge_PassTheTargetCheck()
+    {
+        foreach (var a in fx.Adapters)
+        {
+            using var adapter = LoraAdapter.Open(a);
+            Assert.Equal(["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"], adapter.Config.TargetModules);
+        }
+        var output = fx.NewOutput("targets");
+        var r = CliRunner.Run(Args(output, "--method", "copa"));
+        Assert.True(r.Code == 0, r.Err);
+        using var merged = LoraAdapter.Open(output);
+        Assert.Equal(2 * 7, merged.Modules.Count);
+    }
+
+    [Fact]
     public void UnmatchedModule_NamesTheAdapterTensor()
     {
         using var dir = new TempDir();

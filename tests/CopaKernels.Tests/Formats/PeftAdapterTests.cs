@@ -44,8 +44,9 @@ public class PeftAdapterTests
         TestAdapters.Write(dir.Path, r: 4, alpha: 8,
             editConfig: c =>
             {
-                // Exact path wins over a suffix pattern; a suffix pattern matches at a dot boundary.
-                c["rank_pattern"] = new JsonObject { ["q_proj"] = 2, ["model.layers.1.self_attn.q_proj"] = 6 };
+                // The first key in file order that matches wins (an exact path listed first here);
+                // a suffix pattern matches at a dot boundary.
+                c["rank_pattern"] = new JsonObject { ["model.layers.1.self_attn.q_proj"] = 6, ["q_proj"] = 2 };
                 c["alpha_pattern"] = new JsonObject { ["mlp.up_proj"] = 32, ["proj"] = 1 };
             },
             rankOf: p => p switch { "model.layers.0.self_attn.q_proj" => 2, "model.layers.1.self_attn.q_proj" => 6, _ => 4 });
@@ -58,6 +59,81 @@ public class PeftAdapterTests
         // "proj" does not match "q_proj" at a dot boundary, so v_proj keeps lora_alpha.
         Assert.Equal(8.0 / 4, byPath["model.layers.0.self_attn.v_proj"].Scale);
         Assert.Equal(8.0 / 2, byPath["model.layers.0.self_attn.q_proj"].Scale);
+    }
+
+    [Fact]
+    public void PatternKeys_FirstMatchInFileOrderWins_EvenOverALaterExactPath()
+    {
+        // PEFT's get_pattern_key returns the first key whose (.*\.)?(KEY)$ matches: "q_proj" comes
+        // first, so layer 1's q_proj gets alpha 32 although its exact path is listed after it.
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 4, alpha: 8, editConfig: c =>
+            c["alpha_pattern"] = new JsonObject { ["q_proj"] = 32, ["model.layers.1.self_attn.q_proj"] = 4 });
+        using var a = LoraAdapter.Open(dir.Path);
+        var byPath = a.Modules.ToDictionary(m => m.Path);
+        Assert.Equal(32.0, byPath["model.layers.1.self_attn.q_proj"].Alpha);
+        Assert.Equal(32.0, byPath["model.layers.0.self_attn.q_proj"].Alpha);
+        Assert.Equal(8.0, byPath["model.layers.0.self_attn.v_proj"].Alpha);
+    }
+
+    [Fact]
+    public void PatternKeys_ExactPathCountsWhenNoKeyMatchesAsARegex()
+    {
+        // "layers[1]" does not match itself as a regular expression; PEFT then looks the module
+        // path up as it is, and finds it.
+        using var dir = new TempDir();
+        var cfg = AdapterWriter.MakeConfig(2, 4, ["q_proj"], null, rankPattern: new Dictionary<string, int> { ["model.layers[1].q_proj"] = 3 });
+        TestAdapters.WriteRaw(dir.Path, cfg,
+        [
+            new(LoraAdapter.KeyA("model.layers[1].q_proj"), DType.F32, [3, 8]),
+            new(LoraAdapter.KeyB("model.layers[1].q_proj"), DType.F32, [8, 3]),
+        ]);
+        using var a = LoraAdapter.Open(dir.Path);
+        Assert.Equal(3, Assert.Single(a.Modules).Rank);
+    }
+
+    [Fact]
+    public void PatternKey_ThatIsNotARegex_IsRefused()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 4, alpha: 8, editConfig: c => c["alpha_pattern"] = new JsonObject { ["q_proj("] = 32 });
+        var e = Assert.Throws<AdapterException>(() => LoraAdapter.Open(dir.Path));
+        Assert.Equal(dir.File(AdapterConfig.FileName), e.FilePath);
+        Assert.Contains("alpha_pattern key 'q_proj(' is not a regular expression copa can read", e.Message);
+    }
+
+    [Fact]
+    public void MissingLoraAlpha_IsPeftsDefault8_NotR()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 16, editConfig: c => c.Remove("lora_alpha"));
+        using var a = LoraAdapter.Open(dir.Path);
+        Assert.Equal(8.0, a.Config.LoraAlpha);
+        Assert.True(a.Config.LoraAlphaIsDefault);
+        Assert.All(a.Modules, m => { Assert.Equal(8.0, m.Alpha); Assert.Equal(0.5, m.Scale); });
+    }
+
+    [Fact]
+    public void MissingR_IsPeftsDefault8_AndIsCheckedAgainstTheWeights()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 8, alpha: 32, editConfig: c => c.Remove("r"));
+        using var a = LoraAdapter.Open(dir.Path);
+        Assert.Equal(8, a.Config.R);
+        Assert.True(a.Config.RIsDefault);
+        Assert.False(a.Config.LoraAlphaIsDefault);
+        Assert.All(a.Modules, m => { Assert.Equal(8, m.Rank); Assert.Equal(4.0, m.Scale); });
+    }
+
+    [Fact]
+    public void MissingRAndAlpha_ScaleOne_AsPeftLoadsIt()
+    {
+        using var dir = new TempDir();
+        TestAdapters.Write(dir.Path, r: 8, editConfig: c => { c.Remove("r"); c.Remove("lora_alpha"); c.Remove("use_rslora"); c.Remove("fan_in_fan_out"); });
+        using var a = LoraAdapter.Open(dir.Path);
+        Assert.False(a.Config.UseRsLora);
+        Assert.False(a.Config.FanInFanOut);
+        Assert.All(a.Modules, m => Assert.Equal(1.0, m.Scale));
     }
 
     [Fact]
@@ -93,7 +169,9 @@ public class PeftAdapterTests
         { "int-dtype", P + ".lora_A.weight", "not F32, F16 or BF16" },
         { "two-adapter-names", P + ".lora_B.other.weight", "two adapters" },
         { "peft-type", null, "only LORA" },
-        { "r-missing", null, "no 'r'" },
+        { "r-missing", P + ".lora_A.weight", "rank 2 in the weights but 8 in adapter_config.json (r / rank_pattern; it has no 'r', so PEFT uses its default 8)" },
+        { "r-null", null, "'r' is null" },
+        { "alpha-null", null, "'lora_alpha' is null" },
         { "r-negative", null, "positive integer" },
         { "r-fraction", null, "positive integer" },
         { "bad-json", null, "not valid JSON" },
@@ -129,6 +207,8 @@ public class PeftAdapterTests
             case "two-adapter-names": tensors = [A(name: ".lora_A.default.weight"), B(name: ".lora_B.other.weight")]; break;
             case "peft-type": cfg["peft_type"] = "IA3"; break;
             case "r-missing": cfg.Remove("r"); break;
+            case "r-null": cfg["r"] = null; break;
+            case "alpha-null": cfg["lora_alpha"] = null; break;
             case "r-negative": cfg["r"] = -2; break;
             case "r-fraction": cfg["r"] = 2.5; break;
             case "no-tensors": tensors = []; break;

@@ -99,9 +99,14 @@ public class SafetensorsMalformedTests(ITestOutputHelper output)
         Add("invalid UTF-8 in the trailing padding", FB(Raw("{}  ", [0xFE], "   "), 0), K.HeaderNotUtf8);
 
         // --- start of the header
-        Add("header starts with a space", F(" {}"), K.HeaderStart);
-        Add("header starts with a newline", F("\n{}"), K.HeaderStart);
+        // Leading JSON whitespace is accepted (see Valid); other leading bytes are not.
         Add("header starts with a UTF-8 BOM", FB(Raw("", [0xEF, 0xBB, 0xBF], "{}")), K.HeaderStart);
+        Add("header starts with a form feed", F("\f{}"), K.HeaderStart);
+        Add("header starts with a vertical tab", F("\v{}"), K.HeaderStart);
+        Add("header starts with a no-break space", FB(Raw("", [0xC2, 0xA0], "{}")), K.HeaderStart);
+        Add("header starts with NUL padding", FB(Raw("", [0, 0], "{}")), K.HeaderStart);
+        Add("leading whitespace, then a JSON array", F("  []"), K.HeaderStart);
+        Add("leading whitespace, then a lone '}'", F("\n}"), K.HeaderStart);
         Add("header length 0", F(""), K.HeaderStart);
         // A header that is a JSON array, number, string or literal fails the '{' check, so
         // HeaderNotObject is unreachable: a header starting with '{' is an object or invalid JSON.
@@ -370,6 +375,11 @@ public class SafetensorsMalformedTests(ITestOutputHelper output)
         Assert.Equal(0, padTo8.Length % 8);
         d.Add("header padded with spaces to a multiple of 8", F(padTo8, 8), "a|F32|[2]|0-8", "");
         d.Add("header padded with JSON whitespace", F("{}\t\r\n  "), "", "");
+        // The reference reader accepts JSON whitespace before the '{' too (writers may pad at the front).
+        d.Add("header starts with a space", F(" {}"), "", "");
+        d.Add("header starts with a newline", F("\n{}"), "", "");
+        d.Add("header led by every JSON whitespace, then a tensor", F(" \t\r\n{\"a\":" + A4 + "}", 4), "a|F32|[1]|0-4", "");
+        d.Add("header padded at the front to a multiple of 8", F(new string(' ', 8 - padded.Length % 8) + padded, 8), "a|F32|[2]|0-8", "");
         d.Add("empty header {} and no data", F("{}"), "", "");
         d.Add("empty header {} padded to 8 bytes", F("{}      "), "", "");
         d.Add("metadata only", F("{\"__metadata__\":{\"format\":\"pt\",\"note\":\"x y\"}}"), "", "format=pt, note=x y");

@@ -127,6 +127,70 @@ public class ShardedModelTests
         Assert.EndsWith(ShardedModel.IndexFileName, e.FilePath);
     }
 
+    /// <summary>
+    /// Rewrites shard <paramref name="shardPath"/> with its own tensors plus a copy of
+    /// <paramref name="name"/> taken from <paramref name="donorPath"/> (same bytes), so two shards hold it.
+    /// </summary>
+    internal static void CopyTensorInto(string shardPath, string donorPath, string name)
+    {
+        var tmp = shardPath + ".new";
+        using (var shard = SafetensorsFile.Open(shardPath))
+        using (var donor = SafetensorsFile.Open(donorPath))
+        {
+            var extra = donor.Get(name);
+            var specs = shard.Tensors.Select(t => new TensorSpec(t.Name, t.DType, t.Shape)).Append(new TensorSpec(name, extra.DType, extra.Shape));
+            using var w = new SafetensorsWriter(tmp, specs, shard.Metadata);
+            foreach (var t in w.Layout)
+            {
+                if (shard.TryGet(t.Name, out var own)) w.AppendFrom(t.Name, shard, own);
+                else w.AppendFrom(t.Name, donor, extra);
+            }
+            w.Commit();
+        }
+        File.Move(tmp, shardPath, overwrite: true);
+    }
+
+    [Fact]
+    public void TensorHeldByTwoShards_IsAnInputError_NamingBothShards()
+    {
+        using var dir = new TempDir();
+        WriteSharded(dir.Path, maxShard: 5000);
+        string holder;
+        using (var m = ShardedModel.Open(dir.Path))
+        {
+            m.TryGet("model.norm.weight", out var f, out _);
+            holder = Path.GetFileName(f.Path);
+        }
+        var other = Directory.GetFiles(dir.Path, "*.safetensors").Select(Path.GetFileName).First(n => n != holder)!;
+        // The index still maps the tensor to its first holder; the second copy is the ambiguity.
+        CopyTensorInto(dir.File(other), dir.File(holder), "model.norm.weight");
+        var e = Assert.Throws<SafetensorsException>(() => ShardedModel.Open(dir.Path));
+        Assert.Equal(SafetensorsErrorKind.InvalidIndex, e.Kind);
+        Assert.Equal("model.norm.weight", e.Tensor);
+        Assert.EndsWith(ShardedModel.IndexFileName, e.FilePath);
+        Assert.Contains($"'{holder}'", e.Reason);
+        Assert.Contains($"'{other}'", e.Reason);
+        Assert.Contains("two shards", e.Reason);
+    }
+
+    [Fact]
+    public void IndexPointingAtTheWrongShard_NamesTheShardThatHoldsTheTensor()
+    {
+        using var dir = new TempDir();
+        WriteSharded(dir.Path, maxShard: 5000);
+        string holder;
+        using (var m = ShardedModel.Open(dir.Path))
+        {
+            m.TryGet("model.norm.weight", out var f, out _);
+            holder = Path.GetFileName(f.Path);
+        }
+        var other = Directory.GetFiles(dir.Path, "*.safetensors").Select(Path.GetFileName).First(n => n != holder)!;
+        EditIndex(dir.Path, m => m["model.norm.weight"] = other);
+        var e = Assert.Throws<SafetensorsException>(() => ShardedModel.Open(dir.Path));
+        Assert.Equal("model.norm.weight", e.Tensor);
+        Assert.Equal($"weight_map puts it in '{other}', which does not hold it (it is in '{holder}')", e.Reason);
+    }
+
     [Fact]
     public void FolderWithSeveralFilesAndNoIndex_IsRejected()
     {
