@@ -176,7 +176,9 @@ public sealed class AdapterConfig
             PeftType = peftType,
             TargetModules = targets,
             TargetModulesIsRegex = isRegex,
-            RankPattern = Pattern(root, "rank_pattern", path, v => (int)v),
+            // A fractional rank would be cut to an integer without a word: PEFT builds layers of int(r) only by accident.
+            RankPattern = Pattern(root, "rank_pattern", path, v => v == Math.Floor(v) && v is > 0 and <= int.MaxValue ? (int)v
+                : throw new AdapterException(path, null, $"rank_pattern holds {v.ToString(System.Globalization.CultureInfo.InvariantCulture)}; every rank must be a positive integer")),
             AlphaPattern = Pattern(root, "alpha_pattern", path, v => v),
             BaseModelNameOrPath = Str(root, "base_model_name_or_path", path),
             Targeting = AdapterTargeting.FromJson(root, path),
@@ -210,8 +212,15 @@ public sealed class AdapterConfig
     private static double? Num(JsonObject o, string key, string path)
     {
         if (!o.TryGetPropertyValue(key, out var n) || n is null) return null;
-        return n.GetValueKind() == JsonValueKind.Number ? n.GetValue<double>()
-            : throw new AdapterException(path, null, $"'{key}' is not a number");
+        if (n.GetValueKind() != JsonValueKind.Number) throw new AdapterException(path, null, $"'{key}' is not a number");
+        return Finite(n, key, path);
+    }
+
+    /// <summary>A JSON number as a double; one past double's range (1e400) reads as ±Inf, which no scale may be.</summary>
+    private static double Finite(JsonNode n, string key, string path)
+    {
+        double v = n.GetValue<double>();
+        return double.IsFinite(v) ? v : throw new AdapterException(path, null, $"{key} is {n.ToJsonString()}, beyond what a double holds");
     }
 
     private static bool Bool(JsonObject o, string key, string path)
@@ -244,7 +253,7 @@ public sealed class AdapterConfig
         {
             if (v is null || v.GetValueKind() != JsonValueKind.Number)
                 throw new AdapterException(path, null, $"{key}['{k}'] is not a number");
-            list.Add(new(k, map(v.GetValue<double>())));
+            list.Add(new(k, map(Finite(v, $"{key}['{k}']", path))));
         }
         return list;
     }

@@ -174,6 +174,9 @@ public class PeftAdapterTests
         { "alpha-null", null, "'lora_alpha' is null" },
         { "r-negative", null, "positive integer" },
         { "r-fraction", null, "positive integer" },
+        { "alpha-past-double", null, "lora_alpha is 1E+400, beyond what a double holds" },
+        { "alpha-pattern-past-double", null, "alpha_pattern['q_proj'] is -1E+999, beyond what a double holds" },
+        { "rank-pattern-fraction", null, "rank_pattern holds 2.5; every rank must be a positive integer" },
         { "bad-json", null, "not valid JSON" },
         { "no-tensors", null, "no LoRA modules" },
         { "no-config", null, "no adapter_config.json" },
@@ -211,12 +214,18 @@ public class PeftAdapterTests
             case "alpha-null": cfg["lora_alpha"] = null; break;
             case "r-negative": cfg["r"] = -2; break;
             case "r-fraction": cfg["r"] = 2.5; break;
+            case "rank-pattern-fraction": cfg["rank_pattern"] = new JsonObject { ["q_proj"] = 2.5 }; break;
             case "no-tensors": tensors = []; break;
         }
         TestAdapters.WriteRaw(dir.Path, cfg, tensors);
         switch (kind)
         {
             case "bad-json": File.WriteAllText(dir.File(AdapterConfig.FileName), "{\"r\": 2,"); break;
+            // Numbers past double's range read as ±Inf: refused, not merged with an infinite scale.
+            case "alpha-past-double": File.WriteAllText(dir.File(AdapterConfig.FileName), cfg.ToJsonString().Replace("\"lora_alpha\":4", "\"lora_alpha\":1E+400")); break;
+            case "alpha-pattern-past-double":
+                File.WriteAllText(dir.File(AdapterConfig.FileName), cfg.ToJsonString().Replace("\"alpha_pattern\":{}", "\"alpha_pattern\":{\"q_proj\":-1E+999}"));
+                break;
             case "no-config": File.Delete(dir.File(AdapterConfig.FileName)); break;
             case "pickle": File.Move(dir.File(LoraAdapter.WeightsFileName), dir.File("adapter_model.bin")); break;
             case "no-weights": File.Delete(dir.File(LoraAdapter.WeightsFileName)); break;
