@@ -201,7 +201,10 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
         var output = Path.Combine(dir.Path, "out");
         var a = TestAdapters.Write(Path.Combine(dir.Path, "a"), r: 4);
         var b = TestAdapters.Write(Path.Combine(dir.Path, "b"), r: 6);
-        AssertInvalid(CliRunner.Run("merge", "--method", "copa", "--adapter", a, "--adapter", b, "--out", output), output, "ranks differ", "normalize");
+        // Per-module errors name the adapter at fault (the first whose rank is not the first's), as every error names a file.
+        AssertInvalid(CliRunner.Run("merge", "--method", "copa", "--adapter", a, "--adapter", b, "--out", output), output, $"error: {b}: ", "ranks differ", "normalize");
+        AssertInvalid(CliRunner.Run("merge", "--method", "ties", "--adapter", a, "--adapter", a, "--adapter", b, "--out", output), output, $"error: {b}: ", "ranks differ between adapters (4, 4, 6)");
+        AssertInvalid(CliRunner.Run("merge", "--method", "copa-official", "--adapter", a, "--adapter", b, "--out", output), output, $"error: {b}: ", "share r and lora_alpha");
         AssertInvalid(CliRunner.Run("merge", "--method", "copa", "--adapter", a, "--adapter", fx.Adapters[0], "--out", output), output, "model.layers.0.", " here but ");
         // Unequal ranks are fine without the normalisation: rank Σ r = 10.
         var ok = CliRunner.Run("merge", "--method", "copa", "--normalize", "false", "--adapter", a, "--adapter", b, "--out", output, "--quiet");
