@@ -32,6 +32,9 @@
 #            torch is always given --threads explicitly, because its own default here can be 1.
 #   SCRATCH  where the merged outputs go while a run lasts (default: a mktemp -d folder)
 #   COPA_FLAGS  extra flags for copa merge, e.g. --no-sync (the torch script does not sync its output either)
+#   COPA_BEFORE a second copa command (the build before a change, published the same way): it runs as a
+#            third tool ("before") in every round, the order of the three rotating from round to round,
+#            and a second summary gives before and after side by side (best and median wall and CPU).
 set -euo pipefail
 dir=$(realpath -m "${1:-/tmp/copa-7b-adapters}")   # resolved before the cd below
 rounds=${2:-1}
@@ -76,8 +79,10 @@ run_one() {  # method tool round
   # Start from a quiet disk: the torch script does not sync what it writes, so without this the next
   # run (often copa, which syncs its output before it renames it into place) waited for torch's 610 MB.
   sync
-  if [ "$tool" = copa ]; then
-    /usr/bin/time -v -o "$tv" $COPA merge --method "$method" "${adapters[@]}" --out "$out" \
+  if [ "$tool" = copa ] || [ "$tool" = before ]; then
+    local cmd=$COPA
+    if [ "$tool" = before ]; then cmd=$COPA_BEFORE; fi
+    /usr/bin/time -v -o "$tv" $cmd merge --method "$method" "${adapters[@]}" --out "$out" \
       --device cpu --threads "$THREADS" --quiet ${COPA_FLAGS:-} >> "$log" 2>&1 || rc=$?
   else
     /usr/bin/time -v -o "$tv" "$PYTHON" "$torch_script" --method "$method" "${adapters[@]}" --out "$out" \
@@ -104,11 +109,17 @@ run_one() {  # method tool round
   rm -rf "$out"
 }
 
+tools=(copa torch)
+if [ -n "${COPA_BEFORE:-}" ]; then
+  tools=(copa before torch)
+  echo "before: $COPA_BEFORE merge ... (the same flags)"
+fi
 printf '%-14s %-6s %5s %9s %12s %8s %6s %9s\n' method tool round "wall s" "peak RSS MB" "CPU s" "CPU" "load 1min"
 for method in copa-official copa; do
   for r in $(seq 1 "$rounds"); do
-    if [ $((r % 2)) = 1 ]; then order="copa torch"; else order="torch copa"; fi
-    for tool in $order; do run_one "$method" "$tool" "$r"; done
+    # Each round starts with the next tool: no tool always runs first (or right after another).
+    n=${#tools[@]}
+    for ((i = 0; i < n; i++)); do run_one "$method" "${tools[(i + r - 1) % n]}" "$r"; done
   done
 done
 
@@ -125,5 +136,24 @@ printf '%s\n' "${results[@]}" | awk '
   END { for (i=1;i<=n;i++) { k=order[i]
           printf "%-14s %12.2f %12.2f %12d %12d %11.2f %11.2f %8.2f %8.2f %9.2f\n", k, W[k,"copa"], W[k,"torch"], M[k,"copa"], M[k,"torch"],
                  C[k,"copa"], C[k,"torch"], W[k,"torch"]/W[k,"copa"], M[k,"torch"]/M[k,"copa"], C[k,"torch"]/C[k,"copa"] } }'
+if [ -n "${COPA_BEFORE:-}" ]; then
+  echo
+  echo "before vs after (copa = this build, before = COPA_BEFORE; ratios before / after, above 1 means this build is faster):"
+  printf '%-14s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s\n' method "best" "best" "median" "median" "best" "best" "median" "median" "wall x" "CPU x"
+  printf '%-14s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s\n' "" "wall" "before" "wall" "before" "CPU" "before" "CPU" "before" "(median)" "(median)"
+  printf '%s\n' "${results[@]}" | awk '
+    function med(a, n,   i, j, t) { for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
+                                    return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
+    $2 == "copa" || $2 == "before" { k=$1; t=$2
+      n = ++N[k,t]; Wv[k,t,n]=$4; Cv[k,t,n]=$6
+      if (!(k in seen)) { seen[k]=1; order[++m]=k } }
+    END { for (i = 1; i <= m; i++) { k = order[i]
+            for (t = 0; t < 2; t++) { tool = t ? "before" : "copa"; n = N[k,tool]
+              delete w; delete c; for (j = 1; j <= n; j++) { w[j] = Wv[k,tool,j]; c[j] = Cv[k,tool,j] }
+              bw[tool] = w[1]; bc[tool] = c[1]; for (j = 1; j <= n; j++) { if (w[j] < bw[tool]) bw[tool] = w[j]; if (c[j] < bc[tool]) bc[tool] = c[j] }
+              mw[tool] = med(w, n); mc[tool] = med(c, n) }
+            printf "%-14s %8.2f %8.2f %8.3f %8.3f %8.2f %8.2f %8.3f %8.3f %9.3f %9.3f\n", k, bw["copa"], bw["before"], mw["copa"], mw["before"],
+                   bc["copa"], bc["before"], mc["copa"], mc["before"], mw["before"] / mw["copa"], mc["before"] / mc["copa"] } }'
+fi
 echo
 echo "torch ran with --threads $THREADS (set explicitly); copa with --threads $THREADS. Logs: $log"
