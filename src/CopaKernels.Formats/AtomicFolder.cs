@@ -22,11 +22,14 @@ public sealed class AtomicFolder : IDisposable
     public string TempPath { get; }
 
     /// <summary>
-    /// Starts an output folder. The destination must not exist, or be an empty folder.
+    /// Starts an output folder. The destination must not exist, or be an empty folder. Symbolic links
+    /// in <paramref name="path"/> are resolved first: the folder is built beside, and lands at, the
+    /// place the path names (a link to an empty folder is filled, not replaced).
     /// </summary>
     public static AtomicFolder Create(string path)
     {
-        var full = Path.GetFullPath(path.TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
+        if (string.IsNullOrEmpty(path)) throw new CopaInputException(null, null, "the output path is empty");
+        var full = RealPath.OfInput(path);
         if (File.Exists(full))
             throw new CopaInputException(path, null, "output path is a file");
         if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any())

@@ -56,7 +56,9 @@ internal static class DemoCommand
     private static int Run(string dir, LlamaShape shape, int count, int rank, bool withBase, bool generateOnly,
         string device, int threads, bool quiet, TextWriter stdout, TextWriter stderr)
     {
-        dir = Path.GetFullPath(dir);
+        if (string.IsNullOrEmpty(dir)) throw new CopaInputException(null, null, "--dir is empty; give the demo folder");
+        // Through any symbolic link: a link to an earlier demo's folder has that folder replaced, not the link.
+        dir = RealPath.OfInput(dir);
         Prepare(dir);
         var clock = Stopwatch.StartNew();
         var basePath = Path.Combine(dir, "base");
