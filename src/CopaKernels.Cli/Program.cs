@@ -17,7 +17,13 @@ public static class Program
     public const int ExitInterrupted = 130;
 
     /// <summary>Runs the tool.</summary>
-    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+    public static int Main(string[] args)
+    {
+        // Console.Error itself, so that the progress display still recognises the console (and code
+        // outside ours that writes there is covered too).
+        Console.SetError(new DroppingWriter(Console.Error));
+        return Run(args, Console.Out, Console.Error);
+    }
 
     /// <summary>Runs the tool with explicit output writers (used by tests).</summary>
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
