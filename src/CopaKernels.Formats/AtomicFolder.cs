@@ -28,14 +28,16 @@ public sealed partial class AtomicFolder : IDisposable
 
     private readonly FileStream _lock;
     private readonly string _lockPath;
+    private readonly List<string> _createdParents;
     private bool _committed;
 
-    private AtomicFolder(string finalPath, string tempPath, FileStream held, string lockPath)
+    private AtomicFolder(string finalPath, string tempPath, FileStream held, string lockPath, List<string> createdParents)
     {
         FinalPath = finalPath;
         TempPath = tempPath;
         _lock = held;
         _lockPath = lockPath;
+        _createdParents = createdParents;
     }
 
     /// <summary>Where the folder lands.</summary>
@@ -47,8 +49,9 @@ public sealed partial class AtomicFolder : IDisposable
     /// <summary>
     /// Starts an output folder. The destination must not exist, or be an empty folder. Symbolic links
     /// in <paramref name="path"/> are resolved first: the folder is built beside, and lands at, the
-    /// place the path names (a link to an empty folder is filled, not replaced). Temporary folders
-    /// that crashed runs left in the same parent folder are removed.
+    /// place the path names (a link to an empty folder is filled, not replaced). Parent folders are
+    /// created as needed, and removed again if the run does not commit. Temporary folders that
+    /// crashed runs left in the same parent folder are removed.
     /// </summary>
     public static AtomicFolder Create(string path)
     {
@@ -59,15 +62,17 @@ public sealed partial class AtomicFolder : IDisposable
         if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any())
             throw new CopaInputException(path, null, "output folder exists and is not empty");
         var parent = Path.GetDirectoryName(full) ?? throw new CopaInputException(path, null, "output path has no parent folder");
+        var created = new List<string>(); // deepest first
+        for (var p = parent; !Directory.Exists(p) && Path.GetDirectoryName(p) is { } up; p = up) created.Add(p);
         try
         {
-            Directory.CreateDirectory(parent);
-            var folder = Claim(full, parent);
+            var folder = Claim(full, parent, created);
             RemoveDead(parent, folder._lockPath);
             return folder;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
+            RemoveEmpty(created);
             throw new CopaInputException(path, null, $"cannot create output folder: {e.Message.TrimEnd('.')}", e);
         }
     }
@@ -85,13 +90,17 @@ public sealed partial class AtomicFolder : IDisposable
                 using var fs = new FileStream(file, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
                 fs.Flush(flushToDisk: true);
             }
-        if (Directory.Exists(FinalPath)) Directory.Delete(FinalPath); // empty, checked at Create
+        if (Directory.Exists(FinalPath))
+        {
+            AdoptAttributes(FinalPath);
+            Directory.Delete(FinalPath); // empty, checked at Create
+        }
         Directory.Move(TempPath, FinalPath);
         _committed = true;
         Release();
     }
 
-    /// <summary>Removes the temporary folder unless committed.</summary>
+    /// <summary>Removes the temporary folder, and the parent folders <see cref="Create"/> made, unless committed.</summary>
     public void Dispose()
     {
         if (_committed) return;
@@ -99,6 +108,24 @@ public sealed partial class AtomicFolder : IDisposable
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }
         Release();
+        RemoveEmpty(_createdParents);
+    }
+
+    /// <summary>
+    /// Gives the finished folder the permission bits (setgid and sticky included) and, where this
+    /// process may set them (as root; a group it belongs to), the owner and group of the empty
+    /// folder it replaces. Replaced, because a rename cannot fill an existing folder and moving the
+    /// files in one by one would let readers see a partial output; adopted, so that a folder prepared
+    /// for the output (a shared group, a mode) stays as it was prepared. ACLs and extended
+    /// attributes are not copied.
+    /// </summary>
+    private void AdoptAttributes(string existing)
+    {
+        if (OperatingSystem.IsWindows()) return;
+        if (Posix.TryGetOwner(existing, out var uid, out var gid) && !Posix.TrySetOwner(TempPath, uid, gid))
+            Posix.TrySetOwner(TempPath, Posix.Unchanged, gid);
+        // After the owner: changing it clears setuid/setgid bits.
+        File.SetUnixFileMode(TempPath, File.GetUnixFileMode(existing));
     }
 
     /// <summary>
@@ -106,10 +133,12 @@ public sealed partial class AtomicFolder : IDisposable
     /// are two steps, so a concurrent <see cref="RemoveDead"/> can take the new lock in between; it then
     /// removes the file, and this run tries another ID.
     /// </summary>
-    private static AtomicFolder Claim(string full, string parent)
+    private static AtomicFolder Claim(string full, string parent, List<string> createdParents)
     {
         for (int attempt = 1; ; attempt++)
         {
+            // Each time: a failed run that created this folder too may have just removed it.
+            Directory.CreateDirectory(parent);
             var id = Guid.NewGuid().ToString("N");
             var lockPath = Path.Combine(parent, Prefix + id + LockSuffix);
             FileStream? held = null;
@@ -121,7 +150,7 @@ public sealed partial class AtomicFolder : IDisposable
                 {
                     var temp = Path.Combine(parent, Prefix + id + TempSuffix);
                     Directory.CreateDirectory(temp);
-                    var folder = new AtomicFolder(full, temp, held, lockPath);
+                    var folder = new AtomicFolder(full, temp, held, lockPath, createdParents);
                     held = null;
                     return folder;
                 }
@@ -202,6 +231,17 @@ public sealed partial class AtomicFolder : IDisposable
             {
                 held?.Dispose();
             }
+        }
+    }
+
+    /// <summary>Removes <paramref name="folders"/> (deepest first) while they are empty: never anything put there meanwhile.</summary>
+    private static void RemoveEmpty(List<string> folders)
+    {
+        foreach (var folder in folders)
+        {
+            try { if (Directory.Exists(folder)) Directory.Delete(folder); }
+            catch (IOException) { return; }
+            catch (UnauthorizedAccessException) { return; }
         }
     }
 

@@ -1,12 +1,15 @@
+using System.Diagnostics;
 using CopaKernels.Formats;
 using CopaKernels.Formats.Peft;
+using CopaKernels.Merge.Streaming;
 using CopaKernels.Tests.Merge;
 
 namespace CopaKernels.Tests.Cli;
 
 /// <summary>
-/// Where <c>copa merge</c> writes: symbolic links cannot smuggle the output into an input, and odd
-/// output paths are usage errors (one line, exit 2), not crashes.
+/// Where <c>copa merge</c> writes: symbolic links cannot smuggle the output into an input, odd output
+/// paths are usage errors (one line, exit 2), not crashes, a failed merge leaves no folder it created,
+/// and a prepared empty output folder keeps its mode and owner.
 /// </summary>
 public sealed class OutputPathTests(StreamingFixture fx) : IClassFixture<StreamingFixture>
 {
@@ -122,5 +125,56 @@ public sealed class OutputPathTests(StreamingFixture fx) : IClassFixture<Streami
         Assert.Throws<IOException>(() => RealPath.Of(Path.Combine(dir.Path, "loop", "x")));
         var r = CliRunner.Run(Args(Path.Combine(dir.Path, "loop", "x")));
         AssertRefused(r, "loop", "symbolic links");
+    }
+
+    [Fact]
+    public void FailedMerge_RemovesTheParentFoldersItCreated_AndNoOther()
+    {
+        using var dir = new TempDir();
+        var existing = Path.Combine(dir.Path, "existing");
+        Directory.CreateDirectory(existing);
+        var output = Path.Combine(existing, "new1", "new2", "out");
+        MergeRunner.BeforeTensor = _ => throw new IOException("injected: disk full");
+        try
+        {
+            var (code, _, err) = CliRunner.Run(Args(output));
+            Assert.True(code == 1, err);
+            Assert.Contains("injected: disk full", err);
+        }
+        finally { MergeRunner.BeforeTensor = null; }
+        Assert.True(Directory.Exists(existing));
+        Assert.Empty(Directory.GetFileSystemEntries(existing));
+    }
+
+    [Fact]
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+    public void ExistingEmptyOut_KeepsItsModeAndOwner()
+    {
+        using var dir = new TempDir();
+        var output = Path.Combine(dir.Path, "prepared");
+        Directory.CreateDirectory(output);
+        // rwxr-s---: a group-shared folder whose new files take its group.
+        File.SetUnixFileMode(output, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute |
+            UnixFileMode.GroupRead | UnixFileMode.GroupExecute | UnixFileMode.SetGroup);
+        if (Environment.IsPrivilegedProcess) Tool("chown", "65534:65534", output); // nobody:nogroup
+        var before = Tool("stat", "-c", "%a %u %g", output);
+
+        var r = CliRunner.Run(Args(output));
+        Assert.True(r.Code == 0, r.Err);
+        Assert.Equal(before, Tool("stat", "-c", "%a %u %g", output));
+        using var merged = LoraAdapter.Open(output);
+        Assert.Equal(14, merged.Modules.Count);
+    }
+
+    private static string Tool(string file, params string[] args)
+    {
+        var info = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in args) info.ArgumentList.Add(a);
+        using var p = Process.Start(info)!;
+        var stdout = p.StandardOutput.ReadToEnd();
+        var stderr = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, $"{file} {string.Join(" ", args)}: {stderr}");
+        return stdout.Trim();
     }
 }
