@@ -13,7 +13,7 @@ public static class Program
     public const int ExitFailure = 1;
     /// <summary>Invalid input or usage.</summary>
     public const int ExitInvalid = 2;
-    /// <summary>Interrupted (Ctrl-C).</summary>
+    /// <summary>Interrupted by Ctrl-C (SIGINT); other signals give 128 + their number (<see cref="InterruptedException"/>).</summary>
     public const int ExitInterrupted = 130;
 
     /// <summary>Runs the tool.</summary>
@@ -59,6 +59,9 @@ public static class Program
             case CopaInputException input:
                 stderr.WriteLine($"error: {OneLine(input.Message)}");
                 return ExitInvalid;
+            case InterruptedException signalled:
+                stderr.WriteLine($"error: {signalled.Message}");
+                return signalled.ExitCode;
             case OperationCanceledException:
                 stderr.WriteLine("error: interrupted");
                 return ExitInterrupted;

@@ -1,10 +1,10 @@
 namespace CopaKernels.Tests.Cli;
 
 /// <summary>
-/// Inputs for a merge that lasts long enough to be signalled or killed half-way: the demo's three tiny
-/// adapters (1.7 MB, written once) merged with PCB in delta space on one thread, which computes dense
-/// deltas for every module (about 5 s on a 2-core machine; the temporary folder exists for nearly
-/// all of it). No hook in copa is needed, so the child process is the real tool.
+/// Inputs for a merge that lasts long enough to be signalled or killed half-way: three of the demo's
+/// tiny adapters with 6 layers (2.6 MB, written once) merged with PCB in delta space on one thread,
+/// which computes dense deltas for every module (about 5 s on a 2-core machine; the temporary folder
+/// exists for the last 4). No hook in copa is needed, so the child process is the real tool.
 /// </summary>
 public sealed class SlowMergeFixture : IDisposable
 {
@@ -13,10 +13,13 @@ public sealed class SlowMergeFixture : IDisposable
     public SlowMergeFixture()
     {
         var demo = Path.Combine(_dir.Path, "demo");
-        var (code, _, err) = CliRunner.Run("demo", "--dir", demo, "--generate-only", "--no-base", "--quiet");
+        var (code, _, err) = CliRunner.Run("demo", "--dir", demo, "--generate-only", "--no-base", "--quiet", "--layers", Layers.ToString());
         Assert.True(code == 0, err);
         Adapters = Enumerable.Range(1, 3).Select(i => Path.Combine(demo, "adapters", $"task-{i}")).ToList();
     }
+
+    /// <summary>Layers of the adapters, each with seven modules.</summary>
+    public const int Layers = 6;
 
     public List<string> Adapters { get; }
 
