@@ -107,6 +107,22 @@ public sealed class OutputPathTests(StreamingFixture fx) : IClassFixture<Streami
         AssertRefused(CliRunner.Run("demo", "--dir", "", "--quiet"), "--dir is empty");
 
     [Fact]
+    public void DemoDirAsALinkToAnEarlierDemo_ReplacesThatDemo_AndKeepsTheLink()
+    {
+        using var dir = new TempDir();
+        var target = Path.Combine(dir.Path, "demo");
+        var link = Path.Combine(dir.Path, "demo-link");
+        string[] demo = ["--generate-only", "--no-base", "--quiet", "--layers", "1"];
+        Assert.Equal(0, CliRunner.Run(["demo", "--dir", target, "--adapters", "3", .. demo]).Code);
+        Directory.CreateSymbolicLink(link, target);
+
+        var r = CliRunner.Run(["demo", "--dir", link, "--adapters", "1", .. demo]);
+        Assert.True(r.Code == 0, r.Err);
+        Assert.Equal(target, new FileInfo(link).LinkTarget);
+        Assert.Equal(["task-1"], Directory.GetDirectories(Path.Combine(target, "adapters")).Select(Path.GetFileName));
+    }
+
+    [Fact]
     public void RealPath_ResolvesEveryComponent_AndAppendsAMissingTail()
     {
         using var dir = new TempDir();
