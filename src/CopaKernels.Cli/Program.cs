@@ -13,11 +13,17 @@ public static class Program
     public const int ExitFailure = 1;
     /// <summary>Invalid input or usage.</summary>
     public const int ExitInvalid = 2;
-    /// <summary>Interrupted (Ctrl-C).</summary>
+    /// <summary>Interrupted by Ctrl-C (SIGINT); other signals give 128 + their number (<see cref="InterruptedException"/>).</summary>
     public const int ExitInterrupted = 130;
 
     /// <summary>Runs the tool.</summary>
-    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+    public static int Main(string[] args)
+    {
+        // Console.Error itself, so that the progress display still recognises the console (and code
+        // outside ours that writes there is covered too).
+        Console.SetError(new DroppingWriter(Console.Error));
+        return Run(args, Console.Out, Console.Error);
+    }
 
     /// <summary>Runs the tool with explicit output writers (used by tests).</summary>
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -53,6 +59,9 @@ public static class Program
             case CopaInputException input:
                 stderr.WriteLine($"error: {OneLine(input.Message)}");
                 return ExitInvalid;
+            case InterruptedException signalled:
+                stderr.WriteLine($"error: {signalled.Message}");
+                return signalled.ExitCode;
             case OperationCanceledException:
                 stderr.WriteLine("error: interrupted");
                 return ExitInterrupted;

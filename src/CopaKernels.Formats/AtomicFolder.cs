@@ -1,3 +1,5 @@
+using System.Text.RegularExpressions;
+
 namespace CopaKernels.Formats;
 
 /// <summary>
@@ -5,14 +7,37 @@ namespace CopaKernels.Formats;
 /// when complete. Disposing without <see cref="Commit"/> removes the temporary folder, so a failed or
 /// interrupted run leaves nothing behind.
 /// </summary>
-public sealed class AtomicFolder : IDisposable
+/// <remarks>
+/// A process killed outright (kill -9, power loss) cannot remove anything, so the temporary folders
+/// are recognisable and owned: <c>.copa-ID.tmp</c>, with a lock file <c>.copa-ID.lock</c> beside it on
+/// which the run holds an advisory lock (<see cref="Posix.TryLock"/>) from before the folder exists
+/// until after it has been moved into place or removed. The kernel releases the lock when the process
+/// ends, however it ends, so the next <see cref="Create"/> in the same parent folder removes the pairs
+/// whose lock it can take (their run is gone) and leaves those of live runs alone. The lock file sits
+/// beside the folder rather than in it so that it never lands in the output. The name's length does
+/// not depend on the output's, so any name the file system accepts for the output works.
+/// </remarks>
+public sealed partial class AtomicFolder : IDisposable
 {
+    private const string Prefix = ".copa-";
+    private const string TempSuffix = ".tmp";
+    private const string LockSuffix = ".lock";
+
+    /// <summary>How often a new temporary name is tried after losing its lock to a concurrent clean-up.</summary>
+    private const int ClaimAttempts = 8;
+
+    private readonly FileStream _lock;
+    private readonly string _lockPath;
+    private readonly List<string> _createdParents;
     private bool _committed;
 
-    private AtomicFolder(string finalPath, string tempPath)
+    private AtomicFolder(string finalPath, string tempPath, FileStream held, string lockPath, List<string> createdParents)
     {
         FinalPath = finalPath;
         TempPath = tempPath;
+        _lock = held;
+        _lockPath = lockPath;
+        _createdParents = createdParents;
     }
 
     /// <summary>Where the folder lands.</summary>
@@ -22,25 +47,32 @@ public sealed class AtomicFolder : IDisposable
     public string TempPath { get; }
 
     /// <summary>
-    /// Starts an output folder. The destination must not exist, or be an empty folder.
+    /// Starts an output folder. The destination must not exist, or be an empty folder. Symbolic links
+    /// in <paramref name="path"/> are resolved first: the folder is built beside, and lands at, the
+    /// place the path names (a link to an empty folder is filled, not replaced). Parent folders are
+    /// created as needed, and removed again if the run does not commit. Temporary folders that
+    /// crashed runs left in the same parent folder are removed.
     /// </summary>
     public static AtomicFolder Create(string path)
     {
-        var full = Path.GetFullPath(path.TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
+        if (string.IsNullOrEmpty(path)) throw new CopaInputException(null, null, "the output path is empty");
+        var full = RealPath.OfInput(path);
         if (File.Exists(full))
             throw new CopaInputException(path, null, "output path is a file");
         if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any())
             throw new CopaInputException(path, null, "output folder exists and is not empty");
         var parent = Path.GetDirectoryName(full) ?? throw new CopaInputException(path, null, "output path has no parent folder");
+        var created = new List<string>(); // deepest first
+        for (var p = parent; !Directory.Exists(p) && Path.GetDirectoryName(p) is { } up; p = up) created.Add(p);
         try
         {
-            Directory.CreateDirectory(parent);
-            var temp = Path.Combine(parent, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
-            Directory.CreateDirectory(temp);
-            return new AtomicFolder(full, temp);
+            var folder = Claim(full, parent, created);
+            RemoveDead(parent, folder._lockPath);
+            return folder;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
+            RemoveEmpty(created);
             throw new CopaInputException(path, null, $"cannot create output folder: {e.Message.TrimEnd('.')}", e);
         }
     }
@@ -58,16 +90,164 @@ public sealed class AtomicFolder : IDisposable
                 using var fs = new FileStream(file, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
                 fs.Flush(flushToDisk: true);
             }
-        if (Directory.Exists(FinalPath)) Directory.Delete(FinalPath); // empty, checked at Create
+        if (Directory.Exists(FinalPath))
+        {
+            AdoptAttributes(FinalPath);
+            Directory.Delete(FinalPath); // empty, checked at Create
+        }
         Directory.Move(TempPath, FinalPath);
         _committed = true;
+        Release();
     }
 
-    /// <summary>Removes the temporary folder unless committed.</summary>
+    /// <summary>Removes the temporary folder, and the parent folders <see cref="Create"/> made, unless committed.</summary>
     public void Dispose()
     {
         if (_committed) return;
         try { if (Directory.Exists(TempPath)) Directory.Delete(TempPath, recursive: true); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        Release();
+        RemoveEmpty(_createdParents);
+    }
+
+    /// <summary>
+    /// Gives the finished folder the permission bits (setgid and sticky included) and, where this
+    /// process may set them (as root; a group it belongs to), the owner and group of the empty
+    /// folder it replaces. Replaced, because a rename cannot fill an existing folder and moving the
+    /// files in one by one would let readers see a partial output; adopted, so that a folder prepared
+    /// for the output (a shared group, a mode) stays as it was prepared. ACLs and extended
+    /// attributes are not copied.
+    /// </summary>
+    private void AdoptAttributes(string existing)
+    {
+        if (OperatingSystem.IsWindows()) return;
+        if (Posix.TryGetOwner(existing, out var uid, out var gid) && !Posix.TrySetOwner(TempPath, uid, gid))
+            Posix.TrySetOwner(TempPath, Posix.Unchanged, gid);
+        // After the owner: changing it clears setuid/setgid bits.
+        File.SetUnixFileMode(TempPath, File.GetUnixFileMode(existing));
+    }
+
+    /// <summary>
+    /// Creates and locks <c>.copa-ID.lock</c>, then creates <c>.copa-ID.tmp</c>. Opening and locking
+    /// are two steps, so a concurrent <see cref="RemoveDead"/> can take the new lock in between; it then
+    /// removes the file, and this run tries another ID.
+    /// </summary>
+    private static AtomicFolder Claim(string full, string parent, List<string> createdParents)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            // Each time: a failed run that created this folder too may have just removed it.
+            Directory.CreateDirectory(parent);
+            var id = Guid.NewGuid().ToString("N");
+            var lockPath = Path.Combine(parent, Prefix + id + LockSuffix);
+            FileStream? held = null;
+            try
+            {
+                held = new FileStream(lockPath, FileMode.CreateNew, FileAccess.Write, FileShare.None);
+                // Unsupported: no file system lock here, so nobody can take it from us either (and nothing here is removed).
+                if (Posix.TryLock(held.SafeFileHandle) != Posix.LockResult.Busy && File.Exists(lockPath))
+                {
+                    var temp = Path.Combine(parent, Prefix + id + TempSuffix);
+                    Directory.CreateDirectory(temp);
+                    var folder = new AtomicFolder(full, temp, held, lockPath, createdParents);
+                    held = null;
+                    return folder;
+                }
+            }
+            catch (IOException) when (attempt < ClaimAttempts)
+            {
+                // Lost the lock to a clean-up (EWOULDBLOCK) or a transient failure: try again, the last error is thrown.
+            }
+            finally
+            {
+                if (held != null)
+                {
+                    TryDelete(lockPath);
+                    held.Dispose();
+                }
+            }
+            if (attempt >= ClaimAttempts) throw new IOException($"could not lock a temporary folder in {parent}");
+        }
+    }
+
+    /// <summary>Ends the claim: the lock file goes first, while still locked, then the lock.</summary>
+    private void Release()
+    {
+        TryDelete(_lockPath);
+        _lock.Dispose();
+    }
+
+    [GeneratedRegex(@"^\.copa-([0-9a-f]{32})\.(tmp|lock)$")]
+    private static partial Regex OwnedName();
+
+    /// <summary>
+    /// Removes the temporary folders and lock files in <paramref name="parent"/> whose run is gone:
+    /// those whose lock this process can take. A folder whose lock file is missing is gone too (a run
+    /// creates the lock first and removes it last). Everything is removed while holding the lock, so
+    /// a run that is starting cannot take it meanwhile. Best effort: what cannot be removed stays.
+    /// </summary>
+    private static void RemoveDead(string parent, string ownLock)
+    {
+        IEnumerable<string> ids;
+        try
+        {
+            ids = Directory.EnumerateFileSystemEntries(parent, Prefix + "*")
+                .Select(e => OwnedName().Match(Path.GetFileName(e)))
+                .Where(m => m.Success)
+                .Select(m => m.Groups[1].Value)
+                .Distinct()
+                .ToList();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return;
+        }
+        foreach (var id in ids)
+        {
+            var lockPath = Path.Combine(parent, Prefix + id + LockSuffix);
+            if (lockPath == ownLock) continue;
+            var temp = Path.Combine(parent, Prefix + id + TempSuffix);
+            FileStream? held = null;
+            try
+            {
+                try
+                {
+                    held = new FileStream(lockPath, FileMode.Open, FileAccess.Read, FileShare.None);
+                }
+                catch (FileNotFoundException)
+                {
+                    // No lock file: its run is gone, or another clean-up is finishing it.
+                }
+                if (held != null && Posix.TryLock(held.SafeFileHandle) != Posix.LockResult.Held) continue; // alive, or unknowable
+                if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
+                if (held != null) File.Delete(lockPath);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // Locked by its live run (EWOULDBLOCK), or not ours to remove.
+            }
+            finally
+            {
+                held?.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Removes <paramref name="folders"/> (deepest first) while they are empty: never anything put there meanwhile.</summary>
+    private static void RemoveEmpty(List<string> folders)
+    {
+        foreach (var folder in folders)
+        {
+            try { if (Directory.Exists(folder)) Directory.Delete(folder); }
+            catch (IOException) { return; }
+            catch (UnauthorizedAccessException) { return; }
+        }
+    }
+
+    private static void TryDelete(string file)
+    {
+        try { File.Delete(file); }
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }
     }

@@ -56,51 +56,94 @@ internal static class DemoCommand
     private static int Run(string dir, LlamaShape shape, int count, int rank, bool withBase, bool generateOnly,
         string device, int threads, bool quiet, TextWriter stdout, TextWriter stderr)
     {
-        dir = Path.GetFullPath(dir);
-        Prepare(dir);
-        var clock = Stopwatch.StartNew();
-        var basePath = Path.Combine(dir, "base");
-        if (withBase)
+        if (string.IsNullOrEmpty(dir)) throw new CopaInputException(null, null, "--dir is empty; give the demo folder");
+        // Through any symbolic link: a link to an earlier demo's folder has that folder replaced, not the link.
+        dir = RealPath.OfInput(dir);
+        // Ctrl-C, SIGTERM, SIGHUP: as in copa merge (each merge also stops and cleans up by itself).
+        using var interruption = new Interruption();
+        return interruption.Run(ct =>
         {
-            long total = shape.Tensors.Sum(t => t.Shape.Aggregate(1L, (a, b) => a * b)) * 2;
-            ConsoleProgress.Run(stderr, quiet, "writing base", p =>
-            {
-                p?.Start(total, 1);
-                SyntheticModel.WriteBase(basePath, shape, 1, b => p?.Advance(b, null));
-                p?.Advance(0, "base");
-                return 0;
-            });
-            stdout.WriteLine($"base model:  {basePath} ({shape.Name}, {shape.Layers} layers, BF16, {Terminal.Bytes(DirSize(basePath))})");
-        }
-        var adapterDirs = new List<string>();
-        for (int i = 0; i < count; i++)
-        {
-            var a = Path.Combine(dir, "adapters", $"task-{i + 1}");
-            SyntheticModel.WriteAdapter(a, shape, rank, 2.0 * rank, (ulong)(100 + i), withBase ? basePath : null);
-            adapterDirs.Add(a);
-        }
-        stdout.WriteLine($"adapters:    {count} × rank {rank} on q,k,v,o,gate,up,down in {Path.Combine(dir, "adapters")} ({Terminal.Bytes(adapterDirs.Sum(DirSize))})");
-        stdout.WriteLine($"generated in {clock.Elapsed.TotalSeconds:0.0} s");
-        if (generateOnly) return Program.ExitOk;
+            var (basePath, adapterDirs) = Generate(dir, shape, count, rank, withBase, quiet, stdout, stderr, ct);
+            if (generateOnly) return Program.ExitOk;
 
-        var options = new MergeOptions { Method = "copa" };
-        // One backend for both merges: a device backend compiles its kernels when it is opened.
-        using var backend = Backends.Create(device, threads);
-        stdout.WriteLine();
-        MergeCommand.Run(new MergeRequest { Options = options, Adapters = adapterDirs, Output = Path.Combine(dir, "merged-adapter") },
-            backend, quiet, stdout, stderr);
-        if (withBase)
-        {
+            var options = new MergeOptions { Method = "copa" };
+            // One backend for both merges: a device backend compiles its kernels when it is opened.
+            using var backend = Backends.Create(device, threads);
             stdout.WriteLine();
-            MergeCommand.Run(new MergeRequest
+            MergeCommand.Run(new MergeRequest { Options = options, Adapters = adapterDirs, Output = Path.Combine(dir, "merged-adapter") },
+                backend, quiet, stdout, stderr);
+            if (withBase)
             {
-                Options = options, Adapters = adapterDirs, Output = Path.Combine(dir, "merged-model"),
-                Mode = OutputMode.Model, Base = basePath,
-            }, backend, quiet, stdout, stderr);
+                stdout.WriteLine();
+                MergeCommand.Run(new MergeRequest
+                {
+                    Options = options, Adapters = adapterDirs, Output = Path.Combine(dir, "merged-model"),
+                    Mode = OutputMode.Model, Base = basePath,
+                }, backend, quiet, stdout, stderr);
+            }
+            stdout.WriteLine();
+            stdout.WriteLine($"done. Look inside with: copa inspect {Path.Combine(dir, "merged-adapter")}");
+            return Program.ExitOk;
+        });
+    }
+
+    /// <summary>
+    /// Writes the base model and the adapters into a fresh demo folder. If that does not finish (a
+    /// failure, a signal), the folder is removed again with the parent folders made for it: a half
+    /// written model is of no use, and everything in the folder was written by this run.
+    /// </summary>
+    private static (string Base, List<string> Adapters) Generate(string dir, LlamaShape shape, int count, int rank, bool withBase,
+        bool quiet, TextWriter stdout, TextWriter stderr, CancellationToken ct)
+    {
+        var createdParents = new List<string>(); // deepest first
+        for (var p = Path.GetDirectoryName(dir); p != null && !Directory.Exists(p); p = Path.GetDirectoryName(p)) createdParents.Add(p);
+        Prepare(dir);
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            var basePath = Path.Combine(dir, "base");
+            if (withBase)
+            {
+                long total = shape.Tensors.Sum(t => t.Shape.Aggregate(1L, (a, b) => a * b)) * 2;
+                ConsoleProgress.Run(stderr, quiet, "writing base", p =>
+                {
+                    p?.Start(total, 1);
+                    SyntheticModel.WriteBase(basePath, shape, 1, b =>
+                    {
+                        ct.ThrowIfCancellationRequested();
+                        p?.Advance(b, null);
+                    });
+                    p?.Advance(0, "base");
+                    return 0;
+                });
+                stdout.WriteLine($"base model:  {basePath} ({shape.Name}, {shape.Layers} layers, BF16, {Terminal.Bytes(DirSize(basePath))})");
+            }
+            var adapterDirs = new List<string>();
+            for (int i = 0; i < count; i++)
+            {
+                ct.ThrowIfCancellationRequested();
+                var a = Path.Combine(dir, "adapters", $"task-{i + 1}");
+                SyntheticModel.WriteAdapter(a, shape, rank, 2.0 * rank, (ulong)(100 + i), withBase ? basePath : null);
+                adapterDirs.Add(a);
+            }
+            ct.ThrowIfCancellationRequested();
+            stdout.WriteLine($"adapters:    {count} × rank {rank} on q,k,v,o,gate,up,down in {Path.Combine(dir, "adapters")} ({Terminal.Bytes(adapterDirs.Sum(DirSize))})");
+            stdout.WriteLine($"generated in {clock.Elapsed.TotalSeconds:0.0} s");
+            return (basePath, adapterDirs);
         }
-        stdout.WriteLine();
-        stdout.WriteLine($"done. Look inside with: copa inspect {Path.Combine(dir, "merged-adapter")}");
-        return Program.ExitOk;
+        catch
+        {
+            try
+            {
+                Directory.Delete(dir, recursive: true);
+                foreach (var p in createdParents) Directory.Delete(p); // only while empty
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // Left as it is; the next demo run here replaces it.
+            }
+            throw;
+        }
     }
 
     /// <summary>Creates the demo folder; replaces an earlier demo's folder, never anything else.</summary>

@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
-using System.Runtime.InteropServices;
 using CopaKernels.Formats;
 using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels;
@@ -136,21 +135,12 @@ internal static class MergeCommand
     {
         if (!quiet) PrintPlan(plan, backend.Name, stdout);
 
-        using var cts = new CancellationTokenSource();
-        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
-        Console.CancelKeyPress += onCancel;
-        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; cts.Cancel(); });
-        try
-        {
-            var report = ConsoleProgress.Run(stderr, quiet, "merging",
-                progress => MergeRunner.Run(plan, backend, progress, planSeconds, cts.Token));
-            if (!quiet) PrintSummary(report, stdout);
-            return Program.ExitOk;
-        }
-        finally
-        {
-            Console.CancelKeyPress -= onCancel;
-        }
+        // Ctrl-C, SIGTERM, SIGHUP: stop at the next tensor, remove the temporary folder, exit 128 + signal.
+        using var interruption = new Interruption();
+        var report = interruption.Run(ct => ConsoleProgress.Run(stderr, quiet, "merging",
+            progress => MergeRunner.Run(plan, backend, progress, planSeconds, ct)));
+        if (!quiet) PrintSummary(report, stdout);
+        return Program.ExitOk;
     }
 
     private static void PrintPlan(MergePlan plan, string device, TextWriter o)

@@ -257,17 +257,26 @@ public static class MergePlanner
         plan.EstimatedPeakBytes = working + (plan.Prefetch ? maxInput : 0) + plan.TileBytes + CopyBufferBytes;
     }
 
+    /// <summary>
+    /// The output must be a new or empty folder that is neither an input nor inside one, and contains
+    /// none. Compared as real paths: a symbolic link anywhere in <c>--out</c>, <c>--adapter</c> or
+    /// <c>--base</c> (<c>ln -s ADAPTER lnk; --out lnk/merged</c>) must not hide that they meet.
+    /// </summary>
     private static void CheckOutputPath(MergeRequest request)
     {
-        var output = Full(request.Output);
+        if (string.IsNullOrEmpty(request.Output)) throw new CopaInputException(null, null, "--out is empty; give the output folder");
+        var output = RealPath.OfInput(request.Output);
+        if (Path.GetDirectoryName(output) == null)
+            throw new CopaInputException(request.Output, null, "the output cannot be a root folder");
         var inputs = request.Adapters.Select(a => (Path: a, Folder: true)).ToList();
         if (request.Base != null) inputs.Add((request.Base, Directory.Exists(request.Base)));
         foreach (var (path, folder) in inputs)
         {
-            var input = Full(path);
-            if (Same(output, input) || (folder && Inside(output, input)))
+            if (string.IsNullOrEmpty(path)) continue; // reported as not found when opened
+            var input = RealPath.OfInput(path);
+            if (Same(output, input) || (folder && RealPath.IsInside(output, input)))
                 throw new CopaInputException(request.Output, null, $"output must not be an input or lie inside one ({path})");
-            if (Inside(input, output))
+            if (RealPath.IsInside(input, output))
                 throw new CopaInputException(request.Output, null, $"output must not contain an input ({path})");
         }
         if (File.Exists(output)) throw new CopaInputException(request.Output, null, "output path is a file");
@@ -279,7 +288,7 @@ public static class MergePlanner
     {
         try
         {
-            var parent = Path.GetDirectoryName(Full(plan.Request.Output))!;
+            var parent = Path.GetDirectoryName(RealPath.OfInput(plan.Request.Output))!;
             while (!Directory.Exists(parent) && Path.GetDirectoryName(parent) is { } up) parent = up;
             long free = new DriveInfo(parent).AvailableFreeSpace;
             long need = plan.OutputBytes + (1L << 20);
@@ -293,10 +302,5 @@ public static class MergePlanner
         }
     }
 
-    private static string Full(string p) => Path.GetFullPath(p.TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
-
     private static bool Same(string a, string b) => string.Equals(a, b, StringComparison.Ordinal);
-
-    private static bool Inside(string child, string parent) =>
-        child.StartsWith(parent.TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar, StringComparison.Ordinal);
 }

@@ -336,8 +336,8 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
         }
         Assert.True(Synced(synced));
         Assert.False(Synced(unsynced));
-        // Renamed into place all the same: no temporary folder of this output is left.
-        Assert.Empty(Directory.GetDirectories(Path.GetDirectoryName(unsynced)!, "." + Path.GetFileName(unsynced) + ".*.tmp"));
+        // Renamed into place all the same: no temporary folder or lock file is left.
+        Assert.Empty(Directory.GetFileSystemEntries(Path.GetDirectoryName(unsynced)!, ".copa-*"));
     }
 
     [Fact]

@@ -62,6 +62,6 @@ public class LibraryEndToEndTests
             Assert.Equal(merged[m.Path].A, back.Weights.ReadSingles(m.A));
             Assert.Equal(merged[m.Path].B, back.Weights.ReadSingles(m.B));
         }
-        Assert.Empty(Directory.GetDirectories(dir.Path, ".merged*"));
+        Assert.Empty(Directory.GetFileSystemEntries(dir.Path, ".copa-*"));
     }
 }
