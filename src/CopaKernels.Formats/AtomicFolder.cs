@@ -57,10 +57,7 @@ public sealed partial class AtomicFolder : IDisposable
     {
         if (string.IsNullOrEmpty(path)) throw new CopaInputException(null, null, "the output path is empty");
         var full = RealPath.OfInput(path);
-        if (File.Exists(full))
-            throw new CopaInputException(path, null, "output path is a file");
-        if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any())
-            throw new CopaInputException(path, null, "output folder exists and is not empty");
+        CheckDestination(path, full);
         var parent = Path.GetDirectoryName(full) ?? throw new CopaInputException(path, null, "output path has no parent folder");
         var created = new List<string>(); // deepest first
         for (var p = parent; !Directory.Exists(p) && Path.GetDirectoryName(p) is { } up; p = up) created.Add(p);
@@ -75,6 +72,21 @@ public sealed partial class AtomicFolder : IDisposable
             RemoveEmpty(created);
             throw new CopaInputException(path, null, $"cannot create output folder: {e.Message.TrimEnd('.')}", e);
         }
+    }
+
+    /// <summary>
+    /// Throws <see cref="CopaInputException"/> unless <paramref name="full"/> (the real path of
+    /// <paramref name="path"/>) can become the output: absent, or an empty folder that is not a mount
+    /// point. A mount point cannot be replaced by a rename: the whole merge would run and then fail.
+    /// </summary>
+    public static void CheckDestination(string path, string full)
+    {
+        if (File.Exists(full)) throw new CopaInputException(path, null, "output path is a file");
+        if (!Directory.Exists(full)) return;
+        if (Directory.EnumerateFileSystemEntries(full).Any()) throw new CopaInputException(path, null, "output folder exists and is not empty");
+        if (Path.GetDirectoryName(full) is { } parent && FileIdentity.Of(full) is { Device: not 0 } here
+            && FileIdentity.Of(parent) is { Device: not 0 } above && here.Device != above.Device)
+            throw new CopaInputException(path, null, "output folder is a mount point, which the finished output cannot be renamed onto; give a new folder inside it");
     }
 
     /// <summary>A path inside the temporary folder.</summary>
@@ -97,6 +109,9 @@ public sealed partial class AtomicFolder : IDisposable
         }
         Directory.Move(TempPath, FinalPath);
         _committed = true;
+        // The rename itself is durable only once the parent folder is synced. Until then a power loss
+        // could undo it, and the next merge here would take the complete folder for a dead one.
+        if (sync) Posix.TrySyncFolder(Path.GetDirectoryName(FinalPath)!);
         Release();
     }
 

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 
 namespace CopaKernels.Formats;
@@ -20,9 +19,8 @@ namespace CopaKernels.Formats;
 /// <param name="Size">Size in bytes.</param>
 /// <param name="ModifiedNs">Modification time, nanoseconds since the epoch.</param>
 /// <param name="ChangedNs">Status change time (ctime), nanoseconds since the epoch; 0 where unknown.</param>
-public readonly partial record struct FileIdentity(ulong Device, ulong Inode, long Size, long ModifiedNs, long ChangedNs)
+public readonly record struct FileIdentity(ulong Device, ulong Inode, long Size, long ModifiedNs, long ChangedNs)
 {
-    private const int AtFdCwd = -100;
     private const int AtEmptyPath = 0x1000;
     private const uint StatxBasicStats = 0x7ff;
     private static bool s_noStatx = !OperatingSystem.IsLinux();
@@ -49,7 +47,7 @@ public readonly partial record struct FileIdentity(ulong Device, ulong Inode, lo
     /// <summary>The identity of the file <paramref name="path"/> names now (symbolic links followed), or null when there is none.</summary>
     public static FileIdentity? Of(string path)
     {
-        if (!s_noStatx && Statx(AtFdCwd, path, 0) is { } id) return id;
+        if (!s_noStatx && Statx(Posix.AtCurrentFolder, path, 0) is { } id) return id;
         var info = new FileInfo(path);
         return info.Exists ? new FileIdentity(0, 0, info.Length, Ns(info.LastWriteTimeUtc), 0) : null;
     }
@@ -70,23 +68,14 @@ public readonly partial record struct FileIdentity(ulong Device, ulong Inode, lo
     private static unsafe FileIdentity? Statx(int dirfd, string path, int flags)
     {
         byte* b = stackalloc byte[256];
-        int rc;
-        try { rc = statx(dirfd, path, flags, StatxBasicStats, b); }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        int error = Posix.Statx(dirfd, path, flags, StatxBasicStats, b);
+        if (error != 0)
         {
-            s_noStatx = true;
-            return null;
-        }
-        if (rc != 0)
-        {
-            if (Marshal.GetLastPInvokeError() is 38 /* ENOSYS */ or 1 /* EPERM: seccomp */) s_noStatx = true;
+            if (error is Posix.Enosys or 1 /* EPERM: seccomp */) s_noStatx = true;
             return null;
         }
         static long Time(byte* t) => *(long*)t * 1_000_000_000L + *(uint*)(t + 8);
         ulong device = ((ulong)*(uint*)(b + 0x88) << 32) | *(uint*)(b + 0x8C);
         return new FileIdentity(device, *(ulong*)(b + 0x20), (long)*(ulong*)(b + 0x28), Time(b + 0x70), Time(b + 0x60));
     }
-
-    [LibraryImport("libc", EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static unsafe partial int statx(int dirfd, string path, int flags, uint mask, byte* buffer);
 }

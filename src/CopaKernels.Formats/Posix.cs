@@ -58,21 +58,59 @@ internal static unsafe partial class Posix
         }
     }
 
-    /// <summary>The owner and group of <paramref name="path"/> (Linux <c>statx</c>); false where unknown.</summary>
-    public static bool TryGetOwner(string path, out uint uid, out uint gid)
+    /// <summary>
+    /// Linux <c>statx(dirfd, path, flags, mask)</c> into <paramref name="buffer"/> (256 bytes: struct statx has
+    /// one layout on every architecture, include/uapi/linux/stat.h). 0 on success, else the errno (ENOSYS
+    /// where there is no statx: another system, an old C library, a seccomp filter that refuses it).
+    /// </summary>
+    public static int Statx(int dirfd, string path, int flags, uint mask, byte* buffer)
     {
-        uid = gid = 0;
-        if (!OperatingSystem.IsLinux()) return false;
-        // struct statx has one layout on every architecture: stx_mask at 0, stx_uid at 20, stx_gid at 24; 256 bytes.
-        byte* buffer = stackalloc byte[256];
+        if (!OperatingSystem.IsLinux()) return Enosys;
         try
         {
-            if (statx(AtFdCwd, path, 0, StatxUid | StatxGid, buffer) != 0) return false;
+            return statx(dirfd, path, flags, mask, buffer) == 0 ? 0 : Marshal.GetLastPInvokeError();
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return Enosys;
+        }
+    }
+
+    /// <summary>ENOSYS: what <see cref="Statx"/> answers where there is no statx.</summary>
+    public const int Enosys = 38;
+
+    /// <summary>statx's "relative to the working folder" (AT_FDCWD).</summary>
+    public const int AtCurrentFolder = AtFdCwd;
+
+    /// <summary>
+    /// Waits until <paramref name="folder"/>'s entries (a rename into it) are on disk: <c>fsync</c> of the
+    /// folder itself, which syncing the files does not do. False where it cannot be done.
+    /// </summary>
+    public static bool TrySyncFolder(string folder)
+    {
+        if (OperatingSystem.IsWindows()) return false;
+        try
+        {
+            int fd = open(folder, ORdOnly | (OperatingSystem.IsLinux() ? ODirectoryLinux : 0));
+            if (fd < 0) return false;
+            try { return fsync(fd) == 0; }
+            finally { close(fd); }
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {
             return false;
         }
+    }
+
+    private const int ORdOnly = 0, ODirectoryLinux = 0x10000;
+
+    /// <summary>The owner and group of <paramref name="path"/> (Linux <c>statx</c>); false where unknown.</summary>
+    public static bool TryGetOwner(string path, out uint uid, out uint gid)
+    {
+        uid = gid = 0;
+        // stx_mask at 0, stx_uid at 20, stx_gid at 24.
+        byte* buffer = stackalloc byte[256];
+        if (Statx(AtFdCwd, path, 0, StatxUid | StatxGid, buffer) != 0) return false;
         if ((*(uint*)buffer & (StatxUid | StatxGid)) != (StatxUid | StatxGid)) return false;
         uid = *(uint*)(buffer + 20);
         gid = *(uint*)(buffer + 24);
@@ -101,4 +139,13 @@ internal static unsafe partial class Posix
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int lchown(string path, uint owner, uint group);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int open(string path, int flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fsync(int fd);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int close(int fd);
 }

@@ -279,9 +279,7 @@ public static class MergePlanner
             if (RealPath.IsInside(input, output))
                 throw new CopaInputException(request.Output, null, $"output must not contain an input ({path})");
         }
-        if (File.Exists(output)) throw new CopaInputException(request.Output, null, "output path is a file");
-        if (Directory.Exists(output) && Directory.EnumerateFileSystemEntries(output).Any())
-            throw new CopaInputException(request.Output, null, "output folder exists and is not empty");
+        AtomicFolder.CheckDestination(request.Output, output);
     }
 
     private static void CheckDiskSpace(MergePlan plan)

@@ -34,6 +34,17 @@ internal sealed partial class CopaProcess : IDisposable
     public static CopaProcess StartInShell(string redirections, params string[] args) =>
         Launch("/bin/sh", ["-c", $"exec \"$@\" {redirections}", "sh", .. Copa(args)]);
 
+    /// <summary>
+    /// Starts <c>copa args</c> in a mount namespace of its own (<c>unshare</c>; as an unprivileged user
+    /// with a user namespace too) in which an empty tmpfs is mounted on <paramref name="mountPoint"/>,
+    /// so a test can hand copa a mount point without touching the machine's mounts.
+    /// </summary>
+    public static CopaProcess StartWithMountPoint(string mountPoint, params string[] args) =>
+        // Propagation is made private inside the new namespace (so the tmpfs never shows outside it) where
+        // it can be; inside a chroot, whose root is no mount point, unshare's own attempt fails, so it is skipped there.
+        Launch("/usr/bin/unshare", [Environment.UserName == "root" ? "-m" : "-rm", "--propagation", "unchanged", "/bin/sh", "-c",
+            "mount --make-rprivate / 2>/dev/null; mount -t tmpfs copa-test \"$0\" && exec \"$@\"", mountPoint, .. Copa(args)]);
+
     public int Pid => _process.Id;
 
     public bool HasExited => _process.HasExited;

@@ -163,6 +163,22 @@ public sealed class OutputPathTests(StreamingFixture fx) : IClassFixture<Streami
     }
 
     [Fact]
+    public void EmptyOutThatIsAMountPoint_IsRefusedAtPlanTime()
+    {
+        // A rename cannot land on a mount point: before, the whole merge ran and then failed with exit 1.
+        using var dir = new TempDir();
+        var output = Path.Combine(dir.Path, "volume");
+        Directory.CreateDirectory(output);
+        var args = new List<string> { "merge", "--method", "copa", "--out", output, "--quiet" };
+        foreach (var a in fx.Adapters) args.AddRange(["--adapter", a]);
+        using var copa = CopaProcess.StartWithMountPoint(output, args.ToArray());
+        var (code, _, err) = copa.Wait();
+        Assert.True(code == 2, $"exit {code}: {err}");
+        Assert.Equal($"error: {output}: output folder is a mount point, which the finished output cannot be renamed onto; give a new folder inside it", err.Trim());
+        Assert.Equal([output], Directory.GetFileSystemEntries(dir.Path)); // no temporary folder or lock beside it
+    }
+
+    [Fact]
     [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
     public void ExistingEmptyOut_KeepsItsModeAndOwner()
     {
