@@ -278,7 +278,7 @@ internal static unsafe class LowRankProduct
                         float* partial = s.Partial + (long)(p - p0) * MR * s.NcPad;
                         float* init = k0 == 0 ? null : partial;
                         if (!last)
-                            TK.Run<Epilogue<NoBase, F32Out>>(s.A, bp, kc, panels, (byte*)partial, s.NcPad * sizeof(float), null, 0, init, s.NcPad);
+                            TK.Run<Epilogue<NoBase, F32Scratch>>(s.A, bp, kc, panels, (byte*)partial, s.NcPad * sizeof(float), null, 0, init, s.NcPad, null);
                         else
                             Finish<TK, TE>(s, p * MR, j0, nc, panels, bp, kc, init);
                     }
@@ -295,7 +295,7 @@ internal static unsafe class LowRankProduct
             int nr = TK.NR, mr = Math.Min(MR, _m - i0);
             if (_strip)
             {
-                TK.Run<Epilogue<NoBase, F32Out>>(s.A, bp, kc, panels, (byte*)s.Strip, s.StripStride * sizeof(float), null, 0, init, s.NcPad);
+                TK.Run<Epilogue<NoBase, F32Scratch>>(s.A, bp, kc, panels, (byte*)s.Strip, s.StripStride * sizeof(float), null, 0, init, s.NcPad, null);
                 StripEpilogue(s, i0, mr, j0, nc);
                 CheckFinite(i0, mr, j0, nc);
                 return;
@@ -309,7 +309,7 @@ internal static unsafe class LowRankProduct
             if (mr == MR && TE.InRegisters)
             {
                 q0 = nc / nr; // every whole panel in one call
-                TK.Run<TE>(s.A, bp, kc, q0, o, ldo, bo, ldb, init, s.NcPad);
+                TK.Run<TE>(s.A, bp, kc, q0, o, ldo, bo, ldb, init, s.NcPad, _flag);
             }
             for (int q = q0; q < panels; q++)
             {
@@ -318,25 +318,28 @@ internal static unsafe class LowRankProduct
                 byte* oq = o + q * nr * os, bq = bo + q * nr * bs;
                 // Conversions need more registers than the 12 accumulators leave free: park the
                 // tile in L1 and convert it row by row (the same arithmetic, so the same bits).
-                TK.Run<Epilogue<NoBase, F32Out>>(a, bp, kc, 1, (byte*)s.Tile, nr * sizeof(float), null, 0, init == null ? null : init + q * nr, s.NcPad);
+                TK.Run<Epilogue<NoBase, F32Scratch>>(a, bp, kc, 1, (byte*)s.Tile, nr * sizeof(float), null, 0, init == null ? null : init + q * nr, s.NcPad, null);
                 if (mr == MR && cols == nr && Vector256.IsHardwareAccelerated)
                 {
+                    var seen = Vector256<uint>.Zero;
                     for (int i = 0; i < MR; i++, oq += ldo, bq += ldb)
                         for (int j = 0; j < nr; j += 16)
-                            TE.Store(Vector256.Load(s.Tile + i * nr + j), Vector256.Load(s.Tile + i * nr + j + 8), oq + j * os, bq + j * bs);
+                            seen = TE.Worse(seen, TE.Store(Vector256.Load(s.Tile + i * nr + j), Vector256.Load(s.Tile + i * nr + j + 8), oq + j * os, bq + j * bs));
+                    if (_flag != null && TE.NonFinite(seen)) Volatile.Write(ref *_flag, 1);
                     continue;
                 }
+                uint worst = 0;
                 for (int i = 0; i < mr; i++, oq += ldo, bq += ldb)
                     for (int j = 0; j < cols; j++)
-                        TE.Store(s.Tile[i * nr + j], oq + j * os, bq + j * bs);
+                        worst = Math.Max(worst, TE.Store(s.Tile[i * nr + j], oq + j * os, bq + j * bs));
+                if (_flag != null && TE.NonFinite1(worst)) Volatile.Write(ref *_flag, 1);
             }
-            CheckFinite(i0, mr, j0, nc);
         }
 
         /// <summary>
-        /// Raises the non-finite flag if rows i0.. of columns j0..j0+nc, just stored, hold NaN or ±Inf. The
-        /// block was written a moment ago (at most 6 rows of one column block, in L1 or L2), so the scan adds
-        /// no memory traffic to a product bound by writing its output.
+        /// Raises the non-finite flag if rows i0.. of columns j0..j0+nc, just stored through the strip (F16
+        /// output or base), hold NaN or ±Inf: the span conversions have no hook, and each converted row is
+        /// still in L1. The other epilogues check the values in registers as they store them.
         /// </summary>
         private void CheckFinite(int i0, int mr, long j0, int nc)
         {
@@ -474,30 +477,100 @@ internal static unsafe class LowRankProduct
         public static float Load1(byte* p) => FloatConversion.Bf16ToSingle(*(ushort*)p);
     }
 
-    /// <summary>Rounds NR fp32 values once to the stored type and writes them.</summary>
+    /// <summary>
+    /// Rounds NR fp32 values once to the stored type and writes them; each store also returns a check
+    /// vector of what it wrote, which <see cref="Worse(Vector256{uint}, Vector256{uint})"/> folds and <see cref="NonFinite(Vector256{uint})"/>
+    /// tests, for the non-finite flag: a couple of operations on registers the store holds anyway.
+    /// </summary>
     private interface IOutWrite
     {
         static abstract int Size { get; }
-        static abstract void Store(Vector256<float> lo, Vector256<float> hi, byte* p);
-        static abstract void Store(Vector512<float> lo, Vector512<float> hi, byte* p);
-        static abstract void Store1(float v, byte* p);
+        /// <summary>Whether what is stored is output, checked for the non-finite flag (not a scratch tile parked in between).</summary>
+        static abstract bool Checks { get; }
+        static abstract Vector256<uint> Store(Vector256<float> lo, Vector256<float> hi, byte* p);
+        static abstract Vector512<uint> Store(Vector512<float> lo, Vector512<float> hi, byte* p);
+        static abstract uint Store1(float v, byte* p);
+        static abstract Vector256<uint> Worse(Vector256<uint> a, Vector256<uint> b);
+        static abstract Vector512<uint> Worse(Vector512<uint> a, Vector512<uint> b);
+        static abstract bool NonFinite(Vector256<uint> check);
+        static abstract bool NonFinite(Vector512<uint> check);
+        static abstract bool NonFinite1(uint check);
     }
 
+    /// <summary>F32 output. Check: the largest magnitude bits (sign cleared), not finite from the infinity pattern up.</summary>
     private struct F32Out : IOutWrite
     {
         public static int Size => sizeof(float);
+        public static bool Checks => true;
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Store(Vector256<float> lo, Vector256<float> hi, byte* p) { lo.Store((float*)p); hi.Store((float*)p + Vector256<float>.Count); }
+        public static Vector256<uint> Store(Vector256<float> lo, Vector256<float> hi, byte* p)
+        {
+            lo.Store((float*)p);
+            hi.Store((float*)p + Vector256<float>.Count);
+            return Vector256.Max(lo.AsUInt32() & Vector256.Create(0x7FFF_FFFFu), hi.AsUInt32() & Vector256.Create(0x7FFF_FFFFu));
+        }
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Store(Vector512<float> lo, Vector512<float> hi, byte* p) { lo.Store((float*)p); hi.Store((float*)p + Vector512<float>.Count); }
-        public static void Store1(float v, byte* p) => *(float*)p = v;
+        public static Vector512<uint> Store(Vector512<float> lo, Vector512<float> hi, byte* p)
+        {
+            lo.Store((float*)p);
+            hi.Store((float*)p + Vector512<float>.Count);
+            return Vector512.Max(lo.AsUInt32() & Vector512.Create(0x7FFF_FFFFu), hi.AsUInt32() & Vector512.Create(0x7FFF_FFFFu));
+        }
+        public static uint Store1(float v, byte* p)
+        {
+            *(float*)p = v;
+            return BitConverter.SingleToUInt32Bits(v) & 0x7FFF_FFFFu;
+        }
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<uint> Worse(Vector256<uint> a, Vector256<uint> b) => Vector256.Max(a, b);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<uint> Worse(Vector512<uint> a, Vector512<uint> b) => Vector512.Max(a, b);
+        public static bool NonFinite(Vector256<uint> check) => Vector256.GreaterThanOrEqualAny(check, Vector256.Create(0x7F80_0000u));
+        public static bool NonFinite(Vector512<uint> check) => Vector512.GreaterThanOrEqualAny(check, Vector512.Create(0x7F80_0000u));
+        public static bool NonFinite1(uint check) => check >= 0x7F80_0000u;
     }
 
+    /// <summary>F32 stores into a scratch tile (partial K sums, the strip, the tile before conversion): not output, so not checked.</summary>
+    private struct F32Scratch : IOutWrite
+    {
+        public static int Size => sizeof(float);
+        public static bool Checks => false;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<uint> Store(Vector256<float> lo, Vector256<float> hi, byte* p)
+        {
+            lo.Store((float*)p);
+            hi.Store((float*)p + Vector256<float>.Count);
+            return default;
+        }
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<uint> Store(Vector512<float> lo, Vector512<float> hi, byte* p)
+        {
+            lo.Store((float*)p);
+            hi.Store((float*)p + Vector512<float>.Count);
+            return default;
+        }
+        public static uint Store1(float v, byte* p)
+        {
+            *(float*)p = v;
+            return 0;
+        }
+        public static Vector256<uint> Worse(Vector256<uint> a, Vector256<uint> b) => default;
+        public static Vector512<uint> Worse(Vector512<uint> a, Vector512<uint> b) => default;
+        public static bool NonFinite(Vector256<uint> check) => false;
+        public static bool NonFinite(Vector512<uint> check) => false;
+        public static bool NonFinite1(uint check) => false;
+    }
+
+    /// <summary>
+    /// BF16 output. Check: the stored bits themselves with the sign cleared, as 16-bit lanes (not finite from
+    /// 0x7F80 up), taken after the rounding, which is what can carry a finite fp32 value to ±Inf.
+    /// </summary>
     private struct Bf16Out : IOutWrite
     {
         public static int Size => sizeof(ushort);
+        public static bool Checks => true;
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Store(Vector256<float> lo, Vector256<float> hi, byte* p)
+        public static Vector256<uint> Store(Vector256<float> lo, Vector256<float> hi, byte* p)
         {
             // Rounded values are ≤ 0xFFFF, so the saturating pack is the plain narrowing; it works per
             // 128-bit lane, and the permute puts the quarters back in order.
@@ -505,10 +578,28 @@ internal static unsafe class LowRankProduct
                 ? Avx2.Permute4x64(Avx2.PackUnsignedSaturate(Round(lo).AsInt32(), Round(hi).AsInt32()).AsUInt64(), 0b11_01_10_00).AsUInt16()
                 : Vector256.Narrow(Round(lo), Round(hi));
             r.Store((ushort*)p);
+            return (r & Vector256.Create((ushort)0x7FFF)).AsUInt32();
         }
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Store(Vector512<float> lo, Vector512<float> hi, byte* p) => Vector512.Narrow(Round(lo), Round(hi)).Store((ushort*)p);
-        public static void Store1(float v, byte* p) => *(ushort*)p = FloatConversion.SingleToBf16(v);
+        public static Vector512<uint> Store(Vector512<float> lo, Vector512<float> hi, byte* p)
+        {
+            var r = Vector512.Narrow(Round(lo), Round(hi));
+            r.Store((ushort*)p);
+            return (r & Vector512.Create((ushort)0x7FFF)).AsUInt32();
+        }
+        public static uint Store1(float v, byte* p)
+        {
+            ushort r = FloatConversion.SingleToBf16(v);
+            *(ushort*)p = r;
+            return r & 0x7FFFu;
+        }
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<uint> Worse(Vector256<uint> a, Vector256<uint> b) => Vector256.Max(a.AsUInt16(), b.AsUInt16()).AsUInt32();
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<uint> Worse(Vector512<uint> a, Vector512<uint> b) => Vector512.Max(a.AsUInt16(), b.AsUInt16()).AsUInt32();
+        public static bool NonFinite(Vector256<uint> check) => Vector256.GreaterThanOrEqualAny(check.AsUInt16(), Vector256.Create((ushort)0x7F80));
+        public static bool NonFinite(Vector512<uint> check) => Vector512.GreaterThanOrEqualAny(check.AsUInt16(), Vector512.Create((ushort)0x7F80));
+        public static bool NonFinite1(uint check) => check >= 0x7F80u;
 
         // The same rule as FloatConversion.SingleToBf16: nearest-even on the dropped 16 bits, every NaN → 0x7FC0.
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -535,9 +626,17 @@ internal static unsafe class LowRankProduct
         static abstract int BaseSize { get; }
         /// <summary>Cheap enough to run on the accumulators without spilling them (F32 out, no or F32 base).</summary>
         static abstract bool InRegisters { get; }
-        static abstract void Store(Vector256<float> lo, Vector256<float> hi, byte* c, byte* bc);
-        static abstract void Store(Vector512<float> lo, Vector512<float> hi, byte* c, byte* bc);
-        static abstract void Store(float v, byte* c, byte* bc);
+        /// <summary>See <see cref="IOutWrite.Checks"/>: false compiles the check out of the micro-kernel.</summary>
+        static abstract bool Checks { get; }
+        // Each store returns its output writer's check vector (IOutWrite), folded with Worse and tested with NonFinite.
+        static abstract Vector256<uint> Store(Vector256<float> lo, Vector256<float> hi, byte* c, byte* bc);
+        static abstract Vector512<uint> Store(Vector512<float> lo, Vector512<float> hi, byte* c, byte* bc);
+        static abstract uint Store(float v, byte* c, byte* bc);
+        static abstract Vector256<uint> Worse(Vector256<uint> a, Vector256<uint> b);
+        static abstract Vector512<uint> Worse(Vector512<uint> a, Vector512<uint> b);
+        static abstract bool NonFinite(Vector256<uint> check);
+        static abstract bool NonFinite(Vector512<uint> check);
+        static abstract bool NonFinite1(uint check);
     }
 
     private struct Epilogue<TB, TO> : IEpilogue where TB : struct, IBaseRead where TO : struct, IOutWrite
@@ -550,31 +649,43 @@ internal static unsafe class LowRankProduct
             get => typeof(TO) == typeof(F32Out) && typeof(TB) != typeof(Bf16Base);
         }
 
+        public static bool Checks => TO.Checks;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<uint> Worse(Vector256<uint> a, Vector256<uint> b) => TO.Worse(a, b);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<uint> Worse(Vector512<uint> a, Vector512<uint> b) => TO.Worse(a, b);
+        public static bool NonFinite(Vector256<uint> check) => TO.NonFinite(check);
+        public static bool NonFinite(Vector512<uint> check) => TO.NonFinite(check);
+        public static bool NonFinite1(uint check) => TO.NonFinite1(check);
+
         // Every base load of a row precedes its store, so bc == c (in-place) reads the old values.
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Store(Vector256<float> lo, Vector256<float> hi, byte* c, byte* bc)
+        public static Vector256<uint> Store(Vector256<float> lo, Vector256<float> hi, byte* c, byte* bc)
         {
             if (TB.Present)
             {
                 lo += TB.Load(bc);
                 hi += TB.Load(bc + Vector256<float>.Count * TB.Size);
             }
-            TO.Store(lo, hi, c);
+            return TO.Store(lo, hi, c);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Store(Vector512<float> lo, Vector512<float> hi, byte* c, byte* bc)
+        public static Vector512<uint> Store(Vector512<float> lo, Vector512<float> hi, byte* c, byte* bc)
         {
             if (TB.Present)
             {
                 lo += TB.Load512(bc);
                 hi += TB.Load512(bc + Vector512<float>.Count * TB.Size);
             }
-            TO.Store(lo, hi, c);
+            return TO.Store(lo, hi, c);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Store(float v, byte* c, byte* bc) => TO.Store1(TB.Present ? v + TB.Load1(bc) : v, c);
+        public static uint Store(float v, byte* c, byte* bc)
+        {
+            return TO.Store1(TB.Present ? v + TB.Load1(bc) : v, c);
+        }
     }
 
     /// <summary>
@@ -585,7 +696,7 @@ internal static unsafe class LowRankProduct
     private interface IMicroKernel
     {
         static abstract int NR { get; }
-        static abstract void Run<TE>(float* a, float* b, int k, int panels, byte* c, nint ldc, byte* bc, nint ldb, float* init, nint ldi) where TE : struct, IEpilogue;
+        static abstract void Run<TE>(float* a, float* b, int k, int panels, byte* c, nint ldc, byte* bc, nint ldb, float* init, nint ldi, int* flag) where TE : struct, IEpilogue;
     }
 
     private struct Kernel256 : IMicroKernel
@@ -593,7 +704,7 @@ internal static unsafe class LowRankProduct
         public static int NR => 16;
 
         [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void Run<TE>(float* a, float* b, int k, int panels, byte* c, nint ldc, byte* bc, nint ldb, float* init, nint ldi) where TE : struct, IEpilogue
+        public static void Run<TE>(float* a, float* b, int k, int panels, byte* c, nint ldc, byte* bc, nint ldb, float* init, nint ldi, int* flag) where TE : struct, IEpilogue
         {
             // Several panels per call: at K = 16 the call, the zeroing and the stores are a third of the work.
             for (; panels > 0; panels--, c += 16 * TE.OutSize, bc += 16 * TE.BaseSize)
@@ -635,12 +746,14 @@ internal static unsafe class LowRankProduct
                     c50 = Vector256.FusedMultiplyAdd(a0, w, c50); c51 = Vector256.FusedMultiplyAdd(a1, w, c51);
                 }
                 byte* cr = c, br = bc;
-                TE.Store(c00, c01, cr, br); cr += ldc; br += ldb;
-                TE.Store(c10, c11, cr, br); cr += ldc; br += ldb;
-                TE.Store(c20, c21, cr, br); cr += ldc; br += ldb;
-                TE.Store(c30, c31, cr, br); cr += ldc; br += ldb;
-                TE.Store(c40, c41, cr, br); cr += ldc; br += ldb;
-                TE.Store(c50, c51, cr, br);
+                var s0 = TE.Store(c00, c01, cr, br); cr += ldc; br += ldb;
+                var s1 = TE.Store(c10, c11, cr, br); cr += ldc; br += ldb;
+                var s2 = TE.Store(c20, c21, cr, br); cr += ldc; br += ldb;
+                var s3 = TE.Store(c30, c31, cr, br); cr += ldc; br += ldb;
+                var s4 = TE.Store(c40, c41, cr, br); cr += ldc; br += ldb;
+                var s5 = TE.Store(c50, c51, cr, br);
+                if (TE.Checks && flag != null && TE.NonFinite(TE.Worse(TE.Worse(TE.Worse(s0, s1), TE.Worse(s2, s3)), TE.Worse(s4, s5))))
+                    Volatile.Write(ref *flag, 1);
             }
         }
     }
@@ -652,7 +765,7 @@ internal static unsafe class LowRankProduct
         // 6 × 64: 24 zmm accumulators of the 32, four A loads and six broadcasts per 24 FMAs (6 × 32 had
         // 8 loads per 12 FMAs and left 20 registers idle).
         [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void Run<TE>(float* a, float* b, int k, int panels, byte* c, nint ldc, byte* bc, nint ldb, float* init, nint ldi) where TE : struct, IEpilogue
+        public static void Run<TE>(float* a, float* b, int k, int panels, byte* c, nint ldc, byte* bc, nint ldb, float* init, nint ldi, int* flag) where TE : struct, IEpilogue
         {
             // Several panels per call: at K = 16 the call, the zeroing and the stores are a third of the work.
             for (; panels > 0; panels--, c += 64 * TE.OutSize, bc += 64 * TE.BaseSize)
@@ -703,12 +816,14 @@ internal static unsafe class LowRankProduct
                 }
                 byte* cr = c, br = bc;
                 nint half = 32 * TE.OutSize, bhalf = 32 * TE.BaseSize;
-                TE.Store(c00, c01, cr, br); TE.Store(c02, c03, cr + half, br + bhalf); cr += ldc; br += ldb;
-                TE.Store(c10, c11, cr, br); TE.Store(c12, c13, cr + half, br + bhalf); cr += ldc; br += ldb;
-                TE.Store(c20, c21, cr, br); TE.Store(c22, c23, cr + half, br + bhalf); cr += ldc; br += ldb;
-                TE.Store(c30, c31, cr, br); TE.Store(c32, c33, cr + half, br + bhalf); cr += ldc; br += ldb;
-                TE.Store(c40, c41, cr, br); TE.Store(c42, c43, cr + half, br + bhalf); cr += ldc; br += ldb;
-                TE.Store(c50, c51, cr, br); TE.Store(c52, c53, cr + half, br + bhalf);
+                var s0 = TE.Worse(TE.Store(c00, c01, cr, br), TE.Store(c02, c03, cr + half, br + bhalf)); cr += ldc; br += ldb;
+                var s1 = TE.Worse(TE.Store(c10, c11, cr, br), TE.Store(c12, c13, cr + half, br + bhalf)); cr += ldc; br += ldb;
+                var s2 = TE.Worse(TE.Store(c20, c21, cr, br), TE.Store(c22, c23, cr + half, br + bhalf)); cr += ldc; br += ldb;
+                var s3 = TE.Worse(TE.Store(c30, c31, cr, br), TE.Store(c32, c33, cr + half, br + bhalf)); cr += ldc; br += ldb;
+                var s4 = TE.Worse(TE.Store(c40, c41, cr, br), TE.Store(c42, c43, cr + half, br + bhalf)); cr += ldc; br += ldb;
+                var s5 = TE.Worse(TE.Store(c50, c51, cr, br), TE.Store(c52, c53, cr + half, br + bhalf));
+                if (TE.Checks && flag != null && TE.NonFinite(TE.Worse(TE.Worse(TE.Worse(s0, s1), TE.Worse(s2, s3)), TE.Worse(s4, s5))))
+                    Volatile.Write(ref *flag, 1);
             }
         }
     }
@@ -718,7 +833,7 @@ internal static unsafe class LowRankProduct
         public static int NR => 16;
 
         [SkipLocalsInit]
-        public static void Run<TE>(float* a, float* b, int k, int panels, byte* c, nint ldc, byte* bc, nint ldb, float* init, nint ldi) where TE : struct, IEpilogue
+        public static void Run<TE>(float* a, float* b, int k, int panels, byte* c, nint ldc, byte* bc, nint ldb, float* init, nint ldi, int* flag) where TE : struct, IEpilogue
         {
             float* acc = stackalloc float[MR * 16];
             for (; panels > 0; panels--, c += 16 * TE.OutSize, bc += 16 * TE.BaseSize)
@@ -734,9 +849,11 @@ internal static unsafe class LowRankProduct
                         for (int j = 0; j < 16; j++) acc[i * 16 + j] = MathF.FusedMultiplyAdd(a[j], w, acc[i * 16 + j]);
                     }
                 byte* cr = c, br = bc;
+                uint seen = 0;
                 for (int i = 0; i < MR; i++, cr += ldc, br += ldb)
                     for (int j = 0; j < 16; j++)
-                        TE.Store(acc[i * 16 + j], cr + j * TE.OutSize, br + j * TE.BaseSize);
+                        seen = Math.Max(seen, TE.Store(acc[i * 16 + j], cr + j * TE.OutSize, br + j * TE.BaseSize));
+                if (TE.Checks && flag != null && TE.NonFinite1(seen)) Volatile.Write(ref *flag, 1);
             }
         }
     }
