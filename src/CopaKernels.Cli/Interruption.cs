@@ -10,6 +10,12 @@ namespace CopaKernels.Cli;
 /// 131). A second signal is left to its default action and ends the process at once, for a run that
 /// does not stop soon enough. A signal the process was started with ignored (SIGHUP under nohup)
 /// stays ignored: .NET installs no handler for it.
+/// <para>
+/// Create it before opening a device backend. Native libraries a backend loads install handlers of their
+/// own: PoCL's LLVM does for SIGHUP, SIGINT and SIGTERM, and passes a signal on to the handler it found
+/// installed. Registered first, .NET's handler is the one it finds; registered after, .NET took LLVM's
+/// for the original one, and SIGHUP then killed the process with its temporary folder in place.
+/// </para>
 /// </summary>
 internal sealed class Interruption : IDisposable
 {

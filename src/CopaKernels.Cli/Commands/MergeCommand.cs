@@ -119,8 +119,11 @@ internal static class MergeCommand
         var clock = Stopwatch.StartNew();
         using var plan = MergePlanner.Plan(request);
         double planSeconds = clock.Elapsed.TotalSeconds;
+        // Ctrl-C, SIGTERM, SIGHUP: stop at the next tensor, remove the temporary folder, exit 128 + signal.
+        // Registered before the device is opened: see Interruption on the handlers native libraries install.
+        using var interruption = new Interruption();
         using var backend = Backends.Create(deviceSpec, threads);
-        return Run(plan, planSeconds, backend, quiet, stdout, stderr);
+        return Run(plan, planSeconds, backend, quiet, stdout, stderr, interruption);
     }
 
     /// <summary>Plans and runs a merge on an open backend (several merges can share one device and its loaded kernels).</summary>
@@ -131,12 +134,14 @@ internal static class MergeCommand
         return Run(plan, clock.Elapsed.TotalSeconds, backend, quiet, stdout, stderr);
     }
 
-    private static int Run(MergePlan plan, double planSeconds, IMergeBackend backend, bool quiet, TextWriter stdout, TextWriter stderr)
+    private static int Run(MergePlan plan, double planSeconds, IMergeBackend backend, bool quiet, TextWriter stdout, TextWriter stderr,
+        Interruption? outer = null)
     {
         if (!quiet) PrintPlan(plan, backend.Name, stdout);
 
         // Ctrl-C, SIGTERM, SIGHUP: stop at the next tensor, remove the temporary folder, exit 128 + signal.
-        using var interruption = new Interruption();
+        using var own = outer == null ? new Interruption() : null;
+        var interruption = outer ?? own!;
         var report = interruption.Run(ct => ConsoleProgress.Run(stderr, quiet, "merging",
             progress => MergeRunner.Run(plan, backend, progress, planSeconds, ct)));
         if (!quiet) PrintSummary(report, stdout);

@@ -42,3 +42,30 @@ public sealed class SignalTests(SlowMergeFixture fx) : IClassFixture<SlowMergeFi
         Assert.Empty(Directory.GetFileSystemEntries(parent));
     }
 }
+
+/// <summary>
+/// The same stop with an OpenCL device in use: PoCL's LLVM installs its own handlers when the device is
+/// opened; with .NET's registered after them, SIGHUP killed the process outright (temporary folder left).
+/// </summary>
+[Collection(ChildProcesses.Name)]
+[CopaKernels.Tests.Kernels.RequiresOpenCl]
+public sealed class OpenClSignalTests(SlowMergeFixture fx) : IClassFixture<SlowMergeFixture>
+{
+    [CopaKernels.Tests.Kernels.BackendTheory]
+    [InlineData(CopaProcess.SigHup, "SIGHUP")]
+    [InlineData(CopaProcess.SigTerm, "SIGTERM")]
+    public void Signal_StopsAnOpenClMerge_WithExit128PlusSignal_AndLeavesNothing(int signal, string name)
+    {
+        var parent = fx.NewParent();
+        var output = Path.Combine(parent, "made-for-it", "out");
+        using var copa = CopaProcess.Start([.. fx.SlowMerge(output), "--device", "opencl"]);
+        Assert.True(CopaProcess.WaitUntil(() => Directory.Exists(Path.GetDirectoryName(output)) &&
+            SlowMergeFixture.Owned(Path.GetDirectoryName(output)!).Any(n => n.EndsWith(".tmp")) || copa.HasExited), "no temporary folder appeared");
+        copa.Signal(signal);
+        var (code, _, err) = copa.Wait();
+
+        Assert.True(code == 128 + signal, $"exit {code}: {err}");
+        Assert.Equal($"error: interrupted by {name}", err.Trim());
+        Assert.Empty(Directory.GetFileSystemEntries(parent));
+    }
+}
