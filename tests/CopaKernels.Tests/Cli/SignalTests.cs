@@ -11,11 +11,15 @@ public sealed class SignalTests(SlowMergeFixture fx) : IClassFixture<SlowMergeFi
     [InlineData(CopaProcess.SigInt, "SIGINT")]
     [InlineData(CopaProcess.SigTerm, "SIGTERM")]
     [InlineData(CopaProcess.SigHup, "SIGHUP")]
-    public void Signal_StopsTheMerge_WithExit128PlusSignal_AndLeavesNothing(int signal, string name)
+    public void Signal_StopsTheMerge_WithExit128PlusSignal_AndLeavesNothing(int signal, string name) =>
+        StopsCleanly(fx, signal, name);
+
+    /// <summary>Starts the slow merge, signals it once its temporary folder is there, and checks the clean stop.</summary>
+    internal static void StopsCleanly(SlowMergeFixture fx, int signal, string name, params string[] extra)
     {
         var parent = fx.NewParent();
         var output = Path.Combine(parent, "made-for-it", "out");
-        using var copa = CopaProcess.Start(fx.SlowMerge(output));
+        using var copa = CopaProcess.Start([.. fx.SlowMerge(output), .. extra]);
         Assert.True(CopaProcess.WaitUntil(() => Directory.Exists(Path.GetDirectoryName(output)) &&
             SlowMergeFixture.Owned(Path.GetDirectoryName(output)!).Any(n => n.EndsWith(".tmp")) || copa.HasExited), "no temporary folder appeared");
         copa.Signal(signal);
@@ -54,18 +58,6 @@ public sealed class OpenClSignalTests(SlowMergeFixture fx) : IClassFixture<SlowM
     [CopaKernels.Tests.Kernels.BackendTheory]
     [InlineData(CopaProcess.SigHup, "SIGHUP")]
     [InlineData(CopaProcess.SigTerm, "SIGTERM")]
-    public void Signal_StopsAnOpenClMerge_WithExit128PlusSignal_AndLeavesNothing(int signal, string name)
-    {
-        var parent = fx.NewParent();
-        var output = Path.Combine(parent, "made-for-it", "out");
-        using var copa = CopaProcess.Start([.. fx.SlowMerge(output), "--device", "opencl"]);
-        Assert.True(CopaProcess.WaitUntil(() => Directory.Exists(Path.GetDirectoryName(output)) &&
-            SlowMergeFixture.Owned(Path.GetDirectoryName(output)!).Any(n => n.EndsWith(".tmp")) || copa.HasExited), "no temporary folder appeared");
-        copa.Signal(signal);
-        var (code, _, err) = copa.Wait();
-
-        Assert.True(code == 128 + signal, $"exit {code}: {err}");
-        Assert.Equal($"error: interrupted by {name}", err.Trim());
-        Assert.Empty(Directory.GetFileSystemEntries(parent));
-    }
+    public void Signal_StopsAnOpenClMerge_WithExit128PlusSignal_AndLeavesNothing(int signal, string name) =>
+        SignalTests.StopsCleanly(fx, signal, name, "--device", "opencl");
 }

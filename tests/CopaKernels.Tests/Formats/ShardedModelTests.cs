@@ -150,10 +150,9 @@ public class ShardedModelTests
         File.Move(tmp, shardPath, overwrite: true);
     }
 
-    [Fact]
-    public void TensorHeldByTwoShards_IsAnInputError_NamingBothShards()
+    /// <summary>A sharded model in <paramref name="dir"/>: the shard holding model.norm.weight, and another.</summary>
+    private static (string Holder, string Other) ShardsOfNormWeight(TempDir dir)
     {
-        using var dir = new TempDir();
         WriteSharded(dir.Path, maxShard: 5000);
         string holder;
         using (var m = ShardedModel.Open(dir.Path))
@@ -161,7 +160,14 @@ public class ShardedModelTests
             m.TryGet("model.norm.weight", out var f, out _);
             holder = Path.GetFileName(f.Path);
         }
-        var other = Directory.GetFiles(dir.Path, "*.safetensors").Select(Path.GetFileName).First(n => n != holder)!;
+        return (holder, Directory.GetFiles(dir.Path, "*.safetensors").Select(Path.GetFileName).First(n => n != holder)!);
+    }
+
+    [Fact]
+    public void TensorHeldByTwoShards_IsAnInputError_NamingBothShards()
+    {
+        using var dir = new TempDir();
+        var (holder, other) = ShardsOfNormWeight(dir);
         // The index still maps the tensor to its first holder; the second copy is the ambiguity.
         CopyTensorInto(dir.File(other), dir.File(holder), "model.norm.weight");
         var e = Assert.Throws<SafetensorsException>(() => ShardedModel.Open(dir.Path));
@@ -177,14 +183,7 @@ public class ShardedModelTests
     public void IndexPointingAtTheWrongShard_NamesTheShardThatHoldsTheTensor()
     {
         using var dir = new TempDir();
-        WriteSharded(dir.Path, maxShard: 5000);
-        string holder;
-        using (var m = ShardedModel.Open(dir.Path))
-        {
-            m.TryGet("model.norm.weight", out var f, out _);
-            holder = Path.GetFileName(f.Path);
-        }
-        var other = Directory.GetFiles(dir.Path, "*.safetensors").Select(Path.GetFileName).First(n => n != holder)!;
+        var (holder, other) = ShardsOfNormWeight(dir);
         EditIndex(dir.Path, m => m["model.norm.weight"] = other);
         var e = Assert.Throws<SafetensorsException>(() => ShardedModel.Open(dir.Path));
         Assert.Equal("model.norm.weight", e.Tensor);

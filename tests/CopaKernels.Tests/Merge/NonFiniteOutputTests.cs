@@ -34,6 +34,22 @@ public sealed class NonFiniteOutputTests(StreamingFixture fx) : IClassFixture<St
         return line;
     }
 
+    private static void SetLoraAlpha(string adapter, double alpha)
+    {
+        var config = Path.Combine(adapter, AdapterConfig.FileName);
+        var json = JsonNode.Parse(File.ReadAllText(config))!.AsObject();
+        json["lora_alpha"] = alpha;
+        File.WriteAllText(config, json.ToJsonString());
+    }
+
+    /// <summary>The shard file of <paramref name="model"/> that holds <paramref name="tensor"/>.</summary>
+    private static string ShardOf(string model, string tensor)
+    {
+        using var m = ShardedModel.Open(model);
+        Assert.True(m.TryGet(tensor, out var f, out _), tensor);
+        return f.Path;
+    }
+
     public static TheoryData<string[], string[]> Overflows() => new()
     {
         // The cases: λ past F32 in an adapter (its B factor) and in a model (W + ΔW).
@@ -68,10 +84,7 @@ public sealed class NonFiniteOutputTests(StreamingFixture fx) : IClassFixture<St
     {
         using var dir = new TempDir();
         var (b, adapters) = fx.CopyInputs(dir);
-        var config = Path.Combine(adapters[1], AdapterConfig.FileName);
-        var json = JsonNode.Parse(File.ReadAllText(config))!.AsObject();
-        json["lora_alpha"] = 1e40;
-        File.WriteAllText(config, json.ToJsonString());
+        SetLoraAlpha(adapters[1], 1e40);
         var output = Path.Combine(dir.Path, "out", "merged");
         var r = Merge(output, adapters, "--method", method, "--output", mode, "--base", b);
         if (method == "ties")
@@ -91,10 +104,7 @@ public sealed class NonFiniteOutputTests(StreamingFixture fx) : IClassFixture<St
     {
         using var dir = new TempDir();
         var (b, adapters) = fx.CopyInputs(dir);
-        var config = Path.Combine(adapters[1], AdapterConfig.FileName);
-        var json = JsonNode.Parse(File.ReadAllText(config))!.AsObject();
-        json["lora_alpha"] = 1e40;
-        File.WriteAllText(config, json.ToJsonString());
+        SetLoraAlpha(adapters[1], 1e40);
         var output = Path.Combine(dir.Path, "out", "merged");
         var line = AssertRefused(Merge(output, adapters, "--method", "ties", "--space", "delta", "--output", "model", "--base", b), output,
             $"error: {adapters[1]}: ", "ΔW = s·B·A of adapter 2 overflows F32 (LoRA scale 2.5e+39); its values are finite");
@@ -126,12 +136,7 @@ public sealed class NonFiniteOutputTests(StreamingFixture fx) : IClassFixture<St
         using var dir = new TempDir();
         var (b, adapters) = fx.CopyInputs(dir);
         const string weight = "model.layers.0.self_attn.q_proj.weight";
-        string shard;
-        using (var model = ShardedModel.Open(b))
-        {
-            Assert.True(model.TryGet(weight, out var f, out _));
-            shard = f.Path;
-        }
+        var shard = ShardOf(b, weight);
         StreamingFixture.Poke16(shard, weight, 7, 0x7F80); // +Inf in BF16
         var output = Path.Combine(dir.Path, "out", "merged");
         var r = Merge(output, adapters, "--method", "copa", "--output", "model", "--base", b);
@@ -147,12 +152,7 @@ public sealed class NonFiniteOutputTests(StreamingFixture fx) : IClassFixture<St
         using var dir = new TempDir();
         var (b, adapters) = fx.CopyInputs(dir);
         const string tensor = "model.norm.weight";
-        string shard;
-        using (var model = ShardedModel.Open(b))
-        {
-            Assert.True(model.TryGet(tensor, out var f, out _));
-            shard = f.Path;
-        }
+        var shard = ShardOf(b, tensor);
         StreamingFixture.Poke16(shard, tensor, 3, FloatConversion.SingleToBf16(1e6f)); // finite in BF16, not in F16
         var output = Path.Combine(dir.Path, "out", "merged");
         AssertRefused(Merge(output, adapters, "--method", "copa", "--output", "model", "--base", b, "--out-dtype", "f16"), output,
