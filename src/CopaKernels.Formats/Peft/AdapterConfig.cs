@@ -155,6 +155,7 @@ public sealed class AdapterConfig
         string? peftType = Str(root, "peft_type", path);
         if (peftType != null && !string.Equals(peftType, "LORA", StringComparison.OrdinalIgnoreCase))
             throw new AdapterException(path, null, $"peft_type is {peftType}; only LORA adapters can be merged");
+        RefuseVariants(root, path);
         double? rField = Required(root, "r", path);
         double rd = rField ?? PeftDefaultR;
         if (rd <= 0 || rd != Math.Floor(rd) || rd > int.MaxValue) throw new AdapterException(path, null, $"r is {rd}; it must be a positive integer");
@@ -189,6 +190,37 @@ public sealed class AdapterConfig
         cfg._patternKeys = CompilePatternKeys(cfg, path);
         cfg._path = path;
         return cfg;
+    }
+
+    /// <summary>
+    /// LoraConfig settings (huggingface/peft, src/peft/tuners/lora/config.py) under which the saved factors
+    /// are not a plain ΔW = s·B·A on the named base weight, so merging them as one would be wrong without a
+    /// word: refused when set. (use_dora, lora_bias and target_parameters are refused where they are read.)
+    /// </summary>
+    private static readonly (string Key, string Why)[] Variants =
+    [
+        ("layer_replication", "the adapter was trained on a model with replicated layers, whose layer numbers are not the base's"),
+        ("alora_invocation_tokens", "activated LoRA applies only after its invocation tokens, not as a weight update"),
+        ("use_qalora", "QA-LoRA's A acts on pooled inputs, not on the base weight's"),
+        ("use_bdlora", "BD-LoRA's factors are block-diagonal, not a plain B·A"),
+        ("velora_config", "a VeLoRA adapter is not a plain B·A update"),
+        ("monteclora_config", "a MonteCLoRA adapter is not a plain B·A update"),
+        ("arrow_config", "an Arrow adapter routes between several LoRAs per token"),
+    ];
+
+    private static void RefuseVariants(JsonObject root, string path)
+    {
+        foreach (var (key, why) in Variants)
+        {
+            if (!root.TryGetPropertyValue(key, out var n) || n is null) continue;
+            bool set = n.GetValueKind() switch
+            {
+                JsonValueKind.False or JsonValueKind.Null => false,
+                JsonValueKind.Array => n.AsArray().Count > 0,
+                _ => true,
+            };
+            if (set) throw new AdapterException(path, null, $"{key} is set: {why}; copa merges plain LoRA only");
+        }
     }
 
     private static string? Str(JsonObject o, string key, string path)

@@ -151,6 +151,21 @@ public class PeftAdapterTests
         Assert.Equal("model.layers.0.q_proj.weight", Assert.Single(a.Modules).BaseTensor);
     }
 
+    [Fact]
+    public void LoraVariantSettings_AtTheirDefaults_AreAccepted()
+    {
+        // PEFT writes every LoraConfig field; null, false and [] mean the variant is off.
+        using var dir = new TempDir();
+        var cfg = AdapterWriter.MakeConfig(2, 4, ["q_proj"], null);
+        cfg["layer_replication"] = null;
+        cfg["alora_invocation_tokens"] = new JsonArray();
+        cfg["use_qalora"] = false;
+        cfg["use_bdlora"] = null;
+        TestAdapters.WriteRaw(dir.Path, cfg, [new(P + ".lora_A.weight", DType.F32, [2, 8]), new(P + ".lora_B.weight", DType.F32, [8, 2])]);
+        using var a = LoraAdapter.Open(dir.Path);
+        Assert.Single(a.Modules);
+    }
+
     private const string P = "base_model.model.model.layers.0.q_proj";
 
     public static TheoryData<string, string?, string> BadAdapters() => new()
@@ -177,6 +192,9 @@ public class PeftAdapterTests
         { "alpha-past-double", null, "lora_alpha is 1E+400, beyond what a double holds" },
         { "alpha-pattern-past-double", null, "alpha_pattern['q_proj'] is -1E+999, beyond what a double holds" },
         { "rank-pattern-fraction", null, "rank_pattern holds 2.5; every rank must be a positive integer" },
+        { "layer-replication", null, "layer_replication is set: the adapter was trained on a model with replicated layers" },
+        { "alora", null, "alora_invocation_tokens is set" },
+        { "qalora", null, "use_qalora is set" },
         { "bad-json", null, "not valid JSON" },
         { "no-tensors", null, "no LoRA modules" },
         { "no-config", null, "no adapter_config.json" },
@@ -215,6 +233,9 @@ public class PeftAdapterTests
             case "r-negative": cfg["r"] = -2; break;
             case "r-fraction": cfg["r"] = 2.5; break;
             case "rank-pattern-fraction": cfg["rank_pattern"] = new JsonObject { ["q_proj"] = 2.5 }; break;
+            case "layer-replication": cfg["layer_replication"] = new JsonArray(new JsonArray(0, 4), new JsonArray(2, 6)); break;
+            case "alora": cfg["alora_invocation_tokens"] = new JsonArray(32000, 13); break;
+            case "qalora": cfg["use_qalora"] = true; break;
             case "no-tensors": tensors = []; break;
         }
         TestAdapters.WriteRaw(dir.Path, cfg, tensors);
