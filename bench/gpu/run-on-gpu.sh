@@ -52,9 +52,10 @@ step machine machine
 step devices "$here/copa/copa" devices
 # shellcheck disable=SC2086  # COPA_BENCH_ARGS is a list of options on purpose
 step bench "$here/copa/copa" bench --device "${COPA_BENCH_DEVICES:-cuda,cpu}" --json "$results/bench.json" ${COPA_BENCH_ARGS:-}
-# The tests write temporary files under $TMPDIR (or /tmp) and clean up after themselves.
+# The tests write temporary files under $TMPDIR (or /tmp) and clean up after themselves. Those that run
+# copa as a child process (signals, kill -9, a closed stderr) run the package's own tool: there is no dotnet.
 # shellcheck disable=SC2086
-step tests "$here/tests/CopaKernels.Tests" ${COPA_TEST_ARGS:-}
+COPA_EXE="$here/copa/copa" step tests "$here/tests/CopaKernels.Tests" ${COPA_TEST_ARGS:-}
 
 tar -C "$(dirname "$results")" -czf "$results.tar.gz" "$(basename "$results")" \
   && echo "results: $results (and $results.tar.gz)"

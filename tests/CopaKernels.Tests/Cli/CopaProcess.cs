@@ -87,7 +87,15 @@ internal sealed partial class CopaProcess : IDisposable
         return true;
     }
 
-    private static string[] Copa(string[] args) => [Dotnet(), Path.Combine(AppContext.BaseDirectory, "copa.dll"), .. args];
+    /// <summary>
+    /// The command line of <c>copa args</c>: the published tool named by COPA_EXE where there is no SDK
+    /// (bench/gpu/run-on-gpu.sh sets it: its self-contained tests have no <c>dotnet</c> to run copa.dll),
+    /// else copa.dll beside the tests under the <c>dotnet</c> host.
+    /// </summary>
+    private static string[] Copa(string[] args) =>
+        Environment.GetEnvironmentVariable("COPA_EXE") is { Length: > 0 } exe
+            ? [exe, .. args]
+            : [Dotnet(), Path.Combine(AppContext.BaseDirectory, "copa.dll"), .. args];
 
     private static string Dotnet() =>
         Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host : "dotnet";
