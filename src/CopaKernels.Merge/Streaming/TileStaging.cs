@@ -29,7 +29,26 @@ internal sealed class TileStaging(IMergeBackend backend) : IDisposable
     private readonly HostBuffer?[] _inputs = new HostBuffer?[2];
     private readonly List<HostBuffer> _outputs = [];
     private readonly BlockingCollection<HostBuffer> _free = new();
+    private KernelBuffer? _flag;
+    private HostBuffer? _flags;
     private bool _disposed;
+
+    /// <summary>
+    /// The product's non-finite flag (<see cref="ProductTile.NonFiniteFlag"/>) on the backend, and its host
+    /// side: word 0 stays zero (uploaded to clear the flag before each tile), words 1 and 2 take the flag
+    /// of alternate tiles. Allocated once for the merge, like the tile buffers.
+    /// </summary>
+    public (KernelBuffer Device, HostBuffer Host) Flags()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_flag == null)
+        {
+            _flags = backend.AllocateHost(12, pageLocked: false);
+            _flags.Span<uint>(0, 3).Clear();
+            _flag = backend.Allocate(4);
+        }
+        return (_flag, _flags!);
+    }
 
     /// <summary>Two host buffers of at least <paramref name="bytes"/> each for base tiles.</summary>
     public HostBuffer[] Inputs(long bytes)
@@ -82,6 +101,8 @@ internal sealed class TileStaging(IMergeBackend backend) : IDisposable
         _disposed = true;
         foreach (var b in _inputs) b?.Dispose();
         foreach (var b in _outputs) b.Dispose();
+        _flags?.Dispose();
+        _flag?.Dispose();
         _free.Dispose();
     }
 }

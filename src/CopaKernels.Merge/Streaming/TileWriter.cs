@@ -60,11 +60,9 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
         var input = baseTensor is null ? null : host.Inputs(tileElems * baseType.Size());
         host.EnsureOutput(tileElems * outType.Size(), ct);
         LowRankTerm[] terms = [new LowRankTerm(bBuf, 0, aBuf, 0, rank, (float)r.Scale)];
-        // The product's non-finite flag (ProductTile.NonFiniteFlag): zeroed from word 0 of the host buffer
-        // before each tile, downloaded into word 1 + t % 2 before the tile itself, so the tile's fence covers it.
-        using var flag = backend.Allocate(4);
-        using var flags = backend.AllocateHost(12, pageLocked: false);
-        flags.Span<uint>(0, 3).Clear();
+        // The product's non-finite flag: zeroed from word 0 of the host side before each tile, downloaded
+        // into word 1 + t % 2 before the tile itself, so the tile's fence covers it.
+        var (flag, flags) = host.Flags();
         int ReadBase(int r0, HostBuffer into)
         {
             int bytes = checked(Math.Min(tile, rows - r0) * cols * baseType.Size());
