@@ -59,7 +59,7 @@ internal static class DemoCommand
         if (string.IsNullOrEmpty(dir)) throw new CopaInputException(null, null, "--dir is empty; give the demo folder");
         // Through any symbolic link: a link to an earlier demo's folder has that folder replaced, not the link.
         dir = RealPath.OfInput(dir);
-        // Ctrl-C, SIGTERM, SIGHUP: as in copa merge (each merge also stops and cleans up by itself).
+        // Ctrl-C, SIGTERM, SIGHUP: as in copa merge, for the generation and both merges (each merge removes its temporary folder).
         using var interruption = new Interruption();
         return interruption.Run(ct =>
         {
@@ -71,7 +71,7 @@ internal static class DemoCommand
             using var backend = Backends.Create(device, threads);
             stdout.WriteLine();
             MergeCommand.Run(new MergeRequest { Options = options, Adapters = adapterDirs, Output = Path.Combine(dir, "merged-adapter") },
-                backend, quiet, stdout, stderr);
+                backend, interruption, quiet, stdout, stderr);
             if (withBase)
             {
                 stdout.WriteLine();
@@ -79,7 +79,7 @@ internal static class DemoCommand
                 {
                     Options = options, Adapters = adapterDirs, Output = Path.Combine(dir, "merged-model"),
                     Mode = OutputMode.Model, Base = basePath,
-                }, backend, quiet, stdout, stderr);
+                }, backend, interruption, quiet, stdout, stderr);
             }
             stdout.WriteLine();
             stdout.WriteLine($"done. Look inside with: copa inspect {Path.Combine(dir, "merged-adapter")}");

@@ -126,22 +126,21 @@ internal static class MergeCommand
         return Run(plan, planSeconds, backend, quiet, stdout, stderr, interruption);
     }
 
-    /// <summary>Plans and runs a merge on an open backend (several merges can share one device and its loaded kernels).</summary>
-    public static int Run(MergeRequest request, IMergeBackend backend, bool quiet, TextWriter stdout, TextWriter stderr)
+    /// <summary>
+    /// Plans and runs a merge on an open backend (several merges can share one device and its loaded kernels),
+    /// stopped by the caller's <paramref name="interruption"/>.
+    /// </summary>
+    public static int Run(MergeRequest request, IMergeBackend backend, Interruption interruption, bool quiet, TextWriter stdout, TextWriter stderr)
     {
         var clock = Stopwatch.StartNew();
         using var plan = MergePlanner.Plan(request);
-        return Run(plan, clock.Elapsed.TotalSeconds, backend, quiet, stdout, stderr);
+        return Run(plan, clock.Elapsed.TotalSeconds, backend, quiet, stdout, stderr, interruption);
     }
 
     private static int Run(MergePlan plan, double planSeconds, IMergeBackend backend, bool quiet, TextWriter stdout, TextWriter stderr,
-        Interruption? outer = null)
+        Interruption interruption)
     {
         if (!quiet) PrintPlan(plan, backend.Name, stdout);
-
-        // Ctrl-C, SIGTERM, SIGHUP: stop at the next tensor, remove the temporary folder, exit 128 + signal.
-        using var own = outer == null ? new Interruption() : null;
-        var interruption = outer ?? own!;
         var report = interruption.Run(ct => ConsoleProgress.Run(stderr, quiet, "merging",
             progress => MergeRunner.Run(plan, backend, progress, planSeconds, ct)));
         if (!quiet) PrintSummary(report, stdout);
