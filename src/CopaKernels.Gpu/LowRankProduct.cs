@@ -1,3 +1,4 @@
+using CopaKernels.Formats.Numerics;
 using CopaKernels.Kernels;
 using ILGPU;
 using ILGPU.Runtime;
@@ -154,7 +155,7 @@ internal sealed class LowRankProduct : IDisposable
         for (int k = 0; k < kTotal; k++) acc += (double)b[(long)i * kTotal + k] * a[(long)k * n + j];
         float v = (float)acc;
         output[index] = v;
-        if (hasFlag != 0 && (Interop.FloatAsInt(v) & 0x7FFF_FFFFu) >= 0x7F80_0000u) flag[0] = 1f;
+        if (hasFlag != 0 && (Interop.FloatAsInt(v) & NonFinite.F32Magnitude) >= NonFinite.F32Infinity) flag[0] = 1f;
     }
 
     /// <summary>
@@ -234,11 +235,11 @@ internal sealed class LowRankProduct : IDisposable
         if (outType == TypeF32)
         {
             outF[e] = v;
-            return (Interop.FloatAsInt(v) & 0x7FFF_FFFFu) >= 0x7F80_0000u ? 1 : 0;
+            return (Interop.FloatAsInt(v) & NonFinite.F32Magnitude) >= NonFinite.F32Infinity ? 1 : 0;
         }
         ushort h = outType == TypeBf16 ? SingleToBf16(v) : SingleToHalf(v);
         outH[e] = h;
-        return (h & 0x7FFF) >= (outType == TypeBf16 ? 0x7F80 : 0x7C00) ? 1 : 0;
+        return (h & NonFinite.Half16Magnitude) >= (outType == TypeBf16 ? NonFinite.Bf16Infinity : NonFinite.F16Infinity) ? 1 : 0;
     }
 
     /// <summary>FloatConversion.SingleToBf16: nearest-even on the dropped 16 bits, every NaN → 0x7FC0.</summary>

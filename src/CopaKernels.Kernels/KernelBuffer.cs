@@ -35,6 +35,23 @@ public static class StorageTypes
 {
     /// <summary>Bytes per element.</summary>
     public static int Size(this StorageType t) => t == StorageType.F32 ? 4 : 2;
+
+    /// <summary>The safetensors dtype that stores the same bits.</summary>
+    public static Formats.Safetensors.DType ToDType(this StorageType t) => t switch
+    {
+        StorageType.BF16 => Formats.Safetensors.DType.BF16,
+        StorageType.F16 => Formats.Safetensors.DType.F16,
+        _ => Formats.Safetensors.DType.F32,
+    };
+
+    /// <summary>The storage type of a merge dtype (F32, BF16, F16).</summary>
+    public static StorageType FromDType(Formats.Safetensors.DType d) => d switch
+    {
+        Formats.Safetensors.DType.F32 => StorageType.F32,
+        Formats.Safetensors.DType.BF16 => StorageType.BF16,
+        Formats.Safetensors.DType.F16 => StorageType.F16,
+        _ => throw new ArgumentOutOfRangeException(nameof(d), d, "not a merge dtype"),
+    };
 }
 
 /// <summary>A contiguous run of F32 elements of one tensor inside a buffer.</summary>

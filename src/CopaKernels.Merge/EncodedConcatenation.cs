@@ -118,7 +118,7 @@ internal sealed unsafe class EncodedConcatenation
     private static bool ScaleBf16(ushort* src, int r, float* c, ushort* dst, int stride, int rows)
     {
         var max = Vector256<ushort>.Zero;
-        var magnitude = Vector256.Create((ushort)0x7FFF);
+        var magnitude = Vector256.Create(NonFinite.Half16Magnitude);
         for (int i = 0; i < rows; i++)
             for (int j = 0; j < r; j += 16)
             {
@@ -127,7 +127,7 @@ internal sealed unsafe class EncodedConcatenation
                 bits.Store(dst + (long)i * stride + j);
                 max = Vector256.Max(max, bits & magnitude);
             }
-        return !Vector256.GreaterThanOrEqualAny(max, Vector256.Create((ushort)0x7F80));
+        return !Vector256.GreaterThanOrEqualAny(max, Vector256.Create(NonFinite.Bf16Infinity));
     }
 
     [ThreadStatic] private static float[]? t_values, t_widened;

@@ -13,25 +13,40 @@ namespace CopaKernels.Formats.Numerics;
 /// </summary>
 public static class NonFinite
 {
+    /// <summary>F32 bits with the sign cleared.</summary>
+    public const uint F32Magnitude = 0x7FFF_FFFF;
+
+    /// <summary>F32 +Inf: cleared bits from here up are ±Inf or NaN.</summary>
+    public const uint F32Infinity = 0x7F80_0000;
+
+    /// <summary>BF16 or F16 bits with the sign cleared.</summary>
+    public const ushort Half16Magnitude = 0x7FFF;
+
+    /// <summary>BF16 +Inf: cleared bits from here up are ±Inf or NaN.</summary>
+    public const ushort Bf16Infinity = 0x7F80;
+
+    /// <summary>F16 +Inf: cleared bits from here up are ±Inf or NaN.</summary>
+    public const ushort F16Infinity = 0x7C00;
+
     /// <summary>The infinity pattern of a 16-bit format (BF16 or F16); every larger cleared pattern is NaN.</summary>
     public static ushort Infinity16(DType dtype) => dtype switch
     {
-        DType.BF16 => 0x7F80,
-        DType.F16 => 0x7C00,
+        DType.BF16 => Bf16Infinity,
+        DType.F16 => F16Infinity,
         _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "not a 16-bit float type"),
     };
 
     /// <summary>Whether any of the stored values is NaN or ±Inf (F32, F16, BF16, F64).</summary>
     public static bool Any(DType dtype, ReadOnlySpan<byte> values) => dtype switch
     {
-        DType.F32 => Any(MemoryMarshal.Cast<byte, uint>(values), 0x7FFF_FFFFu, 0x7F80_0000u),
-        DType.BF16 or DType.F16 => Any(MemoryMarshal.Cast<byte, ushort>(values), (ushort)0x7FFF, Infinity16(dtype)),
+        DType.F32 => Any(MemoryMarshal.Cast<byte, uint>(values), F32Magnitude, F32Infinity),
+        DType.BF16 or DType.F16 => Any(MemoryMarshal.Cast<byte, ushort>(values), Half16Magnitude, Infinity16(dtype)),
         DType.F64 => Any(MemoryMarshal.Cast<byte, ulong>(values), 0x7FFF_FFFF_FFFF_FFFFul, 0x7FF0_0000_0000_0000ul),
         _ => throw new NotSupportedException($"{dtype} is not a float type"),
     };
 
     /// <summary>Whether any value is NaN or ±Inf.</summary>
-    public static bool Any(ReadOnlySpan<float> values) => Any(MemoryMarshal.Cast<float, uint>(values), 0x7FFF_FFFFu, 0x7F80_0000u);
+    public static bool Any(ReadOnlySpan<float> values) => Any(MemoryMarshal.Cast<float, uint>(values), F32Magnitude, F32Infinity);
 
     /// <summary>The index of the first NaN or ±Inf among the stored values, or −1.</summary>
     public static long IndexOf(DType dtype, ReadOnlySpan<byte> values)

@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using CopaKernels.Formats.Numerics;
+using Bits = CopaKernels.Formats.Numerics.NonFinite;
 using CopaKernels.Formats.Safetensors;
 
 namespace CopaKernels.Kernels.Cpu;
@@ -345,7 +346,7 @@ internal static unsafe class LowRankProduct
         {
             if (_flag == null || Volatile.Read(ref *_flag) != 0) return;
             int os = _outType.Size();
-            var dtype = _outType switch { StorageType.BF16 => DType.BF16, StorageType.F16 => DType.F16, _ => DType.F32 };
+            var dtype = _outType.ToDType();
             for (int i = 0; i < mr; i++)
                 if (NonFinite.Any(dtype, new ReadOnlySpan<byte>(_out + ((i0 + i) * _n + j0) * os, nc * os)))
                 {
@@ -507,27 +508,27 @@ internal static unsafe class LowRankProduct
         {
             lo.Store((float*)p);
             hi.Store((float*)p + Vector256<float>.Count);
-            return Vector256.Max(lo.AsUInt32() & Vector256.Create(0x7FFF_FFFFu), hi.AsUInt32() & Vector256.Create(0x7FFF_FFFFu));
+            return Vector256.Max(lo.AsUInt32() & Vector256.Create(Bits.F32Magnitude), hi.AsUInt32() & Vector256.Create(Bits.F32Magnitude));
         }
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<uint> Store(Vector512<float> lo, Vector512<float> hi, byte* p)
         {
             lo.Store((float*)p);
             hi.Store((float*)p + Vector512<float>.Count);
-            return Vector512.Max(lo.AsUInt32() & Vector512.Create(0x7FFF_FFFFu), hi.AsUInt32() & Vector512.Create(0x7FFF_FFFFu));
+            return Vector512.Max(lo.AsUInt32() & Vector512.Create(Bits.F32Magnitude), hi.AsUInt32() & Vector512.Create(Bits.F32Magnitude));
         }
         public static uint Store1(float v, byte* p)
         {
             *(float*)p = v;
-            return BitConverter.SingleToUInt32Bits(v) & 0x7FFF_FFFFu;
+            return BitConverter.SingleToUInt32Bits(v) & Bits.F32Magnitude;
         }
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<uint> Worse(Vector256<uint> a, Vector256<uint> b) => Vector256.Max(a, b);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<uint> Worse(Vector512<uint> a, Vector512<uint> b) => Vector512.Max(a, b);
-        public static bool NonFinite(Vector256<uint> check) => Vector256.GreaterThanOrEqualAny(check, Vector256.Create(0x7F80_0000u));
-        public static bool NonFinite(Vector512<uint> check) => Vector512.GreaterThanOrEqualAny(check, Vector512.Create(0x7F80_0000u));
-        public static bool NonFinite1(uint check) => check >= 0x7F80_0000u;
+        public static bool NonFinite(Vector256<uint> check) => Vector256.GreaterThanOrEqualAny(check, Vector256.Create(Bits.F32Infinity));
+        public static bool NonFinite(Vector512<uint> check) => Vector512.GreaterThanOrEqualAny(check, Vector512.Create(Bits.F32Infinity));
+        public static bool NonFinite1(uint check) => check >= Bits.F32Infinity;
     }
 
     /// <summary>F32 stores into a scratch tile (partial K sums, the strip, the tile before conversion): not output, so not checked.</summary>
@@ -578,28 +579,28 @@ internal static unsafe class LowRankProduct
                 ? Avx2.Permute4x64(Avx2.PackUnsignedSaturate(Round(lo).AsInt32(), Round(hi).AsInt32()).AsUInt64(), 0b11_01_10_00).AsUInt16()
                 : Vector256.Narrow(Round(lo), Round(hi));
             r.Store((ushort*)p);
-            return (r & Vector256.Create((ushort)0x7FFF)).AsUInt32();
+            return (r & Vector256.Create(Bits.Half16Magnitude)).AsUInt32();
         }
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<uint> Store(Vector512<float> lo, Vector512<float> hi, byte* p)
         {
             var r = Vector512.Narrow(Round(lo), Round(hi));
             r.Store((ushort*)p);
-            return (r & Vector512.Create((ushort)0x7FFF)).AsUInt32();
+            return (r & Vector512.Create(Bits.Half16Magnitude)).AsUInt32();
         }
         public static uint Store1(float v, byte* p)
         {
             ushort r = FloatConversion.SingleToBf16(v);
             *(ushort*)p = r;
-            return r & 0x7FFFu;
+            return r & (uint)Bits.Half16Magnitude;
         }
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<uint> Worse(Vector256<uint> a, Vector256<uint> b) => Vector256.Max(a.AsUInt16(), b.AsUInt16()).AsUInt32();
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<uint> Worse(Vector512<uint> a, Vector512<uint> b) => Vector512.Max(a.AsUInt16(), b.AsUInt16()).AsUInt32();
-        public static bool NonFinite(Vector256<uint> check) => Vector256.GreaterThanOrEqualAny(check.AsUInt16(), Vector256.Create((ushort)0x7F80));
-        public static bool NonFinite(Vector512<uint> check) => Vector512.GreaterThanOrEqualAny(check.AsUInt16(), Vector512.Create((ushort)0x7F80));
-        public static bool NonFinite1(uint check) => check >= 0x7F80u;
+        public static bool NonFinite(Vector256<uint> check) => Vector256.GreaterThanOrEqualAny(check.AsUInt16(), Vector256.Create(Bits.Bf16Infinity));
+        public static bool NonFinite(Vector512<uint> check) => Vector512.GreaterThanOrEqualAny(check.AsUInt16(), Vector512.Create(Bits.Bf16Infinity));
+        public static bool NonFinite1(uint check) => check >= Bits.Bf16Infinity;
 
         // The same rule as FloatConversion.SingleToBf16: nearest-even on the dropped 16 bits, every NaN → 0x7FC0.
         [MethodImpl(MethodImplOptions.AggressiveInlining)]

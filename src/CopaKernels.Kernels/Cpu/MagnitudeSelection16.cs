@@ -1,4 +1,5 @@
 using System.Numerics;
+using CopaKernels.Formats.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -34,7 +35,7 @@ internal static unsafe class MagnitudeSelection16
     private const int SampleCount = 256;
 
     /// <summary>The first key that is ±Inf or NaN in <paramref name="format"/>.</summary>
-    internal static uint InfKey(Float16Format format) => format == Float16Format.BFloat16 ? 0x7F80u : 0x7C00u;
+    internal static uint InfKey(Float16Format format) => format == Float16Format.BFloat16 ? NonFinite.Bf16Infinity : NonFinite.F16Infinity;
 
     /// <summary>The value of key <paramref name="key"/> (|x|) as F32: exact.</summary>
     internal static float Widen(uint key, Float16Format format) =>

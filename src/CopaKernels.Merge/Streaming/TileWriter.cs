@@ -46,8 +46,8 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
         // ΔWᵀ = Aᵀ·Bᵀ: a transposed (fan_in_fan_out) weight is the same product with the factors' roles swapped.
         var left = m.Transposed ? Transpose(r.A, rank, m.DIn) : r.B;    // rows × rank
         var right = m.Transposed ? Transpose(r.B, m.DOut, rank) : r.A;  // rank × cols
-        var outType = Storage(target.DType);
-        var baseType = baseTensor is null ? StorageType.F32 : Storage(baseTensor.DType);
+        var outType = StorageTypes.FromDType(target.DType);
+        var baseType = baseTensor is null ? StorageType.F32 : StorageTypes.FromDType(baseTensor.DType);
         int tile = Math.Min(rowsPerTile, rows);
         long tileElems = (long)tile * cols;
 
@@ -243,14 +243,6 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
             ArrayPool<float>.Shared.Return(values);
         }
     }
-
-    internal static StorageType Storage(DType d) => d switch
-    {
-        DType.F32 => StorageType.F32,
-        DType.BF16 => StorageType.BF16,
-        DType.F16 => StorageType.F16,
-        _ => throw new ArgumentOutOfRangeException(nameof(d), d, "not a merge dtype"),
-    };
 
     private static float[] Transpose(float[] x, int rows, int cols)
     {

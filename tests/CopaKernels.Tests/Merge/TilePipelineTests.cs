@@ -113,8 +113,8 @@ public abstract class TilePipelineSuite
         var b = Backend;
         var left = transposed ? Transpose(r.A, Rank, DIn) : r.B;
         var right = transposed ? Transpose(r.B, DOut, Rank) : r.A;
-        var st = TileWriter.Storage(outType);
-        var bst = baseType is { } t ? TileWriter.Storage(t) : StorageType.F32;
+        var st = StorageTypes.FromDType(outType);
+        var bst = baseType is { } t ? StorageTypes.FromDType(t) : StorageType.F32;
         using var lb = b.Allocate(left.Length * 4L);
         using var rb = b.Allocate(right.Length * 4L);
         b.Upload(MemoryMarshal.AsBytes(left.AsSpan()), lb, 0);
