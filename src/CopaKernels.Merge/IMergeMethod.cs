@@ -61,11 +61,10 @@ public readonly record struct ResultForm(int Rank, int DenseArrays = 0)
     /// <summary>The common rank; throws naming the module when the adapters' ranks differ.</summary>
     internal static int EqualRanks(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, string why)
     {
-        int r = tasks[0].Rank;
-        if (tasks.Any(t => t.Rank != r))
-            throw new TaskInputException(ModuleOps.FirstOtherRank(tasks.Select(t => t.Rank).ToList()), path,
-                $"ranks differ between adapters ({string.Join(", ", tasks.Select(t => t.Rank))}); {why}");
-        return r;
+        var ranks = tasks.Select(t => t.Rank).ToList();
+        if (ModuleOps.FirstDiffering(ranks) is var other and > 0)
+            throw new TaskInputException(other, path, $"ranks differ between adapters ({string.Join(", ", ranks)}); {why}");
+        return ranks[0];
     }
 }
 

@@ -43,26 +43,20 @@ internal static class ModuleOps
     /// <summary>A number for messages: four significant digits, invariant, "1.25e+39".</summary>
     internal static string G(double x) => x.ToString("G4", System.Globalization.CultureInfo.InvariantCulture).Replace("E", "e");
 
-    /// <summary>The first task whose rank differs from the first task's, or 0.</summary>
-    public static int FirstOtherRank(IReadOnlyList<int> ranks)
+    /// <summary>The index of the first item that differs from the first one (the task to name), or −1 when all agree.</summary>
+    public static int FirstDiffering<T>(IReadOnlyList<T> items)
     {
-        for (int i = 1; i < ranks.Count; i++) if (ranks[i] != ranks[0]) return i;
-        return 0;
+        for (int i = 1; i < items.Count; i++)
+            if (!EqualityComparer<T>.Default.Equals(items[i], items[0])) return i;
+        return -1;
     }
 
     /// <summary>Why factor-space merges need one rank.</summary>
     public const string FactorSpaceRanks = "factor space needs equal ranks (use space delta)";
 
     /// <summary>The common rank r; throws naming the module when the adapters' ranks differ.</summary>
-    public static int RequireEqualRanks(ModuleInput m, string why)
-    {
-        int r = m.Tasks[0].Rank;
-        foreach (var t in m.Tasks)
-            if (t.Rank != r)
-                throw new TaskInputException(FirstOtherRank(m.Tasks.Select(x => x.Rank).ToList()), m.Path,
-                    $"ranks differ between adapters ({string.Join(", ", m.Tasks.Select(x => x.Rank))}); {why}");
-        return r;
-    }
+    public static int RequireEqualRanks(ModuleInput m, string why) =>
+        ResultForm.EqualRanks(m.Path, m.Tasks.Select(t => (t.Rank, t.Alpha)).ToList(), why);
 
     /// <summary>
     /// Factor space (SPEC §4): x^A_n = sign(w_n)·√|w_n·s_n|·A_n and x^B_n = √|w_n·s_n|·B_n, as fresh

@@ -30,15 +30,15 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
     /// <inheritdoc/>
     public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options)
     {
-        if (tasks.Any(t => t.Rank != tasks[0].Rank || t.Alpha != tasks[0].Alpha))
-            throw new TaskInputException(FirstOther(tasks), path, SharedRankMessage(tasks));
+        RequireShared(path, tasks);
         return ResultForm.LowRank(tasks[0].Rank);
     }
 
-    private static int FirstOther(IReadOnlyList<(int Rank, double Alpha)> tasks)
+    /// <summary>Throws naming the first adapter whose r or lora_alpha differs from the first's.</summary>
+    private static void RequireShared(string path, IReadOnlyList<(int Rank, double Alpha)> tasks)
     {
-        for (int i = 1; i < tasks.Count; i++) if (tasks[i] != tasks[0]) return i;
-        return 0;
+        if (ModuleOps.FirstDiffering(tasks) is var other and > 0)
+            throw new TaskInputException(other, path, SharedRankMessage(tasks));
     }
 
     private static string SharedRankMessage(IEnumerable<(int Rank, double Alpha)> tasks) =>
@@ -50,9 +50,7 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
     public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options)
     {
         var first = module.Tasks[0];
-        if (module.Tasks.Any(t => t.Rank != first.Rank || t.Alpha != first.Alpha))
-            throw new TaskInputException(FirstOther(module.Tasks.Select(t => (t.Rank, t.Alpha)).ToList()), module.Path,
-                SharedRankMessage(module.Tasks.Select(t => (t.Rank, t.Alpha))));
+        RequireShared(module.Path, module.Tasks.Select(t => (t.Rank, t.Alpha)).ToList());
         var stats = new ModuleStats();
         // On the CPU route with 16-bit factors, each trimmed factor is kept in its stored format in the
         // first half of its own (unread) F32 array, and the sums below widen it block by block.
