@@ -55,11 +55,11 @@ public sealed class AdapterConfig
     /// <summary>PEFT's <c>peft_type</c> (LORA expected), or null when absent.</summary>
     public string? PeftType { get; init; }
 
-    /// <summary>Target modules: names, or one regular expression.</summary>
-    public IReadOnlyList<string> TargetModules { get; init; } = [];
+    /// <summary>Target modules: names, or one regular expression (as <see cref="Targeting"/> read them).</summary>
+    public IReadOnlyList<string> TargetModules => Targeting.TargetModules;
 
     /// <summary>True when <see cref="TargetModules"/> is a single regular expression string.</summary>
-    public bool TargetModulesIsRegex { get; init; }
+    public bool TargetModulesIsRegex => Targeting.TargetModulesIsString;
 
     /// <summary>Per-module rank overrides, in file order (key is a module-name pattern).</summary>
     public IReadOnlyList<KeyValuePair<string, int>> RankPattern { get; init; } = [];
@@ -122,12 +122,7 @@ public sealed class AdapterConfig
         var keys = new Dictionary<string, Regex>(StringComparer.Ordinal);
         void Add(string field, string k)
         {
-            if (keys.ContainsKey(k)) return;
-            try { keys[k] = new Regex($@"\A(.*\.)?({k})$", RegexOptions.CultureInvariant, TimeSpan.FromSeconds(1)); }
-            catch (ArgumentException e)
-            {
-                throw new AdapterException(path, null, $"{field} key '{k}' is not a regular expression copa can read ({e.Message.Split('\n')[0].TrimEnd('.')})", e);
-            }
+            if (!keys.ContainsKey(k)) keys[k] = AdapterTargeting.Compile($@"\A(.*\.)?({k})$", field + " key", k, path);
         }
         foreach (var (k, _) in cfg.RankPattern) Add("rank_pattern", k);
         foreach (var (k, _) in cfg.AlphaPattern) Add("alpha_pattern", k);
@@ -162,7 +157,7 @@ public sealed class AdapterConfig
         int r = (int)rd;
         double? alphaField = Required(root, "lora_alpha", path);
         double alpha = alphaField ?? PeftDefaultLoraAlpha;
-        var (targets, isRegex) = Targets(root, path);
+        var targeting = AdapterTargeting.FromJson(root, path);
         var cfg = new AdapterConfig
         {
             R = r,
@@ -175,18 +170,14 @@ public sealed class AdapterConfig
             LoraBias = Bool(root, "lora_bias", path),
             Bias = Str(root, "bias", path) ?? "none",
             PeftType = peftType,
-            TargetModules = targets,
-            TargetModulesIsRegex = isRegex,
             // A fractional rank would be cut to an integer without a word: PEFT builds layers of int(r) only by accident.
             RankPattern = Pattern(root, "rank_pattern", path, v => v == Math.Floor(v) && v is > 0 and <= int.MaxValue ? (int)v
                 : throw new AdapterException(path, null, $"rank_pattern holds {v.ToString(System.Globalization.CultureInfo.InvariantCulture)}; every rank must be a positive integer")),
             AlphaPattern = Pattern(root, "alpha_pattern", path, v => v),
             BaseModelNameOrPath = Str(root, "base_model_name_or_path", path),
-            Targeting = AdapterTargeting.FromJson(root, path),
+            Targeting = targeting,
             Raw = root,
         };
-        foreach (var (k, v) in cfg.RankPattern)
-            if (v <= 0) throw new AdapterException(path, null, $"rank_pattern['{k}'] is {v}; it must be positive");
         cfg._patternKeys = CompilePatternKeys(cfg, path);
         cfg._path = path;
         return cfg;
@@ -264,16 +255,6 @@ public sealed class AdapterConfig
             JsonValueKind.False => false,
             _ => throw new AdapterException(path, null, $"'{key}' is not true or false"),
         };
-    }
-
-    private static (IReadOnlyList<string>, bool) Targets(JsonObject o, string path)
-    {
-        if (!o.TryGetPropertyValue("target_modules", out var n) || n is null) return ([], false);
-        if (n.GetValueKind() == JsonValueKind.String) return ([n.GetValue<string>()], true);
-        if (n is JsonArray a)
-            return (a.Select(x => x is not null && x.GetValueKind() == JsonValueKind.String ? x.GetValue<string>()
-                : throw new AdapterException(path, null, "target_modules holds a non-string")).ToList(), false);
-        throw new AdapterException(path, null, "target_modules is neither a string nor a list");
     }
 
     private static IReadOnlyList<KeyValuePair<string, T>> Pattern<T>(JsonObject o, string key, string path, Func<double, T> map)

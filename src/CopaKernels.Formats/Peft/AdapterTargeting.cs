@@ -86,6 +86,12 @@ public sealed class AdapterTargeting
         _targetText = targetText;
     }
 
+    /// <summary><c>target_modules</c> as written: the list's names, or the one string; empty when absent.</summary>
+    public IReadOnlyList<string> TargetModules { get; private init; } = [];
+
+    /// <summary>True when <c>target_modules</c> is one string (a regular expression, or <c>all-linear</c>), not a list.</summary>
+    public bool TargetModulesIsString { get; private init; }
+
     /// <summary>True when the config names no <c>target_modules</c> (PEFT's per-architecture default applies).</summary>
     public bool TargetsUnknown => _targets == null && _targetRegex == null && !_allLinear;
 
@@ -173,7 +179,8 @@ public sealed class AdapterTargeting
         exact = names.Contains(modulePath);
         if (exact) return true;
         foreach (var n in names)
-            if (modulePath.EndsWith("." + n, StringComparison.Ordinal)) return true;
+            if (modulePath.Length > n.Length && modulePath.EndsWith(n, StringComparison.Ordinal) && modulePath[^(n.Length + 1)] == '.')
+                return true;
         return false;
     }
 
@@ -253,10 +260,15 @@ public sealed class AdapterTargeting
         bool seqCls = root["task_type"] is JsonValue tv && tv.GetValueKind() == JsonValueKind.String && tv.GetValue<string>() == "SEQ_CLS";
 
         return new AdapterTargeting(path, targetIsString ? null : targets, targetRegex, allLinear, seqCls,
-            excludeList, excludeRegex, saves, useLayers, layerPatterns, patternSet, targetText);
+            excludeList, excludeRegex, saves, useLayers, layerPatterns, patternSet, targetText)
+        {
+            TargetModules = targets ?? [],
+            TargetModulesIsString = targetIsString,
+        };
     }
 
-    private static Regex Compile(string pattern, string field, string source, string path)
+    /// <summary>A config's regular expression, with PEFT's one-second guard; one .NET cannot read is an input error naming <paramref name="field"/>.</summary>
+    internal static Regex Compile(string pattern, string field, string source, string path)
     {
         try { return new Regex(pattern, RegexOptions.CultureInvariant, MatchTimeout); }
         catch (ArgumentException e)
