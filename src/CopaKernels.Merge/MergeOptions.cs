@@ -50,19 +50,19 @@ public sealed record MergeOptions
     public MethodParameters Declared => MergeMethods.Get(Method).Parameters;
 
     /// <summary>The effective density.</summary>
-    public double EffectiveDensity => Effective(Density, Declared.Density, MergeParameter.Density);
+    public double EffectiveDensity => Effective(Density, MergeParameter.Density, m => m.Density);
 
     /// <summary>The effective λ.</summary>
-    public double EffectiveLambda => Effective(Lambda, Declared.Lambda, MergeParameter.Lambda);
+    public double EffectiveLambda => Effective(Lambda, MergeParameter.Lambda, m => m.Lambda);
 
     /// <summary>The effective clamp.</summary>
-    public double EffectiveClamp => Effective(Clamp, Declared.Clamp, MergeParameter.Clamp);
+    public double EffectiveClamp => Effective(Clamp, MergeParameter.Clamp, m => m.Clamp);
 
     /// <summary>The effective cross-task normalisation.</summary>
-    public bool EffectiveNormalize => Effective(Normalize, Declared.Normalize, MergeParameter.Normalize);
+    public bool EffectiveNormalize => Effective(Normalize, MergeParameter.Normalize, m => m.Normalize);
 
     /// <summary>The effective PCB ratio.</summary>
-    public double EffectivePcbRatio => Effective(PcbRatio, Declared.PcbRatio, MergeParameter.PcbRatio);
+    public double EffectivePcbRatio => Effective(PcbRatio, MergeParameter.PcbRatio, m => m.PcbRatio);
 
     /// <summary>The effective seed.</summary>
     public ulong EffectiveSeed => Seed ?? 0;
@@ -73,10 +73,14 @@ public sealed record MergeOptions
     /// <summary>w_n for task <paramref name="n"/>.</summary>
     public double WeightOf(int n) => Weights is { Count: > 0 } w ? w[n] : 1.0;
 
-    private T Effective<T>(T? given, T? declared, MergeParameter p) where T : struct =>
-        declared is { } d
-            ? Declared.Fixed.Contains(p) ? d : given ?? d
+    /// <summary>The value given, else the method's default; the default alone where the method fixes it.</summary>
+    private T Effective<T>(T? given, MergeParameter p, Func<MethodParameters, T?> pick) where T : struct
+    {
+        var declared = Declared;
+        return pick(declared) is { } d
+            ? declared.Fixed.Contains(p) ? d : given ?? d
             : throw new InvalidOperationException($"{Method} does not read {MethodParameters.NameOf(p)}");
+    }
 
     /// <summary>
     /// Checks names and ranges, and that every parameter given is one the method reads (with the fixed

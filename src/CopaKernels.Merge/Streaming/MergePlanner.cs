@@ -36,7 +36,7 @@ public static class MergePlanner
             throw new CopaInputException(null, null, "--output model needs --base (the base model folder, index or file)");
         if (request.Mode == OutputMode.Adapter && request.ShardSize != null)
             throw new CopaInputException(null, null, "--shard-size applies to model and delta output; an adapter is one file");
-        CheckOutputPath(request);
+        var output = CheckOutputPath(request);
 
         var adapters = new List<LoraAdapter>();
         ShardedModel? baseModel = null;
@@ -47,7 +47,7 @@ public static class MergePlanner
             var plan = new MergePlan(request, method, adapters, baseModel);
             foreach (var a in adapters) Record(plan, Path.Combine(a.Folder, AdapterConfig.FileName));
             if (baseModel?.IndexPath is { } index) Record(plan, index);
-            Fill(plan);
+            Fill(plan, output);
             return plan;
         }
         catch
@@ -69,7 +69,7 @@ public static class MergePlanner
         return ShardedModel.Open(path);
     }
 
-    private static void Fill(MergePlan plan)
+    private static void Fill(MergePlan plan, string output)
     {
         var request = plan.Request;
         var adapters = plan.Adapters;
@@ -123,7 +123,7 @@ public static class MergePlanner
                 break;
         }
         PlanMemory(plan);
-        CheckDiskSpace(plan);
+        CheckDiskSpace(plan, output);
     }
 
     /// <summary>Working memory of one module (see README "Memory"): inputs, the method's copies, the result.</summary>
@@ -261,8 +261,9 @@ public static class MergePlanner
     /// The output must be a new or empty folder that is neither an input nor inside one, and contains
     /// none. Compared as real paths: a symbolic link anywhere in <c>--out</c>, <c>--adapter</c> or
     /// <c>--base</c> (<c>ln -s ADAPTER lnk; --out lnk/merged</c>) must not hide that they meet.
+    /// Returns the output's real path.
     /// </summary>
-    private static void CheckOutputPath(MergeRequest request)
+    private static string CheckOutputPath(MergeRequest request)
     {
         if (string.IsNullOrEmpty(request.Output)) throw new CopaInputException(null, null, "--out is empty; give the output folder");
         var output = RealPath.OfInput(request.Output);
@@ -280,13 +281,16 @@ public static class MergePlanner
                 throw new CopaInputException(request.Output, null, $"output must not contain an input ({path})");
         }
         AtomicFolder.CheckDestination(request.Output, output);
+        return output;
     }
 
-    private static void CheckDiskSpace(MergePlan plan)
+    /// <param name="plan">The plan (its output size).</param>
+    /// <param name="output">The output's real path (<see cref="CheckOutputPath"/>).</param>
+    private static void CheckDiskSpace(MergePlan plan, string output)
     {
         try
         {
-            var parent = Path.GetDirectoryName(RealPath.OfInput(plan.Request.Output))!;
+            var parent = Path.GetDirectoryName(output)!;
             while (!Directory.Exists(parent) && Path.GetDirectoryName(parent) is { } up) parent = up;
             long free = new DriveInfo(parent).AvailableFreeSpace;
             long need = plan.OutputBytes + (1L << 20);

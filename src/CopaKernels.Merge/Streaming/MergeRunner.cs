@@ -294,8 +294,8 @@ public sealed class MergeRunner
             // Fold the LoRA scale into B so the re-ranked pair reproduces the update with scale 1.
             var b = lr.Scale == 1.0 ? lr.B : ModuleOps.Scaled(lr.B, (float)lr.Scale);
             // The SVD needs finite factors; an overflow in them is the merge's, reported as at the encoders.
-            if (NonFinite.Any(b) || NonFinite.Any(lr.A))
-                throw new NonFiniteResultException(NonFinite.Any(b) ? LoraAdapter.KeyB(m.Path) : LoraAdapter.KeyA(m.Path), -1, 0, "F32");
+            if (NonFinite.Any(b)) throw new NonFiniteResultException(LoraAdapter.KeyB(m.Path), -1, 0, "F32");
+            if (NonFinite.Any(lr.A)) throw new NonFiniteResultException(LoraAdapter.KeyA(m.Path), -1, 0, "F32");
             var t = LowRankTruncation.Truncate(b, lr.A, m.DOut, lr.Rank, m.DIn, n);
             truncation = t.RelativeError;
             _maxTruncationError = Math.Max(_maxTruncationError, t.RelativeError);
