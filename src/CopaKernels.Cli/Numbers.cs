@@ -28,7 +28,7 @@ internal static class Numbers
         Description = description,
         CustomParser = result =>
         {
-            var text = result.Tokens.Count == 1 ? result.Tokens[0].Value : string.Join(" ", result.Tokens.Select(t => t.Value));
+            var text = string.Join(" ", result.Tokens.Select(t => t.Value));
             if (TryParse(text, out var v)) return v;
             result.AddError(NotANumber(name, text));
             return null;

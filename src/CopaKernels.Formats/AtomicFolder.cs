@@ -59,8 +59,7 @@ public sealed partial class AtomicFolder : IDisposable
         var full = RealPath.OfInput(path);
         CheckDestination(path, full);
         var parent = Path.GetDirectoryName(full) ?? throw new CopaInputException(path, null, "output path has no parent folder");
-        var created = new List<string>(); // deepest first
-        for (var p = parent; !Directory.Exists(p) && Path.GetDirectoryName(p) is { } up; p = up) created.Add(p);
+        var created = ParentFolders.Missing(parent);
         try
         {
             var folder = Claim(full, parent, created);
@@ -69,7 +68,7 @@ public sealed partial class AtomicFolder : IDisposable
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            RemoveEmpty(created);
+            ParentFolders.RemoveEmpty(created);
             throw new CopaInputException(path, null, $"cannot create output folder: {e.Message.TrimEnd('.')}", e);
         }
     }
@@ -123,7 +122,7 @@ public sealed partial class AtomicFolder : IDisposable
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }
         Release();
-        RemoveEmpty(_createdParents);
+        ParentFolders.RemoveEmpty(_createdParents);
     }
 
     /// <summary>
@@ -246,17 +245,6 @@ public sealed partial class AtomicFolder : IDisposable
             {
                 held?.Dispose();
             }
-        }
-    }
-
-    /// <summary>Removes <paramref name="folders"/> (deepest first) while they are empty: never anything put there meanwhile.</summary>
-    private static void RemoveEmpty(List<string> folders)
-    {
-        foreach (var folder in folders)
-        {
-            try { if (Directory.Exists(folder)) Directory.Delete(folder); }
-            catch (IOException) { return; }
-            catch (UnauthorizedAccessException) { return; }
         }
     }
 

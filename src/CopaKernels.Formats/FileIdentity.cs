@@ -52,6 +52,14 @@ public readonly record struct FileIdentity(ulong Device, ulong Inode, long Size,
         return info.Exists ? new FileIdentity(0, 0, info.Length, Ns(info.LastWriteTimeUtc), 0) : null;
     }
 
+    /// <summary>What differs between <paramref name="before"/> and the file <paramref name="path"/> names now, in words, or null.</summary>
+    public static string? ChangeAt(string path, FileIdentity before) =>
+        Of(path) is { } now ? now.ChangeSince(before) : "it was deleted or moved";
+
+    /// <summary>The reason an input error gives for <paramref name="change"/> (<see cref="ChangeSince"/>) before a commit.</summary>
+    public static string ChangedReason(string change) =>
+        $"input changed during the merge ({change}); nothing was written, run the merge again";
+
     /// <summary>What differs from <paramref name="before"/>, in words ("size 10 → 12 bytes", "replaced by another file"), or null.</summary>
     /// <remarks>A field one of the two could not read (0: device, inode or ctime without statx) is not compared.</remarks>
     public string? ChangeSince(FileIdentity before)

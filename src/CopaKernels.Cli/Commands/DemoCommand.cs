@@ -95,8 +95,7 @@ internal static class DemoCommand
     private static (string Base, List<string> Adapters) Generate(string dir, LlamaShape shape, int count, int rank, bool withBase,
         bool quiet, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var createdParents = new List<string>(); // deepest first
-        for (var p = Path.GetDirectoryName(dir); p != null && !Directory.Exists(p); p = Path.GetDirectoryName(p)) createdParents.Add(p);
+        var createdParents = ParentFolders.Missing(Path.GetDirectoryName(dir));
         Prepare(dir);
         try
         {
@@ -133,15 +132,12 @@ internal static class DemoCommand
         }
         catch
         {
-            try
-            {
-                Directory.Delete(dir, recursive: true);
-                foreach (var p in createdParents) Directory.Delete(p); // only while empty
-            }
+            try { Directory.Delete(dir, recursive: true); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
                 // Left as it is; the next demo run here replaces it.
             }
+            ParentFolders.RemoveEmpty(createdParents);
             throw;
         }
     }

@@ -85,10 +85,8 @@ public sealed class SafetensorsFile : IDisposable
     public void CheckUnchanged()
     {
         // The path first: a file replaced by a rename also changes the old one's ctime (its link count).
-        var change = (FileIdentity.Of(Path) is { } now ? now.ChangeSince(Identity) : "it was deleted or moved")
-            ?? FileIdentity.Of(_handle).ChangeSince(Identity);
-        if (change != null)
-            throw new SafetensorsException(K.ChangedWhileRead, Path, null, $"input changed during the merge ({change}); nothing was written, run the merge again");
+        if ((FileIdentity.ChangeAt(Path, Identity) ?? FileIdentity.Of(_handle).ChangeSince(Identity)) is { } change)
+            throw new SafetensorsException(K.ChangedWhileRead, Path, null, FileIdentity.ChangedReason(change));
     }
 
     /// <summary>Looks a tensor up by name, or throws <see cref="SafetensorsErrorKind.TensorNotFound"/>.</summary>

@@ -105,8 +105,8 @@ public sealed class MergePlan : IDisposable
         foreach (var a in Adapters) a.Weights.CheckUnchanged();
         if (Base != null) foreach (var s in Base.Shards) s.CheckUnchanged();
         foreach (var (path, identity) in ReadFiles)
-            if ((FileIdentity.Of(path) is { } now ? now.ChangeSince(identity) : "it was deleted or moved") is { } change)
-                throw new CopaInputException(path, null, $"input changed during the merge ({change}); nothing was written, run the merge again");
+            if (FileIdentity.ChangeAt(path, identity) is { } change)
+                throw new CopaInputException(path, null, FileIdentity.ChangedReason(change));
     }
 
     /// <summary>
