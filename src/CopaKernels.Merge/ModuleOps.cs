@@ -43,11 +43,11 @@ internal static class ModuleOps
     /// <summary>A number for messages: four significant digits, invariant, "1.25e+39".</summary>
     internal static string G(double x) => x.ToString("G4", System.Globalization.CultureInfo.InvariantCulture).Replace("E", "e");
 
-    /// <summary>The index of the first item that differs from the first one (the task to name), or −1 when all agree.</summary>
-    public static int FirstDiffering<T>(IReadOnlyList<T> items)
+    /// <summary>The index of the first rank that differs from the first one (the task to name), or −1 when all agree.</summary>
+    public static int FirstDiffering(IReadOnlyList<int> ranks)
     {
-        for (int i = 1; i < items.Count; i++)
-            if (!EqualityComparer<T>.Default.Equals(items[i], items[0])) return i;
+        for (int i = 1; i < ranks.Count; i++)
+            if (ranks[i] != ranks[0]) return i;
         return -1;
     }
 

@@ -35,10 +35,12 @@ public sealed class CopaOfficialMethod : IMergeMethod, IReadsDeferredFactors
     }
 
     /// <summary>Throws naming the first adapter whose r or lora_alpha differs from the first's.</summary>
+    /// <remarks>Compared field by field: a tuple's default equality comparer is built by reflection at run time.</remarks>
     private static void RequireShared(string path, IReadOnlyList<(int Rank, double Alpha)> tasks)
     {
-        if (ModuleOps.FirstDiffering(tasks) is var other and > 0)
-            throw new TaskInputException(other, path, SharedRankMessage(tasks));
+        for (int i = 1; i < tasks.Count; i++)
+            if (tasks[i].Rank != tasks[0].Rank || tasks[i].Alpha != tasks[0].Alpha)
+                throw new TaskInputException(i, path, SharedRankMessage(tasks));
     }
 
     private static string SharedRankMessage(IEnumerable<(int Rank, double Alpha)> tasks) =>
