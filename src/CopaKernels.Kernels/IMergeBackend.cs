@@ -27,6 +27,12 @@ public interface IMergeBackend : IDisposable
     /// <summary>Human-readable description (device, SIMD width or memory, threads).</summary>
     string Name { get; }
 
+    /// <summary>
+    /// The backend itself when its buffers are host memory (the CPU backend), so a caller can run its kernels
+    /// on arrays in place; null for a device, whose buffers must be uploaded and downloaded.
+    /// </summary>
+    IHostMemory? HostMemory => null;
+
     /// <summary>Allocates a zero-filled buffer of <paramref name="byteLength"/> bytes.</summary>
     KernelBuffer Allocate(long byteLength);
 

@@ -7,7 +7,7 @@ namespace CopaKernels.Kernels.Cpu;
 /// loops where it does not, multi-threaded across tensors, row blocks or chunks. Results do not depend
 /// on the thread count: selection is exact, and every sum or dot product has one fixed order.
 /// </summary>
-public sealed class CpuBackend : IMergeBackend
+public sealed class CpuBackend : IMergeBackend, IHostMemory
 {
     /// <summary>Creates the backend.</summary>
     /// <param name="threads">Worker threads; 0 means every core.</param>
@@ -34,6 +34,9 @@ public sealed class CpuBackend : IMergeBackend
 
     /// <inheritdoc/>
     public string Name => $"cpu: {SimdWidth}, {Threads} thread{(Threads == 1 ? "" : "s")}";
+
+    /// <inheritdoc/>
+    public IHostMemory HostMemory => this;
 
     /// <inheritdoc/>
     public KernelBuffer Allocate(long byteLength) => new CpuBuffer(this, byteLength);

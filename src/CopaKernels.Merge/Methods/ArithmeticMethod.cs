@@ -1,6 +1,7 @@
 using System.Runtime.Intrinsics;
 using CopaKernels.Formats;
 using CopaKernels.Kernels;
+using CopaKernels.Merge.Routes;
 
 namespace CopaKernels.Merge.Methods;
 
@@ -9,7 +10,7 @@ public enum Sparsifier
 {
     /// <summary>Kept whole.</summary>
     None,
-    /// <summary>Magnitude trim to density ρ (SPEC §1, exact, on the backend).</summary>
+    /// <summary>Magnitude trim to density ρ (SEMANTICS §1, exact, on the backend).</summary>
     Trim,
     /// <summary>DARE: each entry kept with probability ρ (counter-based stream), kept ones divided by ρ.</summary>
     Drop,
@@ -18,10 +19,10 @@ public enum Sparsifier
 /// <summary>
 /// Task arithmetic and its sparsified relatives as one configurable method (sparsifier × sign
 /// consensus × λ), as mergekit structures them: task-arithmetic, ties, dare, dare-ties,
-/// magnitude-prune (SPEC §4), in factor space or delta space.
+/// magnitude-prune (SEMANTICS §4), in factor space or delta space.
 /// </summary>
 /// <remarks>
-/// Decisions where the SPEC is silent, written down:
+/// Decisions where the semantics leave it open, written down:
 /// <list type="bullet">
 /// <item>Weights enter as y_n = w_n·x̃_n; the TIES sign is sign(Σ_n y_n) with 0 counted as +, an entry
 /// agrees when sign(y_n) equals it (zeros never agree), and the merged entry is
@@ -60,48 +61,46 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
     public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options)
     {
         if (options.EffectiveSpace == MergeSpace.Factors)
-            return ResultForm.LowRank(ResultForm.EqualRanks(path, tasks, ModuleOps.FactorSpaceRanks));
+            return ResultForm.LowRank(ResultForm.EqualRanks(path, tasks, FactorSpace.FactorSpaceRanks));
         return Sparsifier == Sparsifier.None && !Consensus ? ResultForm.LowRank(tasks.Sum(t => t.Rank)) : ResultForm.Dense;
     }
 
     /// <inheritdoc/>
-    public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options) =>
-        options.EffectiveSpace == MergeSpace.Factors ? MergeFactors(backend, module, options) : MergeDelta(backend, module, options);
+    public ModuleResult MergeModule(MergeRoute route, ModuleInput module, MergeOptions options) =>
+        options.EffectiveSpace == MergeSpace.Factors ? MergeFactors(route, module, options) : MergeDelta(route, module, options);
 
-    private ModuleResult MergeFactors(IMergeBackend backend, ModuleInput m, MergeOptions o)
+    private ModuleResult MergeFactors(MergeRoute route, ModuleInput m, MergeOptions o)
     {
         int n = m.Tasks.Count;
-        var (xa, xb, r) = ModuleOps.WeightedFactors(m, o);
+        // x^A_n = sign(w_n)·√|w_n·s_n|·A_n, x^B_n = √|w_n·s_n|·B_n: the weights are in the factors now.
+        var (xa, xb, r) = FactorSpace.WeightedFactors(m, o);
         var stats = new ModuleStats();
-        Sparsify(backend, xa, $"{m.Path}.lora_A", o, stats, stats.ThresholdsA, ModuleOps.WeightedOverflow(m, o, "lora_A"));
-        Sparsify(backend, xb, $"{m.Path}.lora_B", o, stats, stats.ThresholdsB, ModuleOps.WeightedOverflow(m, o, "lora_B"));
+        Sparsify(route, xa, $"{m.Path}.lora_A", o, stats, stats.ThresholdsA, MergeErrors.WeightedOverflow(m, o, "lora_A"));
+        Sparsify(route, xb, $"{m.Path}.lora_B", o, stats, stats.ThresholdsB, MergeErrors.WeightedOverflow(m, o, "lora_B"));
         var unit = Enumerable.Repeat(1.0, n).ToArray();
-        var parallel = ModuleOps.HostParallel(backend);
-        var a = Combine(xa, unit, 1.0, parallel);
-        var b = Combine(xb, unit, o.EffectiveLambda, parallel);
+        var a = Combine(xa, unit, 1.0, route.Parallel);
+        var b = Combine(xb, unit, o.EffectiveLambda, route.Parallel);
         return new LowRankResult(b, a, r, 1.0, r) { Stats = stats };
     }
 
-    private ModuleResult MergeDelta(IMergeBackend backend, ModuleInput m, MergeOptions o)
+    private ModuleResult MergeDelta(MergeRoute route, ModuleInput m, MergeOptions o)
     {
         int n = m.Tasks.Count;
         // Plain task arithmetic is a sum of products: λ Σ w_n s_n B_n A_n is exactly the LoRA pair
         // [λ w_1 s_1 B_1 | …] · [A_1; …] of rank Σ r_n, which an adapter output or an exact re-rank
         // can use without ever forming the dense matrix.
-        if (Sparsifier == Sparsifier.None && !Consensus) return Concatenated(backend, m, o);
+        if (Sparsifier == Sparsifier.None && !Consensus)
+            return route.Concatenate(m, m.Tasks.Select(t => t.B).ToList(), m.Tasks.Select(t => t.A).ToList(),
+                (task, _) => o.EffectiveLambda * o.WeightOf(task) * m.Tasks[task].Scale, new ModuleStats());
         var stats = new ModuleStats();
         var deltas = new List<float[]>(n);
-        for (int task = 0; task < n; task++) deltas.Add(ModuleOps.Delta(backend, m, task));
-        Sparsify(backend, deltas, m.Path, o, stats, stats.ThresholdsA, ModuleOps.DeltaOverflow(m));
+        for (int task = 0; task < n; task++) deltas.Add(route.TaskDelta(m, task));
+        Sparsify(route, deltas, m.Path, o, stats, stats.ThresholdsA, MergeErrors.DeltaOverflow(m));
         var w = Enumerable.Range(0, n).Select(o.WeightOf).ToArray();
-        return new DenseResult(Combine(deltas, w, o.EffectiveLambda, ModuleOps.HostParallel(backend))) { Stats = stats };
+        return new DenseResult(Combine(deltas, w, o.EffectiveLambda, route.Parallel)) { Stats = stats };
     }
 
-    private static LowRankResult Concatenated(IMergeBackend backend, ModuleInput m, MergeOptions o) =>
-        ModuleOps.Concatenate(m, m.Tasks.Select(t => t.B).ToList(), m.Tasks.Select(t => t.A).ToList(),
-            (task, _) => o.EffectiveLambda * o.WeightOf(task) * m.Tasks[task].Scale, new ModuleStats(), ModuleOps.HostParallel(backend));
-
-    private void Sparsify(IMergeBackend backend, List<float[]> xs, string streamName, MergeOptions o, ModuleStats stats, List<float> thresholds,
+    private void Sparsify(MergeRoute route, List<float[]> xs, string streamName, MergeOptions o, ModuleStats stats, List<float> thresholds,
         Func<int, TaskInputException> nonFinite)
     {
         switch (Sparsifier)
@@ -110,7 +109,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
                 return;
             case Sparsifier.Trim:
             {
-                var sel = ModuleOps.TrimInPlace(backend, xs, o.EffectiveDensity, nonFinite);
+                var sel = route.TrimEach(xs, o.EffectiveDensity, nonFinite);
                 for (int i = 0; i < xs.Count; i++)
                 {
                     thresholds.Add(sel[i].Threshold);
@@ -161,7 +160,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         var w = weights.Select(v => (float)v).ToArray();
         float l = (float)lambda;
         bool consensus = Consensus;
-        ModuleOps.ForBlocks(len, 1 << 14, parallel, (i, end) =>
+        HostLoops.ForBlocks(len, 1 << 14, parallel, (i, end) =>
         {
             if (Vector256.IsHardwareAccelerated)
                 for (; i <= end - Vector256<float>.Count; i += Vector256<float>.Count)

@@ -1,14 +1,12 @@
-using CopaKernels.Formats.Safetensors;
-using CopaKernels.Kernels;
-using CopaKernels.Kernels.Cpu;
+using CopaKernels.Merge.Routes;
 
 namespace CopaKernels.Merge.Methods;
 
 /// <summary>
-/// CoPA-Merging as in the paper's Algorithm 1 (SPEC §2): ΔW = λ Σ_n s_n B̃_n diag(S̃_n) Ã_n, returned
+/// CoPA-Merging as in the paper's Algorithm 1 (SEMANTICS §2): ΔW = λ Σ_n s_n B̃_n diag(S̃_n) Ã_n, returned
 /// losslessly as a LoRA pair of rank Σ r_n: B = [λ s_1 B̃_1 diag(S̃_1) | …], A = [Ã_1; …; Ã_N], scale 1.
 /// </summary>
-public sealed class CopaMethod : IMergeMethod, IReadsDeferredFactors
+public sealed class CopaMethod : IMergeMethod, ITrimsEveryFactorFirst
 {
     /// <inheritdoc/>
     public string Name => "copa";
@@ -20,34 +18,27 @@ public sealed class CopaMethod : IMergeMethod, IReadsDeferredFactors
     /// <remarks>No weights: the paper weighs tasks only by their complementary scales S̃_n.</remarks>
     public MethodParameters Parameters { get; } = new() { Density = 0.2, Lambda = 2.0, Clamp = 0.0, Normalize = true };
 
+    private const string NormalizeRanks = "CoPA's cross-task normalisation needs one rank (or set normalize: false)";
+
     /// <inheritdoc/>
     public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options)
     {
-        if (options.EffectiveNormalize) ResultForm.EqualRanks(path, tasks, "CoPA's cross-task normalisation needs one rank (or set normalize: false)");
+        if (options.EffectiveNormalize) ResultForm.EqualRanks(path, tasks, NormalizeRanks);
         return ResultForm.LowRank(tasks.Sum(t => t.Rank));
     }
 
-    bool IReadsDeferredFactors.ReadsDeferred(IMergeBackend backend) => CopaScaling.ReadsDeferred(backend);
-
     /// <inheritdoc/>
-    public ModuleResult MergeModule(IMergeBackend backend, ModuleInput module, MergeOptions options)
+    public ModuleResult MergeModule(MergeRoute route, ModuleInput module, MergeOptions options)
     {
         var stats = new ModuleStats();
         double lambda = options.EffectiveLambda;
-        var parallel = ModuleOps.HostParallel(backend);
-        // One coefficient per inner index, λ·s_n·S̃_n[j], computed in double and rounded once.
-        double[][] s = [];
-        Func<int, int, double> coefficient = (task, j) => lambda * module.Tasks[task].Scale * s[task][j];
-        if (backend is CpuBackend && CopaScaling.RawFormatOf(module) is { } format && module.EncodeAs is { } outType
-            && outType == format.ToDType())
-        {
-            // Adapter output in the factors' own format: the pair is built in the output's bytes.
-            var output = new EncodedConcatenation(module, format);
-            s = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.EffectiveNormalize, stats, (format, output.Sink)).S;
-            return output.Finish(coefficient, stats, parallel);
-        }
-        var scaled = CopaScaling.Compute(backend, module, options.EffectiveDensity, options.EffectiveClamp, options.EffectiveNormalize, stats);
-        s = scaled.S;
-        return ModuleOps.Concatenate(module, scaled.BTrimmed, scaled.ATrimmed, coefficient, stats, parallel);
+        bool normalize = options.EffectiveNormalize;
+        if (normalize) FactorSpace.RequireEqualRanks(module, NormalizeRanks);
+        // Step 1: Ã_n and B̃_n keep their top-ρ magnitudes; with the row sums of A_n and Ã_n for step 2.
+        var trimmed = route.TrimWithRowSums(module, options.EffectiveDensity, TrimmedUse.Concatenation);
+        // Steps 2–4: S_n[i] = Σ_j|A_n[i,j]| / Σ_j|Ã_n[i,j]|, clamped, normalised across tasks.
+        var s = CopaScaling.Scales(module, trimmed, options.EffectiveClamp, normalize, stats);
+        // Step 5: ΔW = λ Σ_n s_n B̃_n diag(S̃_n) Ã_n, one coefficient λ·s_n·S̃_n[j] per inner index (in double, rounded once).
+        return route.Concatenate(module, trimmed, (task, j) => lambda * module.Tasks[task].Scale * s[task][j], stats);
     }
 }

@@ -1,18 +1,17 @@
 using System.Numerics.Tensors;
 using CopaKernels.Formats;
-using CopaKernels.Kernels;
-using CopaKernels.Kernels.Cpu;
+using CopaKernels.Merge.Routes;
 
 namespace CopaKernels.Merge.Methods;
 
 /// <summary>
-/// Parameter Competition Balancing (Du et al. 2024) exactly as SPEC §4 states it, per tensor of N
+/// Parameter Competition Balancing (Du et al. 2024) exactly as SEMANTICS §4 states it, per tensor of N
 /// tasks flattened to length d: clip each task to its [1e-4, 1−1e-4] magnitude quantiles, weigh
 /// intra-task importance exp(N·mm(|x_c|)²) against inter-task agreement tanh(x ⊙ Σx), keep the top q
 /// fraction per task, and take the β-weighted mean of the clipped values.
 /// </summary>
 /// <remarks>
-/// Decisions where the SPEC is silent, written down: weights enter as x_n ← w_n·x_n before step 1
+/// Decisions where the semantics leave it open, written down: weights enter as x_n ← w_n·x_n before step 1
 /// (factor space folds them as the other baselines do); quantile indices are clamped into [0, d−1]
 /// (the upper index floor(d·(1−1e-4))−1 is −1 for d = 1); step 4 zeroes the entries of
 /// p_n = intra_n ⊙ inter_n below the value at ascending position floor(d·(1−q)) and min-max scales
@@ -32,31 +31,32 @@ public sealed class PcbMethod : IMergeMethod
     /// <inheritdoc/>
     /// <remarks>In delta space <see cref="Merge"/> holds six d-length arrays besides the task deltas: Σx, the two running sums, |x̂|, p and the selection scratch.</remarks>
     public ResultForm Plan(string path, IReadOnlyList<(int Rank, double Alpha)> tasks, MergeOptions options) =>
-        options.EffectiveSpace == MergeSpace.Delta ? ResultForm.DenseHolding(6) : ResultForm.LowRank(ResultForm.EqualRanks(path, tasks, ModuleOps.FactorSpaceRanks));
+        options.EffectiveSpace == MergeSpace.Delta ? ResultForm.DenseHolding(6) : ResultForm.LowRank(ResultForm.EqualRanks(path, tasks, FactorSpace.FactorSpaceRanks));
 
     /// <inheritdoc/>
-    public ModuleResult MergeModule(IMergeBackend backend, ModuleInput m, MergeOptions o)
+    public ModuleResult MergeModule(MergeRoute route, ModuleInput m, MergeOptions o)
     {
         int n = m.Tasks.Count;
         if (o.EffectiveSpace == MergeSpace.Delta)
         {
+            // x_n = w_n·ΔW_n, flattened.
             var deltas = new List<float[]>(n);
             for (int t = 0; t < n; t++)
             {
-                var d = ModuleOps.Delta(backend, m, t);
+                var d = route.TaskDelta(m, t);
                 TensorPrimitives.Multiply(d, (float)o.WeightOf(t), d);
                 deltas.Add(d);
             }
-            return new DenseResult(Merge(deltas, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path, ModuleOps.HostParallel(backend),
-                ModuleOps.DeltaOverflow(m, o)));
+            return new DenseResult(Merge(deltas, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path, route.Parallel,
+                MergeErrors.DeltaOverflow(m, o)));
         }
-        var (xa, xb, r) = ModuleOps.WeightedFactors(m, o);
-        var am = Merge(xa, o.EffectivePcbRatio, 1f, m.Path, ModuleOps.HostParallel(backend), ModuleOps.WeightedOverflow(m, o, "lora_A"));
-        var bm = Merge(xb, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path, ModuleOps.HostParallel(backend), ModuleOps.WeightedOverflow(m, o, "lora_B"));
+        var (xa, xb, r) = FactorSpace.WeightedFactors(m, o);
+        var am = Merge(xa, o.EffectivePcbRatio, 1f, m.Path, route.Parallel, MergeErrors.WeightedOverflow(m, o, "lora_A"));
+        var bm = Merge(xb, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path, route.Parallel, MergeErrors.WeightedOverflow(m, o, "lora_B"));
         return new LowRankResult(bm, am, r, 1.0, r);
     }
 
-    /// <summary>SPEC §4 pcb steps 1–5 over N same-length tensors.</summary>
+    /// <summary>SEMANTICS §4 pcb steps 1–5 over N same-length tensors.</summary>
     /// <remarks>
     /// The order statistics (the clipping quantiles of |x_n| and the top-q cut of p_n) are exact selections,
     /// never sorts; exp and tanh stay MathF's scalar functions, as the definition reads (a vectorised
@@ -74,7 +74,7 @@ public sealed class PcbMethod : IMergeMethod
         int d = xs[0].Length;
         if (d == 0) return [];
         for (int t = 0; t < n; t++)
-            if (!float.IsFinite(TensorPrimitives.MaxMagnitude(xs[t]))) throw nonFinite?.Invoke(t) ?? ModuleOps.NonFinite(path, t);
+            if (!float.IsFinite(TensorPrimitives.MaxMagnitude(xs[t]))) throw nonFinite?.Invoke(t) ?? MergeErrors.NonFinite(path, t);
         var sumAll = new float[d];
         foreach (var x in xs) TensorPrimitives.Add(sumAll, x, sumAll);
         var numerator = new float[d];
@@ -86,28 +86,28 @@ public sealed class PcbMethod : IMergeMethod
         {
             var x = xs[t];
             // Step 1: clip |x| to two order statistics of |x|.
-            float lo = HostKernels.KthSmallestMagnitude(x, Math.Clamp((long)Math.Floor(d * 1e-4), 0, d - 1) + 1);
-            float hi = HostKernels.KthSmallestMagnitude(x, Math.Clamp((long)Math.Floor(d * (1 - 1e-4)) - 1, 0, d - 1) + 1);
+            float lo = MergeRoute.KthSmallestMagnitude(x, Math.Clamp((long)Math.Floor(d * 1e-4), 0, d - 1) + 1);
+            float hi = MergeRoute.KthSmallestMagnitude(x, Math.Clamp((long)Math.Floor(d * (1 - 1e-4)) - 1, 0, d - 1) + 1);
             float top = Math.Max(lo, hi);
-            ModuleOps.ForBlocks(d, Block, parallel, (i0, i1) =>
+            HostLoops.ForBlocks(d, Block, parallel, (i0, i1) =>
             {
                 for (int i = i0; i < i1; i++) absC[i] = Math.Clamp(MathF.Abs(x[i]), lo, top);
             });
             // Steps 2–3: intra-task importance exp(N·mm²) times inter-task agreement tanh(x ⊙ Σx).
             MinMaxInto(absC, p);
-            ModuleOps.ForBlocks(d, Block, parallel, (i0, i1) =>
+            HostLoops.ForBlocks(d, Block, parallel, (i0, i1) =>
             {
                 for (int i = i0; i < i1; i++) p[i] = MathF.Exp(n * p[i] * p[i]) * MathF.Tanh(x[i] * sumAll[i]);
             });
             // Step 4: keep the top q fraction (by value), min-max scale.
-            float tau = HostKernels.KthSmallest(p, Math.Clamp((long)Math.Floor(d * (1 - q)), 0, d - 1) + 1, scratch);
-            ModuleOps.ForBlocks(d, Block, parallel, (i0, i1) =>
+            float tau = MergeRoute.KthSmallest(p, Math.Clamp((long)Math.Floor(d * (1 - q)), 0, d - 1) + 1, scratch);
+            HostLoops.ForBlocks(d, Block, parallel, (i0, i1) =>
             {
                 for (int i = i0; i < i1; i++) if (p[i] < tau) p[i] = 0f;
             });
             MinMaxInto(p, p); // β_n
             // Step 5, folded: Σ_n x̂_n·β_n and Σ_n β_n, with x̂ = sign(x)·clipped |x| (0 where x = 0).
-            ModuleOps.ForBlocks(d, Block, parallel, (i0, i1) =>
+            HostLoops.ForBlocks(d, Block, parallel, (i0, i1) =>
             {
                 for (int i = i0; i < i1; i++)
                 {
@@ -117,7 +117,7 @@ public sealed class PcbMethod : IMergeMethod
                 }
             });
         }
-        ModuleOps.ForBlocks(d, Block, parallel, (i0, i1) =>
+        HostLoops.ForBlocks(d, Block, parallel, (i0, i1) =>
         {
             for (int i = i0; i < i1; i++) numerator[i] = lambda * numerator[i] / MathF.Max(betaSum[i], 1e-12f);
         });
@@ -127,7 +127,7 @@ public sealed class PcbMethod : IMergeMethod
     /// <summary>Elements per block of the element-wise steps.</summary>
     private const int Block = 1 << 15;
 
-    /// <summary>dst = (v − min)/(max − min); zeros when max = min (SPEC). dst may be v.</summary>
+    /// <summary>dst = (v − min)/(max − min); zeros when max = min (SEMANTICS §4). dst may be v.</summary>
     private static void MinMaxInto(float[] v, float[] dst)
     {
         float min = TensorPrimitives.Min(v), max = TensorPrimitives.Max(v);

@@ -15,6 +15,14 @@ internal sealed class FactorPool(long capacity)
     private readonly Dictionary<int, Stack<float[]>> _free = new();
     private long _idleBytes;
 
+    /// <summary>
+    /// The pool of a run: idle arrays of two modules' inputs and low-rank results, so that arrays of the
+    /// shapes in use (q/k/v/o and gate/up/down differ) wait for the next module of their shape. Less than
+    /// the plan counts per module for the copies a device backend makes (MergePlanner.Working).
+    /// </summary>
+    public static FactorPool For(MergePlan plan) => new(plan.Modules.Count == 0 ? 0
+        : 2 * plan.Modules.Max(m => m.InputBytes + (m.Form.IsDense ? 0 : (long)m.Form.Rank * (m.DIn + m.DOut) * sizeof(float))));
+
     /// <summary>An array of exactly <paramref name="length"/> elements, contents undefined.</summary>
     public float[] Rent(int length)
     {

@@ -6,6 +6,7 @@ using CopaKernels.Formats.Numerics;
 using CopaKernels.Formats.Peft;
 using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels;
+using CopaKernels.Merge.Routes;
 
 namespace CopaKernels.Merge.Streaming;
 
@@ -19,6 +20,8 @@ public sealed class MergeRunner
 {
     private readonly MergePlan _plan;
     private readonly IMergeBackend _backend;
+    private readonly FactorPool _pool;
+    private readonly MergeRoute _route;
     private readonly IMergeProgress? _progress;
     private readonly CancellationToken _ct;
     private readonly List<MergeReport.ModuleReport> _reports = new();
@@ -31,6 +34,10 @@ public sealed class MergeRunner
         _backend = backend;
         _progress = progress;
         _ct = ct;
+        _pool = FactorPool.For(plan);
+        // Adapter output of the method's exact result is written as it comes: a method may encode it itself.
+        var encodeAs = plan.Request.Mode == OutputMode.Adapter && plan.Request.Rank is null ? plan.OutDType : null;
+        _route = MergeRoute.For(backend, new ResultSink(_pool, encodeAs));
     }
 
     private static readonly AsyncLocal<Action<string>?> s_beforeTensor = new();
@@ -94,7 +101,7 @@ public sealed class MergeRunner
         _progress?.Start(writer.Weights.DataLength, writer.Weights.Layout.Count);
         var written = new List<WrittenModule>(_plan.Modules.Count);
         using (var queue = new WriteQueue(_ => writer.Weights))
-        using (var feed = new ModuleFeed(_plan, DeferReads, _ct))
+        using (var feed = new ModuleFeed(_plan, _pool, DeferReads, _ct))
         {
             var tiles = new TileWriter(_backend, queue, null, _progress, _ct);
             // The layout is sorted by name, so a module's lora_A and lora_B come next to each other, in plan order.
@@ -113,7 +120,7 @@ public sealed class MergeRunner
                     BeforeTensor?.Invoke(t.Name);
                     if (r.Encoded is { } e)
                     {
-                        // Encoded by the method in this tensor's dtype (ModuleInput.EncodeAs): written as it is.
+                        // Encoded by the method in this tensor's dtype (the route's ResultSink.EncodeAs): written as it is.
                         var (bytes, length) = isA ? (e.A, e.ALength) : (e.B, e.BLength);
                         if (e.DType != t.DType || length != t.ByteLength)
                             throw new InvalidOperationException($"{t.Name}: encoded as {e.DType}, {length} bytes, but declared {t.DType}, {t.ByteLength} bytes");
@@ -207,7 +214,7 @@ public sealed class MergeRunner
         // Outlives the queue: the writer thread writes from its result buffers until it has drained.
         using var staging = new TileStaging(_backend);
         using (var queue = new WriteQueue(writer.For))
-        using (var feed = new ModuleFeed(_plan, DeferReads, _ct))
+        using (var feed = new ModuleFeed(_plan, _pool, DeferReads, _ct))
         {
             var tiles = new TileWriter(_backend, queue, staging, _progress, _ct);
             foreach (var t in order)
@@ -271,8 +278,8 @@ public sealed class MergeRunner
     /// <summary>Working memory of a dense module above which the previous module's garbage is collected first.</summary>
     private const long DenseCollectBytes = 256L << 20;
 
-    /// <summary>Whether the method reads each factor itself on this backend (see <see cref="ModuleInput.Deferred"/>).</summary>
-    private bool DeferReads => _plan.Method is IReadsDeferredFactors d && d.ReadsDeferred(_backend);
+    /// <summary>Whether the feed hands out factors still in their files, for the route to read each where it trims it.</summary>
+    private bool DeferReads => _route.ReadsWhereItTrims && _plan.Method is ITrimsEveryFactorFirst;
 
     private ModuleResult Merge(ModuleFeed feed, PlannedModule m)
     {
@@ -286,13 +293,13 @@ public sealed class MergeRunner
         var sw = Stopwatch.StartNew();
         _compute.Start();
         ModuleResult result;
-        try { result = _plan.Method.MergeModule(_backend, input, _plan.Request.Options); }
+        try { result = _plan.Method.MergeModule(_route, input, _plan.Request.Options); }
         catch (TaskInputException e) { throw _plan.Named(e); }
         double? truncation = null;
         if (_plan.Request.Rank is { } n && result is LowRankResult lr)
         {
             // Fold the LoRA scale into B so the re-ranked pair reproduces the update with scale 1.
-            var b = lr.Scale == 1.0 ? lr.B : ModuleOps.Scaled(lr.B, (float)lr.Scale);
+            var b = lr.Scale == 1.0 ? lr.B : FactorSpace.Scaled(lr.B, (float)lr.Scale);
             // The SVD needs finite factors; an overflow in them is the merge's, reported as at the encoders.
             if (NonFinite.Any(b)) throw new NonFiniteResultException(LoraAdapter.KeyB(m.Path), -1, 0, "F32");
             if (NonFinite.Any(lr.A)) throw new NonFiniteResultException(LoraAdapter.KeyA(m.Path), -1, 0, "F32");
@@ -327,9 +334,9 @@ public sealed class MergeRunner
         var o = _plan.Request.Options;
         var d = o.Declared;
         var causes = new List<string>();
-        if (d.Reads(MergeParameter.Lambda)) causes.Add($"lambda {ModuleOps.G(o.EffectiveLambda)}");
-        if (d.Reads(MergeParameter.Weights) && o.Weights is { Count: > 0 } w) causes.Add($"weights {string.Join(", ", w.Select(ModuleOps.G))}");
-        causes.Add("LoRA scales (lora_alpha / r) " + string.Join(", ", _plan.Adapters.Select(a => a.TryGetModule(m.Path, out var lm) ? ModuleOps.G(lm.Scale) : "?")));
+        if (d.Reads(MergeParameter.Lambda)) causes.Add($"lambda {MergeErrors.G(o.EffectiveLambda)}");
+        if (d.Reads(MergeParameter.Weights) && o.Weights is { Count: > 0 } w) causes.Add($"weights {string.Join(", ", w.Select(MergeErrors.G))}");
+        causes.Add("LoRA scales (lora_alpha / r) " + string.Join(", ", _plan.Adapters.Select(a => a.TryGetModule(m.Path, out var lm) ? MergeErrors.G(lm.Scale) : "?")));
         return new CopaInputException(_plan.Request.Output, e.Tensor,
             $"merged values overflow {e.DType} (NaN or Inf{e.Where}) though every input value is finite; the merge multiplied them by " +
             string.Join(", ", causes) + ": lower them");

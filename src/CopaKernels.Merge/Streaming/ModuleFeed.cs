@@ -15,18 +15,15 @@ internal sealed class ModuleFeed : IDisposable
     private int _index;
 
     /// <param name="plan">The plan whose modules are handed out.</param>
-    /// <param name="defer">Hand out modules whose factors the method reads itself (<see cref="ModuleInput.Deferred"/>).</param>
+    /// <param name="pool">Where the factor arrays come from and go back to.</param>
+    /// <param name="defer">Hand out modules whose factors are still in their files (<see cref="Factors.FactorHome.File"/>), for a route that reads each where it trims it.</param>
     /// <param name="ct">Cancellation.</param>
-    public ModuleFeed(MergePlan plan, bool defer, CancellationToken ct)
+    public ModuleFeed(MergePlan plan, FactorPool pool, bool defer, CancellationToken ct)
     {
         _defer = defer;
         _plan = plan;
+        _pool = pool;
         _ct = ct;
-        // Idle arrays: two modules' inputs and low-rank results, so that arrays of the shapes in use
-        // (q/k/v/o and gate/up/down differ) wait for the next module of their shape. Less than the
-        // plan counts per module for the copies a device backend makes (MergePlanner.Working).
-        _pool = new FactorPool(plan.Modules.Count == 0 ? 0
-            : 2 * plan.Modules.Max(m => m.InputBytes + (m.Form.IsDense ? 0 : (long)m.Form.Rank * (m.DIn + m.DOut) * sizeof(float))));
     }
 
     /// <summary>The factors of <paramref name="module"/>, which must be the next planned module.</summary>
@@ -48,10 +45,8 @@ internal sealed class ModuleFeed : IDisposable
     private ModuleInput Load(int i)
     {
         _ct.ThrowIfCancellationRequested();
-        // The arrays are this merge's own, so a method may trim them in place.
-        // Adapter output of the method's exact result is written as it comes: a method may encode it itself.
-        var encodeAs = _plan.Request.Mode == OutputMode.Adapter && _plan.Request.Rank is null ? _plan.OutDType : null;
-        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Path, _pool.Rent, _defer) with { Transient = true, Pool = _pool, EncodeAs = encodeAs };
+        // The arrays are this merge's own, so a step may trim them in place.
+        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Path, _pool.Rent, _defer);
     }
 
     /// <summary>

@@ -22,18 +22,20 @@ public class AdapterModulesTests
             {
                 var eager = AdapterModules.Load(adapters, path);
                 // Arrays filled with a marker: a factor the method forgot to read would show it.
-                var deferred = AdapterModules.Load(adapters, path, n => Enumerable.Repeat(float.NaN, n).ToArray(), defer: true) with { Transient = true };
-                Assert.NotNull(deferred.Deferred);
+                var deferred = AdapterModules.Load(adapters, path, n => Enumerable.Repeat(float.NaN, n).ToArray(), defer: true);
+                Assert.True(deferred.Factors.AnyInFile);
+                Assert.Equal(CopaKernels.Merge.Factors.FactorHome.File, deferred.Factors.Home(0, b: true));
                 foreach (var method in new[] { "copa", "copa-official" })
                 {
                     var want = (LowRankResult)MergeMethods.Get(method).MergeModule(backend, eager, new MergeOptions { Method = method });
-                    var fresh = AdapterModules.Load(adapters, path, n => Enumerable.Repeat(float.NaN, n).ToArray(), defer: true) with { Transient = true };
+                    var fresh = AdapterModules.Load(adapters, path, n => Enumerable.Repeat(float.NaN, n).ToArray(), defer: true);
                     var got = (LowRankResult)MergeMethods.Get(method).MergeModule(backend, fresh, new MergeOptions { Method = method });
                     Assert.Equal(want.A, got.A);
                     Assert.Equal(want.B, got.B);
                     Assert.Equal(want.Stats.ThresholdsA, got.Stats.ThresholdsA);
                 }
-                deferred.Deferred!.ReadAll();
+                deferred.Factors.ReadAllF32();
+                Assert.False(deferred.Factors.AnyInFile);
                 for (int t = 0; t < 3; t++)
                 {
                     Assert.Equal(eager.Tasks[t].A, deferred.Tasks[t].A);

@@ -194,7 +194,7 @@ public class MergeMethodTests
             for (int i = 0; i < merged.Length; i++) merged[i] = (float)dense[i / 18, i % 18];
         }
         else merged = Assert.IsType<DenseResult>(result).Delta;
-        var deltas = Enumerable.Range(0, 3).Select(t => ModuleOps.Delta(Backend, m, t)).ToList();
+        var deltas = Enumerable.Range(0, 3).Select(t => CopaKernels.Merge.Routes.MergeRoute.For(Backend).TaskDelta(m, t)).ToList();
         // The kernel's ΔW_n against the dense product in double.
         for (int t = 0; t < 3; t++)
         {
@@ -320,7 +320,7 @@ public class MergeMethodTests
             Assert.Equal(before[t].B, m.Tasks[t].B);
         }
         // A transient module (the streaming feed's own arrays) gives the same result, trimming in place.
-        var transient = m with { Transient = true };
+        var transient = m with { Factors = CopaKernels.Merge.Factors.FactorSet.OwnArrays(m.Tasks.Count) };
         var got = (LowRankResult)MergeMethods.Get(method).MergeModule(Backend, transient, opts);
         Assert.Equal(want.A, got.A);
         Assert.Equal(want.B, got.B);

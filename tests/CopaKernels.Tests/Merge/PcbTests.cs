@@ -78,7 +78,7 @@ public class PcbTests
         Assert.Equal(4, factors.Rank);
         Assert.Contains(factors.A, v => v != 0);
         var dense = (DenseResult)MergeMethods.Get("pcb").MergeModule(backend, m, new MergeOptions { Method = "pcb", Space = MergeSpace.Delta });
-        var deltas = Enumerable.Range(0, 3).Select(t => ModuleOps.Delta(backend, m, t)).ToList();
+        var deltas = Enumerable.Range(0, 3).Select(t => CopaKernels.Merge.Routes.MergeRoute.For(backend).TaskDelta(m, t)).ToList();
         var want = Reference(deltas, 0.1, 1.0);
         double maxAbs = want.Max(Math.Abs);
         for (int i = 0; i < want.Length; i++)

@@ -1,46 +1,5 @@
 namespace CopaKernels.Merge;
 
-/// <summary>One task's LoRA factors of one module, as F32 on the host.</summary>
-/// <param name="A">r × d_in, row-major.</param>
-/// <param name="B">d_out × r, row-major.</param>
-/// <param name="Rank">r.</param>
-/// <param name="Scale">s_n = α/r (or α/√r).</param>
-/// <param name="Alpha">lora_alpha (copa-official carries the first adapter's).</param>
-public sealed record TaskFactors(float[] A, float[] B, int Rank, double Scale, double Alpha);
-
-/// <summary>All tasks' factors of one module.</summary>
-/// <param name="Path">Module path (used in messages and as the DARE stream name).</param>
-/// <param name="DOut">Output dimension.</param>
-/// <param name="DIn">Input dimension.</param>
-/// <param name="Tasks">One entry per adapter, in order.</param>
-public sealed record ModuleInput(string Path, int DOut, int DIn, IReadOnlyList<TaskFactors> Tasks)
-{
-    /// <summary>
-    /// The factor arrays belong to this merge alone (the streaming feed's fresh reads), so a method may
-    /// trim them in place instead of copying them first. False for inputs a caller handed in.
-    /// </summary>
-    internal bool Transient { get; init; }
-
-    /// <summary>
-    /// Set when the factor arrays are allocated but not read yet (the streaming feed, for a method that
-    /// reads each factor itself right before it trims it, while it is in cache). Null otherwise.
-    /// </summary>
-    internal DeferredFactors? Deferred { get; init; }
-
-    /// <summary>
-    /// Set by the streaming feed when the result is written as it is, in this dtype (adapter output of
-    /// the method's exact rank): a method may then hand back its factors already encoded
-    /// (<see cref="LowRankResult.Encoded"/>) instead of as F32. Null otherwise.
-    /// </summary>
-    internal Formats.Safetensors.DType? EncodeAs { get; init; }
-
-    /// <summary>Where a method takes its result arrays: the streaming feed's pool, which gets them back once written.</summary>
-    internal Streaming.FactorPool? Pool { get; init; }
-
-    /// <summary>An uninitialised array of <paramref name="length"/> floats for a result (pooled when streaming).</summary>
-    internal float[] NewArray(int length) => Pool?.Rent(length) ?? GC.AllocateUninitializedArray<float>(length);
-}
-
 /// <summary>A merged module: a low-rank pair (ΔW = Scale·B·A) or a dense ΔW.</summary>
 public abstract record ModuleResult
 {
@@ -57,7 +16,7 @@ public abstract record ModuleResult
 public sealed record LowRankResult(float[] B, float[] A, int Rank, double Scale, double Alpha) : ModuleResult
 {
     /// <summary>
-    /// The factors already in the output's bytes (only for a <see cref="ModuleInput.EncodeAs"/> input);
+    /// The factors already in the output's bytes (only where the run writes this result as it is: <see cref="Routes.ResultSink.EncodeAs"/>);
     /// <see cref="B"/> and <see cref="A"/> are then empty.
     /// </summary>
     internal EncodedFactors? Encoded { get; init; }

@@ -7,10 +7,10 @@ using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
 
-namespace CopaKernels.Merge;
+namespace CopaKernels.Merge.Routes;
 
 /// <summary>
-/// The rank-Σr pair of <see cref="ModuleOps.Concatenate"/>, built in the output's own bytes from trimmed
+/// The rank-Σr pair of <see cref="Concatenation.Concatenate"/>, built in the output's own bytes from trimmed
 /// factors in their stored 16-bit format, for adapter output in that format: each trimmed A is copied
 /// into its rows of the output A as it comes off the trim (<see cref="Sink"/>); each trimmed B is kept,
 /// in its format, in the first half of the module's own (unread) F32 array for it; once S̃ is known,
@@ -19,7 +19,7 @@ namespace CopaKernels.Merge;
 /// per-thread block, and the writer gets bytes it writes as they are.
 /// </summary>
 /// <remarks>
-/// The numbers are <see cref="ModuleOps.Concatenate"/>'s rounded once: an A entry is the trimmed value
+/// The numbers are <see cref="Concatenation.Concatenate"/>'s rounded once: an A entry is the trimmed value
 /// itself (exact in its format), a B entry the fp32 product coefficient × value, rounded by the same
 /// rounding the writer's encoder uses. Writing B by row blocks, not by task, keeps each output cache
 /// line on one thread (a task's 16 columns are 32 bytes of a 256-byte row: written task by task from
@@ -38,10 +38,10 @@ internal sealed unsafe class EncodedConcatenation
     {
         _m = m;
         _format = format;
-        _start = ModuleOps.TaskStarts(m);
+        _start = Concatenation.TaskStarts(m);
         _total = _start[^1];
-        _a = Streaming.WriteQueue.Rent(ALength);
-        _b = Streaming.WriteQueue.Rent(BLength);
+        _a = ResultSink.Bytes(ALength);
+        _b = ResultSink.Bytes(BLength);
     }
 
     /// <summary>The output dtype: the factors' own.</summary>
@@ -51,7 +51,7 @@ internal sealed unsafe class EncodedConcatenation
 
     private int BLength => checked(_m.DOut * _total * 2);
 
-    /// <summary>Takes one factor (a <see cref="CopaScaling.RawSink"/>), trimmed as it is copied: A into its rows of the output, B kept for <see cref="Finish"/>.</summary>
+    /// <summary>Takes one factor (a <see cref="KeepTrimmed16"/>), trimmed as it is copied: A into its rows of the output, B kept for <see cref="Finish"/>.</summary>
     public void Sink(int task, bool isB, ReadOnlySpan<ushort> values, float threshold)
     {
         var into = isB ? KeptB(task) : MemoryMarshal.Cast<byte, ushort>(_a.AsSpan(_start[task] * _m.DIn * 2, values.Length * 2));
@@ -59,16 +59,16 @@ internal sealed unsafe class EncodedConcatenation
     }
 
     /// <summary>Task <paramref name="task"/>'s trimmed B (d_out × r), kept in its own F32 array's first half.</summary>
-    private Span<ushort> KeptB(int task) => MemoryMarshal.Cast<float, ushort>(_m.Tasks[task].B.AsSpan())[..(_m.DOut * _m.Tasks[task].Rank)];
+    private Span<ushort> KeptB(int task) => Factors.FactorSet.Bits16Of(_m.Tasks[task].B, _m.DOut * _m.Tasks[task].Rank);
 
     /// <summary>Writes B, coefficient(n, j) (rounded once to fp32) times each task's columns, and hands back the encoded pair.</summary>
     public LowRankResult Finish(Func<int, int, double> coefficient, ModuleStats stats, ParallelOptions parallel)
     {
-        var (coef, _) = ModuleOps.ColumnCoefficients(_m, coefficient);
+        var (coef, _) = Concatenation.ColumnCoefficients(_m, coefficient);
         int rows = _m.DOut, total = _total, n = _m.Tasks.Count;
-        int rowsPerChunk = Math.Max(1, ModuleOps.SumChunk / Math.Max(1, total));
+        int rowsPerChunk = Math.Max(1, HostLoops.SumChunk / Math.Max(1, total));
         bool fused = _format == Float16Format.BFloat16 && Vector512.IsHardwareAccelerated && _m.Tasks.All(t => t.Rank % 16 == 0);
-        ModuleOps.ParallelFor((rows + rowsPerChunk - 1) / rowsPerChunk, parallel, chunk =>
+        HostLoops.ParallelFor((rows + rowsPerChunk - 1) / rowsPerChunk, parallel, chunk =>
         {
             int i0 = chunk * rowsPerChunk, count = Math.Min(rows, i0 + rowsPerChunk) - i0;
             var output = MemoryMarshal.Cast<byte, ushort>(_b.AsSpan(i0 * total * 2, count * total * 2));
@@ -87,8 +87,8 @@ internal sealed unsafe class EncodedConcatenation
                 return;
             }
             // Any format: the block widened into a scratch, scaled row by row, encoded back.
-            var values = ThreadScratch.Get(ref t_values, count * total, ModuleOps.SumChunk);
-            var widened = ThreadScratch.Get(ref t_widened, count * total, ModuleOps.SumChunk);
+            var values = ThreadScratch.Get(ref t_values, count * total, HostLoops.SumChunk);
+            var widened = ThreadScratch.Get(ref t_widened, count * total, HostLoops.SumChunk);
             for (int task = 0; task < n; task++)
             {
                 int r = _start[task + 1] - _start[task];

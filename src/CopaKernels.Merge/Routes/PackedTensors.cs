@@ -1,6 +1,6 @@
 using CopaKernels.Kernels;
 
-namespace CopaKernels.Merge;
+namespace CopaKernels.Merge.Routes;
 
 /// <summary>
 /// Host-side helpers to move a module's tensors through a device backend: pack many host arrays into one
