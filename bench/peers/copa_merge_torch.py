@@ -9,10 +9,10 @@ trim each with torch.kthvalue(|x|, k, dim=1) + `>=`, compute the complementary
 scaling S from the A side, clamp and normalise it, and combine. It is meant to
 be a fair, straightforward port, not a slowed-down or an optimised one. Two
 changes from the released code: the maths runs in float32 whatever the stored
-dtype (SPEC "every computation runs in fp32"), and a row whose trimmed sum is
-0 gets S = 1 (SPEC §2) where the released code would produce inf/NaN.
+dtype (SEMANTICS: "all arithmetic happens in fp32"), and a row whose trimmed sum is
+0 gets S = 1 (SEMANTICS §2) where the released code would produce inf/NaN.
 
-Methods (SPEC §2 and §3; k = int(n*(1-density)), t = kthvalue(|x|, k),
+Methods (SEMANTICS §2 and §3; k = int(n*(1-density)), t = kthvalue(|x|, k),
 keep |x| >= t, k = 0 keeps all; S_n[i] = sum_j |A_n[i,j]| / sum_j |Ã_n[i,j]|):
 
   copa-official  clamp c = 0.2 (S raised to its sorted[int(r*(1-c))] value),

@@ -4,7 +4,7 @@ using CopaKernels.Formats;
 
 namespace CopaKernels.Cli;
 
-/// <summary>Entry point of <c>copa</c>: parses the command line and maps failures to exit codes (SPEC §7).</summary>
+/// <summary>Entry point of <c>copa</c>: parses the command line and maps failures to exit codes (SEMANTICS §7).</summary>
 public static class Program
 {
     /// <summary>Success.</summary>

@@ -88,9 +88,6 @@ public sealed partial class AtomicFolder : IDisposable
             throw new CopaInputException(path, null, "output folder is a mount point, which the finished output cannot be renamed onto; give a new folder inside it");
     }
 
-    /// <summary>A path inside the temporary folder.</summary>
-    public string PathOf(string name) => Path.Combine(TempPath, name);
-
     /// <summary>Syncs every file to disk (unless <paramref name="sync"/> is false), then moves the finished folder into place.</summary>
     public void Commit(bool sync = true)
     {

@@ -5,7 +5,7 @@ using ILGPU.Runtime;
 namespace CopaKernels.Gpu;
 
 /// <summary>
-/// Family 1 on ILGPU: the exact k-th smallest |x| and the keep-mask |x| ≥ t (SPEC §1), by radix select.
+/// Family 1 on ILGPU: the exact k-th smallest |x| and the keep-mask |x| ≥ t (SEMANTICS §1), by radix select.
 /// </summary>
 /// <remarks>
 /// <para>Keys are the float bits with the sign cleared: for non-negative IEEE floats the unsigned order of

@@ -5,7 +5,7 @@ namespace CopaKernels.Gpu;
 
 /// <summary>
 /// Family 2 on ILGPU: per-row Σ|x| and, in the same pass, Σ|x| over the entries with |x| ≥ t, optionally
-/// zeroing the others (CoPA's complementary scaling, SPEC §2 step 2).
+/// zeroing the others (CoPA's complementary scaling, SEMANTICS §2 step 2).
 /// </summary>
 /// <remarks>
 /// One group per row (a grid-stride loop over rows when there are more rows than groups): each thread sums

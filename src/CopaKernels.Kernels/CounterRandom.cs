@@ -4,7 +4,7 @@ using System.Text;
 namespace CopaKernels.Kernels;
 
 /// <summary>
-/// The counter-based random stream of DARE (SPEC §4): the keep decision for element i of task t of
+/// The counter-based random stream of DARE (SEMANTICS §4): the keep decision for element i of task t of
 /// tensor "name" under seed s is a pure function of (s, name, t, i), so every backend, thread count
 /// and tiling draws the same mask. Built from SplitMix64's finaliser (integer multiply, xor, shift:
 /// the same on CPU, CUDA and OpenCL); the comparison is done on 24-bit integers, so no floating-point

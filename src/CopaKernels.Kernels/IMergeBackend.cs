@@ -15,7 +15,7 @@ public enum BackendKind
 
 /// <summary>
 /// The merge kernels, backend-neutral: everything a merge method needs, and nothing about files.
-/// Semantics (SPEC §1–§2) are identical on every backend: selection thresholds and masks bit for bit,
+/// Semantics (SEMANTICS §1–§2) are identical on every backend: selection thresholds and masks bit for bit,
 /// sums and products within fp32 rounding of the scalar references in <c>Reference/</c>.
 /// Arguments are validated here, at the public entry; kernels assume valid input.
 /// </summary>

@@ -1,6 +1,6 @@
 namespace CopaKernels.Kernels;
 
-/// <summary>The outcome of an exact magnitude selection (SPEC §1) on one tensor.</summary>
+/// <summary>The outcome of an exact magnitude selection (SEMANTICS §1) on one tensor.</summary>
 /// <param name="K">k = floor(n·(1−ρ)): how many of the smallest |x| are candidates for removal; 0 keeps everything.</param>
 /// <param name="Threshold">t = the k-th smallest |x| (1-based), or 0 when k = 0; entries with |x| ≥ t are kept.</param>
 /// <param name="Kept">Number of entries kept (can exceed n − k when several entries equal t).</param>

@@ -72,10 +72,15 @@ public static class LowRankTruncation
     /// <param name="dIn">Columns of A (d_in).</param>
     /// <param name="newRank">N, 0 ≤ N ≤ R. N = 0 returns empty factors.</param>
     /// <param name="placement">How Σ_N is split between B' and A'.</param>
+    /// <param name="parallel">
+    /// Bounds the threads of the QR, core and SVD loops (a merge passes its run's options, so
+    /// <c>--threads</c> holds here too); null means <c>new ParallelOptions()</c>. The result does not
+    /// depend on it.
+    /// </param>
     /// <exception cref="ArgumentOutOfRangeException">A dimension is not positive, or N is outside [0, R].</exception>
     /// <exception cref="ArgumentException">A span has the wrong length or holds a NaN or infinity.</exception>
     public static TruncationResult Truncate(ReadOnlySpan<float> b, ReadOnlySpan<float> a, int dOut, int rank, int dIn,
-        int newRank, SigmaPlacement placement = SigmaPlacement.Split)
+        int newRank, SigmaPlacement placement = SigmaPlacement.Split, ParallelOptions? parallel = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(dOut);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rank);
@@ -102,11 +107,12 @@ public static class LowRankTruncation
             aCols[i] = e;
         }
 
-        var qrB = Householder.Factor(bCols, dOut, rank);
-        var qrA = Householder.Factor(aCols, dIn, rank);
+        parallel ??= new ParallelOptions();
+        var qrB = Householder.Factor(bCols, dOut, rank, parallel);
+        var qrA = Householder.Factor(aCols, dIn, rank, parallel);
         int pB = qrB.Reflectors, pA = qrA.Reflectors;
-        var core = Core(qrB.UpperR(), qrA.UpperR(), pB, pA, rank);
-        var svd = JacobiSvd.Decompose(core, pB, pA);
+        var core = Core(qrB.UpperR(), qrA.UpperR(), pB, pA, rank, parallel);
+        var svd = JacobiSvd.Decompose(core, pB, pA, parallel: parallel);
         int k = svd.Count;
 
         var singular = new double[rank];
@@ -129,8 +135,8 @@ public static class LowRankTruncation
             for (int i = 0; i < pB; i++) outB[(long)j * dOut + i] = u[i] * fB;
             for (int i = 0; i < pA; i++) outA[(long)j * dIn + i] = v[i] * fA;
         }
-        qrB.ApplyQ(outB, live);
-        qrA.ApplyQ(outA, live);
+        qrB.ApplyQ(outB, live, parallel);
+        qrA.ApplyQ(outA, live, parallel);
 
         // B' row-major d_out × N: transpose the live columns; columns live..N-1 stay zero.
         var bPrime = new float[(long)dOut * newRank];
@@ -176,7 +182,7 @@ public static class LowRankTruncation
     }
 
     /// <summary>C = R_B R_Aᵀ (p_B × p_A, row-major); both R factors are upper trapezoidal with R columns.</summary>
-    private static double[] Core(double[] rB, double[] rA, int pB, int pA, int r)
+    private static double[] Core(double[] rB, double[] rA, int pB, int pA, int r, ParallelOptions parallel)
     {
         var c = new double[(long)pB * pA];
         void Row(int i)
@@ -189,7 +195,7 @@ public static class LowRankTruncation
             }
         }
         if ((long)pB * pA * r < 1L << 18) { for (int i = 0; i < pB; i++) Row(i); }
-        else Parallel.For(0, pB, Row);
+        else Parallel.For(0, pB, parallel, Row);
         return c;
     }
 

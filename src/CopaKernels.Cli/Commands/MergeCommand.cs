@@ -9,7 +9,7 @@ using CopaKernels.Merge.Streaming;
 
 namespace CopaKernels.Cli.Commands;
 
-/// <summary><c>copa merge</c>: plan (headers only), then stream the merge with a memory bound (SPEC §7).</summary>
+/// <summary><c>copa merge</c>: plan (headers only), then stream the merge with a memory bound (SEMANTICS §7).</summary>
 internal static class MergeCommand
 {
     public static Command Create(TextWriter stdout, TextWriter stderr)

@@ -8,7 +8,7 @@ using System.Runtime.Intrinsics.X86;
 namespace CopaKernels.Kernels.Cpu;
 
 /// <summary>
-/// Family 1 on the CPU: the exact k-th smallest |x| and the keep-mask |x| ≥ t (SPEC §1).
+/// Family 1 on the CPU: the exact k-th smallest |x| and the keep-mask |x| ≥ t (SEMANTICS §1).
 /// </summary>
 /// <remarks>
 /// Everything works on keys: the float bits with the sign cleared. For non-negative IEEE floats the

@@ -5,7 +5,7 @@ namespace CopaKernels.Kernels.Cpu;
 
 /// <summary>
 /// Family 2 on the CPU: per-row Σ|x| and, in the same pass, Σ|x| over the entries with |x| ≥ t
-/// (CoPA's complementary scaling needs both, SPEC §2 step 2), optionally zeroing the others.
+/// (CoPA's complementary scaling needs both, SEMANTICS §2 step 2), optionally zeroing the others.
 /// </summary>
 /// <remarks>
 /// The plain sum is <see cref="TensorPrimitives.SumOfMagnitudes(ReadOnlySpan{float})"/> (it has the

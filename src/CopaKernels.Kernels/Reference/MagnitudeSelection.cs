@@ -1,7 +1,7 @@
 namespace CopaKernels.Kernels.Reference;
 
 /// <summary>
-/// Scalar reference of family 1 (SPEC §1), written for obviousness: sort |x|, take the k-th
+/// Scalar reference of family 1 (SEMANTICS §1), written for obviousness: sort |x|, take the k-th
 /// smallest, keep |x| ≥ t. Every backend's threshold, kept count and mask must equal this bit for bit.
 /// </summary>
 public static class ReferenceMagnitudeSelection

@@ -73,9 +73,12 @@ internal static class Householder
         /// Overwrites each of the <paramref name="count"/> columns of <paramref name="x"/> (column-major,
         /// m × count) with Q · x: on entry rows p..m-1 of every column must be zero (x is a p-vector
         /// padded to m), on exit the columns are the m-vectors Q x. Only the reflectors are used.
+        /// <paramref name="parallel"/> bounds the threads (null: the default options); the columns are
+        /// independent, so the result is bit-identical for any thread count.
         /// </summary>
-        public void ApplyQ(double[] x, int count)
+        public void ApplyQ(double[] x, int count, ParallelOptions? parallel = null)
         {
+            parallel ??= new ParallelOptions();
             int m = Rows, p = Reflectors;
             if ((long)x.Length < (long)m * count) throw new ArgumentException("x is shorter than m × count.", nameof(x));
             // Q = H_0 H_1 ⋯ H_{p-1}, so the last reflector acts first. Reflectors go in panels (last panel
@@ -90,7 +93,7 @@ internal static class Householder
                     for (int k = kEnd - 1; k >= k0; k--) Reflect(k, col);
                 }
                 if ((long)count * (kEnd - k0) * m < ParallelThreshold || count == 1) { for (int c = 0; c < count; c++) One(c); }
-                else Parallel.For(0, count, One);
+                else Parallel.For(0, count, parallel, One);
             }
         }
 
@@ -108,10 +111,12 @@ internal static class Householder
 
     /// <summary>
     /// Factors the column-major m × n matrix in <paramref name="columns"/> in place (the array is
-    /// taken over by the returned <see cref="Factors"/>).
+    /// taken over by the returned <see cref="Factors"/>). <paramref name="parallel"/> bounds the threads
+    /// of the trailing-column updates (null: the default options).
     /// </summary>
-    public static Factors Factor(double[] columns, int rows, int cols)
+    public static Factors Factor(double[] columns, int rows, int cols, ParallelOptions? parallel = null)
     {
+        parallel ??= new ParallelOptions();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rows);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(cols);
         if ((long)columns.Length != (long)rows * cols) throw new ArgumentException("columns must hold rows × cols values.", nameof(columns));
@@ -151,7 +156,7 @@ internal static class Householder
             }
             long work = (long)(n - first) * (kEnd - k0) * (m - k0);
             if (work < ParallelThreshold || n - first == 1) { for (int j = first; j < n; j++) Trailing(j); }
-            else Parallel.For(first, n, Trailing);
+            else Parallel.For(first, n, parallel, Trailing);
         }
         return new Factors(columns, tau, diag, m, n);
     }

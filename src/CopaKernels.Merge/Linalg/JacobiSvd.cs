@@ -61,9 +61,12 @@ internal static class JacobiSvd
         public ReadOnlySpan<double> VColumn(int j) => V.AsSpan(j * Cols, Cols);
     }
 
-    /// <summary>SVD of the row-major <paramref name="rows"/> × <paramref name="cols"/> matrix <paramref name="a"/>.</summary>
+    /// <summary>
+    /// SVD of the row-major <paramref name="rows"/> × <paramref name="cols"/> matrix <paramref name="a"/>;
+    /// <paramref name="parallel"/> bounds the threads of a sweep (null: the default options).
+    /// </summary>
     public static Result Decompose(ReadOnlySpan<double> a, int rows, int cols,
-        double tolerance = DefaultTolerance, int maxSweeps = DefaultMaxSweeps)
+        double tolerance = DefaultTolerance, int maxSweeps = DefaultMaxSweeps, ParallelOptions? parallel = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rows);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(cols);
@@ -101,7 +104,8 @@ internal static class JacobiSvd
         var v = new double[(long)n * n];
         for (int j = 0; j < n; j++) v[(long)j * n + j] = 1;
 
-        (int sweeps, bool converged) = amax == 0 ? (0, true) : Orthogonalize(w, v, m, n, Math.Max(tolerance, Math.Sqrt(m) * Eps), maxSweeps);
+        (int sweeps, bool converged) = amax == 0 ? (0, true) : Orthogonalize(w, v, m, n, Math.Max(tolerance, Math.Sqrt(m) * Eps), maxSweeps,
+            parallel ?? new ParallelOptions());
 
         // σ_j from the converged columns, with the scaled 2-norm so tiny columns keep their value.
         var sigma = new double[n];
@@ -156,7 +160,8 @@ internal static class JacobiSvd
     /// per-task order (so the result does not depend on the thread count).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static (int Sweeps, bool Converged) Orthogonalize(double[] w, double[] v, int m, int n, double tol, int maxSweeps)
+    private static (int Sweeps, bool Converged) Orthogonalize(double[] w, double[] v, int m, int n, double tol, int maxSweeps,
+        ParallelOptions options)
     {
         if (n == 1) return (0, true);
         var norms = new double[n];
@@ -180,7 +185,7 @@ internal static class JacobiSvd
                     for (int q = p + 1; q < hi; q++) any |= Rotate(w, v, norms, m, n, p, q, tol);
                 rotated[blk] |= any;
             }
-            if (parallel) Parallel.For(0, blocks, Inside);
+            if (parallel) Parallel.For(0, blocks, options, Inside);
             else for (int blk = 0; blk < blocks; blk++) Inside(blk);
 
             for (int round = 0; round < rounds; round++)
@@ -199,7 +204,7 @@ internal static class JacobiSvd
                         for (int q = qLo; q < qHi; q++) any |= Rotate(w, v, norms, m, n, p, q, tol);
                     rotated[i] |= any;
                 }
-                if (parallel) Parallel.For(0, pairsPerRound, Across);
+                if (parallel) Parallel.For(0, pairsPerRound, options, Across);
                 else for (int i = 0; i < pairsPerRound; i++) Across(i);
             }
             if (Array.IndexOf(rotated, true) < 0) return (sweep, true);

@@ -293,6 +293,42 @@ public class LowRankTruncationTests
         CheckViaGrams(b, a, dOut, r, dIn, x, 1e-5);
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void Truncate_ThreadCount_GivesBitIdenticalResults(int threads)
+    {
+        var rng = new Random(12);
+        int dOut = 700, r = 128, dIn = 500; // large enough for the parallel paths of QR, core and SVD (4 Jacobi blocks)
+        var b = Floats(rng, dOut * r, 0.05);
+        var a = Floats(rng, r * dIn, 0.05);
+        var unbounded = LowRankTruncation.Truncate(b, a, dOut, r, dIn, 20);
+        var bounded = LowRankTruncation.Truncate(b, a, dOut, r, dIn, 20,
+            parallel: new ParallelOptions { MaxDegreeOfParallelism = threads });
+        Assert.Equal(unbounded.B, bounded.B);
+        Assert.Equal(unbounded.A, bounded.A);
+        Assert.Equal(unbounded.SingularValues, bounded.SingularValues);
+    }
+
+    [Fact]
+    public void Truncate_CancelledOptions_Throws()
+    {
+        // The options reach the parallel loops: a cancelled token stops the QR's first parallel pass,
+        // and, given to the SVD alone, its first parallel sweep.
+        var rng = new Random(13);
+        int dOut = 700, r = 128, dIn = 500;
+        var b = Floats(rng, dOut * r, 0.05);
+        var a = Floats(rng, r * dIn, 0.05);
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        var cancelled = new ParallelOptions { CancellationToken = cts.Token };
+        Assert.Throws<OperationCanceledException>(() => LowRankTruncation.Truncate(b, a, dOut, r, dIn, 20, parallel: cancelled));
+        var core = new double[r * r];
+        for (int i = 0; i < core.Length; i++) core[i] = rng.NextDouble() - 0.5;
+        Assert.Throws<OperationCanceledException>(() => JacobiSvd.Decompose(core, r, r, parallel: cancelled));
+    }
+
     // ---------------------------------------------------------------- (e) large smoke test
 
     [Fact]

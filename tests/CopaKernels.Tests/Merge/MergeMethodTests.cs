@@ -125,7 +125,7 @@ public class MergeMethodTests
     [Fact]
     public void CopaOfficial_HandWorkedExample()
     {
-        // Worked through SPEC §3 by hand with density 0.5 (see the comments for each step).
+        // Worked through SEMANTICS §3 by hand with density 0.5 (see the comments for each step).
         // Task 1: |A1| sorted 0, .5, 1, 1, 2, 3 → k = 3, t = 1 → Ã1 = [[1,-2,3],[0,0,-1]]; S1 = [6/6, 1.5/1] = [1, 1.5].
         //         |B1| sorted 0, 1, 2, 4 → k = 2, t = 1 → B̃1 = B1.
         // Task 2: |A2| sorted 0, 0, .25, 1, 2, 2 → t = .25 → Ã2 = A2; S2 = [1, 1]. B̃2 = B2 (t = 1).

@@ -5,8 +5,8 @@ using CopaKernels.Merge;
 namespace CopaKernels.Tests.Merge;
 
 /// <summary>
-/// Plain scalar re-implementations of the merge methods, written from SPEC §2–§4 (dense, double
-/// accumulation). Trims use the scalar selection reference; fp32 appears only where the SPEC puts it
+/// Plain scalar re-implementations of the merge methods, written from SEMANTICS §2–§4 (dense, double
+/// accumulation). Trims use the scalar selection reference; fp32 appears only where SEMANTICS puts it
 /// (inputs, the scaled factors that are trimmed, the results).
 /// </summary>
 internal static class MergeReference
@@ -67,7 +67,7 @@ internal static class MergeReference
         return s;
     }
 
-    /// <summary>SPEC §2 step 5, dense.</summary>
+    /// <summary>SEMANTICS §2 step 5, dense.</summary>
     public static double[,] Copa(ModuleInput m, double density, double lambda, double clamp, bool normalize)
     {
         var aT = m.Tasks.Select(t => Trim(t.A, density)).ToArray();
@@ -88,7 +88,7 @@ internal static class MergeReference
         return w;
     }
 
-    /// <summary>SPEC §3: (B_m, A_m) in double.</summary>
+    /// <summary>SEMANTICS §3: (B_m, A_m) in double.</summary>
     public static (double[] B, double[] A) CopaOfficial(ModuleInput m, double density, double lambda)
     {
         int r = m.Tasks[0].Rank;
@@ -106,7 +106,7 @@ internal static class MergeReference
         return (b, a);
     }
 
-    /// <summary>One sparsifier + combine of SPEC §4 over flattened task tensors (weights already applied or passed).</summary>
+    /// <summary>One sparsifier + combine of SEMANTICS §4 over flattened task tensors (weights already applied or passed).</summary>
     public static double[] Baseline(string method, IReadOnlyList<float[]> xs, double[] w, double density, double lambda, ulong seed, string streamName)
     {
         int n = xs.Count;

@@ -6,7 +6,7 @@ namespace CopaKernels.Tests.Merge;
 
 public class PcbTests
 {
-    /// <summary>SPEC §4 pcb in double, straight from the text.</summary>
+    /// <summary>SEMANTICS §4 pcb in double, straight from the text.</summary>
     private static double[] Reference(IReadOnlyList<float[]> xs, double q, double lambda)
     {
         int n = xs.Count, d = xs[0].Length;
