@@ -16,7 +16,7 @@ internal static class FactorSpace
         ResultForm.EqualRanks(m.Path, m.Tasks.Select(t => (t.Rank, t.Alpha)).ToList(), why);
 
     /// <summary>
-    /// Factor space (SPEC §4): x^A_n = sign(w_n)·√|w_n·s_n|·A_n and x^B_n = √|w_n·s_n|·B_n, as fresh
+    /// Factor space (SEMANTICS §4): x^A_n = sign(w_n)·√|w_n·s_n|·A_n and x^B_n = √|w_n·s_n|·B_n, as fresh
     /// arrays (the coefficient computed in double, rounded once, one fp32 multiply per element).
     /// </summary>
     public static (List<float[]> A, List<float[]> B, int Rank) WeightedFactors(ModuleInput m, MergeOptions o)

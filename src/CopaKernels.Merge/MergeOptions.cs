@@ -2,7 +2,7 @@ using CopaKernels.Formats;
 
 namespace CopaKernels.Merge;
 
-/// <summary>Where a baseline operates (SPEC §4).</summary>
+/// <summary>Where a baseline operates (SEMANTICS §4).</summary>
 public enum MergeSpace
 {
     /// <summary>On the A stack and the B stack separately, PEFT-style √ weighting; output a LoRA of rank r.</summary>

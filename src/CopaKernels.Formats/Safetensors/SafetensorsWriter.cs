@@ -148,24 +148,6 @@ public sealed class SafetensorsWriter : IDisposable
         finally { ArrayPool<byte>.Shared.Return(scratch); }
     }
 
-    /// <summary>Copies a tensor byte for byte from another file (same dtype and shape required).</summary>
-    public void AppendFrom(string name, SafetensorsFile source, TensorInfo tensor)
-    {
-        const int chunk = 4 << 20;
-        var buffer = ArrayPool<byte>.Shared.Rent((int)Math.Min(chunk, Math.Max(1, tensor.ByteLength)));
-        try
-        {
-            for (long done = 0; done < tensor.ByteLength;)
-            {
-                int m = (int)Math.Min(buffer.Length, tensor.ByteLength - done);
-                source.ReadBytes(tensor, done, buffer.AsSpan(0, m));
-                Append(name, buffer.AsSpan(0, m));
-                done += m;
-            }
-        }
-        finally { ArrayPool<byte>.Shared.Return(buffer); }
-    }
-
     /// <summary>Checks every byte was written, flushes to disk and renames the file into place.</summary>
     public void Commit()
     {

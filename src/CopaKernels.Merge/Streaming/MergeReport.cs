@@ -4,7 +4,7 @@ using System.Text.Json.Serialization;
 namespace CopaKernels.Merge.Streaming;
 
 /// <summary>
-/// <c>merge_report.json</c> (SPEC §7): what was merged, how, with what result, in how long and in how
+/// <c>merge_report.json</c> (SEMANTICS §7): what was merged, how, with what result, in how long and in how
 /// much memory. Written into the output folder before it is moved into place.
 /// </summary>
 public sealed record MergeReport

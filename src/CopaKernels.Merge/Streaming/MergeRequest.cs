@@ -2,7 +2,7 @@ using CopaKernels.Formats.Safetensors;
 
 namespace CopaKernels.Merge.Streaming;
 
-/// <summary>What a merge writes (SPEC §5).</summary>
+/// <summary>What a merge writes (SEMANTICS §5).</summary>
 public enum OutputMode
 {
     /// <summary>A PEFT adapter folder (adapter_config.json + adapter_model.safetensors).</summary>
@@ -42,8 +42,8 @@ public sealed record MergeRequest
 
     /// <summary>
     /// Adapter output rank: null keeps the method's exact low-rank result (rank Σ r_n for sums of
-    /// products such as copa, r for factor-space methods and copa-official: SPEC §5 "sum"); N re-ranks
-    /// every module exactly to its best rank-N approximation (SPEC §5, lora_alpha = N).
+    /// products such as copa, r for factor-space methods and copa-official: SEMANTICS §5 "sum"); N re-ranks
+    /// every module exactly to its best rank-N approximation (SEMANTICS §5, lora_alpha = N).
     /// </summary>
     public int? Rank { get; init; }
 

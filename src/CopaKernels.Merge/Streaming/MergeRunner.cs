@@ -303,7 +303,7 @@ public sealed class MergeRunner
             // The SVD needs finite factors; an overflow in them is the merge's, reported as at the encoders.
             if (NonFinite.Any(b)) throw new NonFiniteResultException(LoraAdapter.KeyB(m.Path), -1, 0, "F32");
             if (NonFinite.Any(lr.A)) throw new NonFiniteResultException(LoraAdapter.KeyA(m.Path), -1, 0, "F32");
-            var t = LowRankTruncation.Truncate(b, lr.A, m.DOut, lr.Rank, m.DIn, n);
+            var t = LowRankTruncation.Truncate(b, lr.A, m.DOut, lr.Rank, m.DIn, n, parallel: _route.Parallel);
             truncation = t.RelativeError;
             _maxTruncationError = Math.Max(_maxTruncationError, t.RelativeError);
             result = new LowRankResult(t.B, t.A, n, 1.0, n) { Stats = lr.Stats };

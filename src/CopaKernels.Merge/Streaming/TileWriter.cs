@@ -166,7 +166,7 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
                     int size = baseTensor.DType.Bits() / 8;
                     baseFile!.ReadBytes(baseTensor, (long)r0 * cols * size, raw.AsSpan(0, n * cols * size));
                     ElementCodec.Decode(baseTensor.DType, raw.AsSpan(0, n * cols * size), w.AsSpan(0, n * cols));
-                    // W + ΔW in F32, rounded once on output (SPEC: results are rounded once).
+                    // W + ΔW in F32, rounded once on output (SEMANTICS: results are rounded once).
                     TensorPrimitives.Add(w.AsSpan(0, n * cols), v, v);
                 }
                 int length = n * cols * outSize;

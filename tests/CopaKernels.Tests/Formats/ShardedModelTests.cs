@@ -142,8 +142,10 @@ public class ShardedModelTests
             using var w = new SafetensorsWriter(tmp, specs, shard.Metadata);
             foreach (var t in w.Layout)
             {
-                if (shard.TryGet(t.Name, out var own)) w.AppendFrom(t.Name, shard, own);
-                else w.AppendFrom(t.Name, donor, extra);
+                var (file, tensor) = shard.TryGet(t.Name, out var own) ? (shard, own) : (donor, extra);
+                var bytes = new byte[tensor.ByteLength];
+                file.ReadBytes(tensor, 0, bytes);
+                w.Append(t.Name, bytes);
             }
             w.Commit();
         }
