@@ -100,7 +100,7 @@ internal static unsafe partial class MagnitudeSelection
         {
             if (Vector512.IsHardwareAccelerated && Avx512F.IsSupported && n >= 64)
             {
-                var abs = Vector512.Create(AbsMask);
+                var abs = Vector512.Create(MagnitudeKey.F32Mask);
                 var vlo = Vector512.Create(lo);
                 var vspan = Vector512.Create(span);
                 var one = Vector512<uint>.One;
@@ -151,7 +151,7 @@ internal static unsafe partial class MagnitudeSelection
             else if (Avx2.IsSupported && n >= 8)
             {
                 // Keys are below 2^31, so signed compares order them correctly.
-                var abs = Vector256.Create((int)AbsMask);
+                var abs = Vector256.Create((int)MagnitudeKey.F32Mask);
                 var vlo = Vector256.Create((int)lo);
                 var vhi = Vector256.Create((int)hi);
                 var vmax = Vector256<int>.Zero;
@@ -177,7 +177,7 @@ internal static unsafe partial class MagnitudeSelection
             }
             for (; i < n; i++)
             {
-                uint key = bits[i] & AbsMask;
+                uint key = bits[i] & MagnitudeKey.F32Mask;
                 mx = Math.Max(mx, key);
                 if (key < lo) below++;
                 else if (key <= hi)
@@ -212,7 +212,7 @@ internal static unsafe partial class MagnitudeSelection
             if (Avx2.IsSupported && n >= 8)
             {
                 // Keys are below 2^31, so signed compares order them correctly.
-                var abs = Vector256.Create((int)AbsMask);
+                var abs = Vector256.Create((int)MagnitudeKey.F32Mask);
                 var vlo = Vector256.Create((int)lo);
                 var vhi = Vector256.Create((int)hi);
                 var veqHi = Vector256.Create(eqHiKey);
@@ -244,7 +244,7 @@ internal static unsafe partial class MagnitudeSelection
             }
             for (; i < n; i++)
             {
-                uint key = bits[i] & AbsMask;
+                uint key = bits[i] & MagnitudeKey.F32Mask;
                 mx = Math.Max(mx, key);
                 if (key < lo) r.Below++;
                 else if (key == lo) r.EqualLo++;

@@ -15,7 +15,7 @@ internal static unsafe partial class MagnitudeSelection
         long kept = 0, i = 0;
         if (Vector512.IsHardwareAccelerated)
         {
-            var abs = Vector512.Create((int)AbsMask);
+            var abs = Vector512.Create((int)MagnitudeKey.F32Mask);
             var vt = Vector512.Create((int)t);
             for (; i <= n - 16; i += 16)
             {
@@ -27,7 +27,7 @@ internal static unsafe partial class MagnitudeSelection
         }
         else if (Vector256.IsHardwareAccelerated)
         {
-            var abs = Vector256.Create((int)AbsMask);
+            var abs = Vector256.Create((int)MagnitudeKey.F32Mask);
             var vt = Vector256.Create((int)t);
             for (; i <= n - 8; i += 8)
             {
@@ -39,7 +39,7 @@ internal static unsafe partial class MagnitudeSelection
         }
         for (; i < n; i++)
         {
-            uint key = ((uint*)p)[i] & AbsMask;
+            uint key = ((uint*)p)[i] & MagnitudeKey.F32Mask;
             if (key >= t) kept++;
             else p[i] = 0f;
         }
@@ -59,7 +59,7 @@ internal static unsafe partial class MagnitudeSelection
         uint mx = 0;
         if (Vector512.IsHardwareAccelerated && n >= 64)
         {
-            var abs = Vector512.Create(AbsMask);
+            var abs = Vector512.Create(MagnitudeKey.F32Mask);
             Vector512<uint> m0 = default, m1 = default, m2 = default, m3 = default;
             for (; i <= n - 64; i += 64)
             {
@@ -74,12 +74,12 @@ internal static unsafe partial class MagnitudeSelection
         }
         if (Vector256.IsHardwareAccelerated && n - i >= 8)
         {
-            var abs = Vector256.Create(AbsMask);
+            var abs = Vector256.Create(MagnitudeKey.F32Mask);
             var vmax = Vector256<uint>.Zero;
             for (; i <= n - 8; i += 8) vmax = Vector256.Max(vmax, Vector256.Load(bits + i) & abs);
             for (int l = 0; l < 8; l++) mx = Math.Max(mx, vmax.GetElement(l));
         }
-        for (; i < n; i++) mx = Math.Max(mx, bits[i] & AbsMask);
+        for (; i < n; i++) mx = Math.Max(mx, bits[i] & MagnitudeKey.F32Mask);
         return mx;
     }
 

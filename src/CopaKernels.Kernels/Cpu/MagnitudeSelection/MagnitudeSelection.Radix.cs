@@ -24,15 +24,15 @@ internal static unsafe partial class MagnitudeSelection
             long i = 0;
             for (; i + 4 <= n; i += 4)
             {
-                h0[(bits[i] & AbsMask) >> 20]++;
-                h1[(bits[i + 1] & AbsMask) >> 20]++;
-                h2[(bits[i + 2] & AbsMask) >> 20]++;
-                h3[(bits[i + 3] & AbsMask) >> 20]++;
+                h0[(bits[i] & MagnitudeKey.F32Mask) >> 20]++;
+                h1[(bits[i + 1] & MagnitudeKey.F32Mask) >> 20]++;
+                h2[(bits[i + 2] & MagnitudeKey.F32Mask) >> 20]++;
+                h3[(bits[i + 3] & MagnitudeKey.F32Mask) >> 20]++;
             }
-            for (; i < n; i++) h0[(bits[i] & AbsMask) >> 20]++;
+            for (; i < n; i++) h0[(bits[i] & MagnitudeKey.F32Mask) >> 20]++;
             for (int b = 0; b < 2048; b++) h0[b] += h1[b] + h2[b] + h3[b];
             // Any key in the buckets from 0x7F8 up is Inf or NaN.
-            for (int b = (int)(InfKey >> 20); b < 2048; b++)
+            for (int b = (int)(MagnitudeKey.F32Infinity >> 20); b < 2048; b++)
                 if (h0[b] != 0) { finite = false; less = 0; return 0; }
             finite = true;
             int b1 = FindBucket(h0, 2048, k, out long below1);
@@ -50,7 +50,7 @@ internal static unsafe partial class MagnitudeSelection
                     uint want = (uint)b1;
                     for (long j = 0; j < n; j++)
                     {
-                        uint key = bits[j] & AbsMask;
+                        uint key = bits[j] & MagnitudeKey.F32Mask;
                         s[w] = key;
                         w += (key >> 20) == want ? 1 : 0;
                     }

@@ -28,7 +28,7 @@ internal static unsafe partial class MagnitudeSelection
         {
             maxKey = GatherSample(bits, n, sample, m, backend);
             // ±4.5σ of the sample rank of the k-th key, plus slack for the stratification.
-            var (lo, hi) = SampleBracket(sample.AsSpan(0, m), n, k, 4.5, 4, InfKey - 1);
+            var (lo, hi) = SampleBracket(sample.AsSpan(0, m), n, k, 4.5, 4, MagnitudeKey.F32Infinity - 1);
             int ends = 0;
             for (int j = 0; j < m; j++) if (sample[j] == lo || sample[j] == hi) ends++;
             tieHeavy = ends > m / 100 + 2;
@@ -89,7 +89,7 @@ internal static unsafe partial class MagnitudeSelection
     /// <summary>Samples of strata [from, to): stratum j's key at a hashed offset inside it.</summary>
     private static void Gather(uint* bits, long stride, uint[] sample, int from, int to)
     {
-        for (int j = from; j < to; j++) sample[j] = bits[j * stride + StratumOffset(j, stride)] & AbsMask;
+        for (int j = from; j < to; j++) sample[j] = bits[j * stride + StratumOffset(j, stride)] & MagnitudeKey.F32Mask;
     }
 
     /// <summary>

@@ -4,10 +4,10 @@ namespace CopaKernels.Kernels.Cpu;
 /// Family 1 on the CPU: the exact k-th smallest |x| and the keep-mask |x| ≥ t (SPEC §1).
 /// </summary>
 /// <remarks>
-/// Everything works on keys: the float bits with the sign cleared. For non-negative IEEE floats the
-/// unsigned (and, below 2^31, the signed) integer order of the bits is the numeric order, so the
-/// k-th smallest key is the k-th smallest |x|, +0 and −0 are the same key, and a key ≥ 0x7F800000
-/// is ±Inf or NaN. One exact algorithm, with two ways to sample:
+/// Everything works on keys: the float bits with the sign cleared (<see cref="MagnitudeKey"/>). For
+/// non-negative IEEE floats the unsigned (and, below 2^31, the signed) integer order of the bits is
+/// the numeric order, so the k-th smallest key is the k-th smallest |x|, +0 and −0 are the same key,
+/// and a key ≥ 0x7F800000 is ±Inf or NaN. One exact algorithm, with two ways to sample:
 /// <list type="bullet">
 /// <item>A deterministic sample (one key per stratum, at a hashed offset) brackets the k-th key in
 /// [lo, hi]: two order statistics of the sample, found by <see cref="PivotSelect"/>. Below
@@ -26,9 +26,6 @@ namespace CopaKernels.Kernels.Cpu;
 /// </remarks>
 internal static unsafe partial class MagnitudeSelection
 {
-    private const uint AbsMask = 0x7FFF_FFFF;
-    private const uint InfKey = 0x7F80_0000;
-
     /// <summary>Tensors at least this long take the sampled-bracket path (measured crossover; see bench).</summary>
     internal const long LargeThreshold = 1 << 18;
 
@@ -85,7 +82,7 @@ internal static unsafe partial class MagnitudeSelection
     {
         if (k == 0)
         {
-            finite = (backend == null ? MaxKey((uint*)p, n) : ParallelMaxKey(backend, (uint*)p, n)) < InfKey;
+            finite = (backend == null ? MaxKey((uint*)p, n) : ParallelMaxKey(backend, (uint*)p, n)) < MagnitudeKey.F32Infinity;
             return new SelectionResult(0, 0f, n);
         }
         uint t = SelectKeys((uint*)p, n, k, backend, out long less, out finite, forcedBracket);
