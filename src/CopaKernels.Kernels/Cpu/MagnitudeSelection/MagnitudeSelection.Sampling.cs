@@ -52,7 +52,7 @@ internal static unsafe partial class MagnitudeSelection
         {
             // Each sample is a cache (and TLB) miss of its own: the threads share the strata out. Eight parts
             // a thread, so that the calling thread goes on taking parts while a sleeping worker wakes up
-            // (after an idle spell that took up to 0.2 ms here; with one part each the caller waited for it).
+            // (with one part each, the caller would wait for the sleeper's part).
             var b = (nint)bits;
             int parts = backend.Threads * 8;
             System.Threading.Tasks.Parallel.For(0, parts, backend.Parallel, part =>
@@ -65,9 +65,8 @@ internal static unsafe partial class MagnitudeSelection
     /// <summary>
     /// The same sample as <see cref="Gather"/>, taken block by block while the whole tensor is read in
     /// order (for its largest key): a tensor that is not in cache arrives at the speed of a sequential
-    /// read, where the sample's scattered reads alone each waited for memory. 448 LoRA factors (one
-    /// thread, from memory): sampling took 15.7 ms scattered, against 9.2 ms for a read pass and then
-    /// the same sample from cache; and the passes after it find the tensor in cache.
+    /// read, where the sample's scattered reads alone each wait for memory; and the passes after it find
+    /// the tensor in cache.
     /// </summary>
     private static uint StreamGather(uint* bits, long n, long stride, uint[] sample, int m)
     {
@@ -94,14 +93,15 @@ internal static unsafe partial class MagnitudeSelection
 
     /// <summary>
     /// Where stratum j (of <paramref name="stride"/> values) is sampled: a hashed offset in [0, stride), the
-    /// high half of hash × stride (a multiply, where a modulo cost a 64-bit division per sample: 12 µs of a
-    /// 65K-value factor's 58). Shared by the F32 and 16-bit selections.
+    /// high half of hash × stride (a multiply, where a modulo would cost a 64-bit division per sample).
+    /// Shared by the F32 and 16-bit selections.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static long StratumOffset(int j, long stride) =>
         (long)Math.BigMul(j < StrataHashes.Length ? StrataHashes[j] : Mix((ulong)j), (ulong)stride, out _);
 
-    /// <summary>The hashes of the first <see cref="SampleCount"/> strata, so a sample costs a load and a multiply (9 cycles a key with the hash computed: 6 of a 229K-key factor's 14 µs sampling pass).</summary>
+    /// <summary>The hashes of the first <see cref="SampleCount"/> strata, so a sample costs a load and a
+    /// multiply, not a hash computation.</summary>
     private static readonly ulong[] StrataHashes = Enumerable.Range(0, SampleCount).Select(j => Mix((ulong)j)).ToArray();
 
     /// <summary>

@@ -22,7 +22,7 @@ internal static unsafe partial class MagnitudeSelection
     {
         if (n <= SmallSelect && forcedBracket == null)
         {
-            // 4096 keys: 3.7 µs against 8.1 for the radix select, whose histograms alone are 32 KB to clear.
+            // A pivot select on a copy, not the radix select, whose histograms alone are 32 KB to clear.
             var keys = Scratch(n);
             TensorPrimitives.BitwiseAnd(new ReadOnlySpan<uint>(bits, (int)n), MagnitudeKey.F32Mask, keys);
             finite = TensorPrimitives.Max<uint>(keys[..(int)n]) < MagnitudeKey.F32Infinity;
