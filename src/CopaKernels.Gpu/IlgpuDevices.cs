@@ -69,6 +69,7 @@ public static class IlgpuDevices
         if (info.Kind == BackendKind.Cuda)
         {
             // O2 also selects ILGPU's enhanced PTX block scheduling; it is what the PTX/ptxas check compiles.
+            // No ILGPU.Algorithms: the kernels use nothing from it (see PtxCompiler and KernelCatalog).
             var context = Context.Create(b => b.Cuda(_ => true).Optimize(OptimizationLevel.O2));
             return new IlgpuBackend(context, context.GetCudaDevice(index), BackendKind.Cuda, info.Id);
         }

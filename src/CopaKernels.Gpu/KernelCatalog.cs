@@ -20,6 +20,27 @@ public sealed record CatalogedKernel(string Name, MethodInfo Method, KernelGroup
 /// ptxas (<see cref="PtxCompiler"/>), so a kernel the CUDA driver would reject fails the build on a
 /// machine without a GPU; the list is found by reflection so a new kernel cannot be forgotten.
 /// </summary>
+/// <remarks>
+/// <para>Why the kernels reduce by hand and do not use ILGPU.Algorithms (group and warp reductions,
+/// XMath). A result must not depend on the backend or on scheduling, and ILGPU.Algorithms' reductions
+/// are implemented per backend and document no order of floating-point additions: they promise
+/// neither the same bits on CUDA, OpenCL and the CPU emulator nor the same bits from one ILGPU version
+/// to the next. So each kernel fixes its own order:</para>
+/// <list type="bullet">
+/// <item>The selection (<c>MagnitudeSelection</c>) counts integer keys (<c>MagnitudeKey</c>) into integer
+/// histograms with atomics, exact in any order, and picks each digit by a fixed walk over the bins: the
+/// threshold, kept count and mask are the CPU backend's, bit for bit, on every backend.</item>
+/// <item>The row sums (<c>RowAbsSums</c>) add in fp32 in an order set by the row length and the group size
+/// alone (a strided sum per thread, then a shared-memory tree that halves), never by scheduling, so a
+/// result is reproducible on a device; it differs from the CPU backend's order only within fp32
+/// rounding.</item>
+/// <item>The bit-exact product (<c>LowRankProduct.ExactKernel</c>) sums in double, one thread per
+/// element, k ascending, as the CPU backend does.</item>
+/// </list>
+/// <para>Nor do they need anything else from it: no warp intrinsics (PoCL has none) and no maths beyond a
+/// minimum, a one-line helper. The runtime contexts therefore do not enable ILGPU.Algorithms; only
+/// <see cref="PtxCompiler"/> does (see there).</para>
+/// </remarks>
 public static class KernelCatalog
 {
     private static readonly Lazy<IReadOnlyList<CatalogedKernel>> all =

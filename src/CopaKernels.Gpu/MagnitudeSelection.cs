@@ -8,11 +8,12 @@ namespace CopaKernels.Gpu;
 /// Family 1 on ILGPU: the exact k-th smallest |x| and the keep-mask |x| ≥ t (SEMANTICS §1), by radix select.
 /// </summary>
 /// <remarks>
-/// <para>Keys are the float bits with the sign cleared: for non-negative IEEE floats the unsigned order of
-/// the bits is the numeric order, +0 and −0 are one key, and a key ≥ 0x7F800000 is Inf or NaN. The digits
-/// are those of the CPU backend: bits 30..20, 19..9 and 8..0 (2048, 2048 and 512 buckets). After the three
-/// passes the prefix is the whole key t, and the keys counted below the chosen bucket of every pass are
-/// exactly the keys &lt; t, so the kept count is n − less without a counting pass.</para>
+/// <para>Keys are the float bits with the sign cleared (<see cref="MagnitudeKey"/>, as on the CPU): for
+/// non-negative IEEE floats the unsigned order of the bits is the numeric order, +0 and −0 are one key,
+/// and a key ≥ 0x7F800000 is Inf or NaN. The digits are those of the CPU backend: bits 30..20, 19..9 and
+/// 8..0 (2048, 2048 and 512 buckets). After the three passes the prefix is the whole key t, and the keys
+/// counted below the chosen bucket of every pass are exactly the keys &lt; t, so the kept count is
+/// n − less without a counting pass.</para>
 /// <para>Small tensors (LoRA factors): one group per tensor does the three histograms in shared memory,
 /// picks each digit itself and masks its tensor: one launch for a whole batch. Large tensors: every pass is
 /// a multi-group histogram (shared-memory bins merged into global ones with one atomic per non-empty bin)
@@ -24,7 +25,6 @@ namespace CopaKernels.Gpu;
 /// </remarks>
 internal sealed class MagnitudeSelection : IDisposable
 {
-    private const uint AbsMask = 0x7FFF_FFFF;
     private const int Bins = 2048;
 
     /// <summary>Largest group the shared scratch arrays are sized for.</summary>
@@ -219,7 +219,7 @@ internal sealed class MagnitudeSelection : IDisposable
     private static bool AnyNonFinite(ArrayView<uint> histogram)
     {
         uint bad = 0;
-        for (int b = (int)(0x7F80_0000u >> 20); b < Bins; b++) bad |= histogram[b];
+        for (int b = (int)(MagnitudeKey.F32Infinity >> 20); b < Bins; b++) bad |= histogram[b];
         return bad != 0;
     }
 
@@ -246,7 +246,7 @@ internal sealed class MagnitudeSelection : IDisposable
             {
                 for (long i = tid; i < n; i += g)
                 {
-                    uint key = Interop.FloatAsInt(x[offset + i]) & AbsMask;
+                    uint key = Interop.FloatAsInt(x[offset + i]) & MagnitudeKey.F32Mask;
                     if ((key >> high) == (prefix >> high)) Atomic.Add(ref histogram[(int)((key >> shift) & digitMask)], 1u);
                 }
             }
@@ -270,7 +270,7 @@ internal sealed class MagnitudeSelection : IDisposable
         {
             for (long i = tid; i < n; i += g)
             {
-                uint key = Interop.FloatAsInt(x[offset + i]) & AbsMask;
+                uint key = Interop.FloatAsInt(x[offset + i]) & MagnitudeKey.F32Mask;
                 if (key < prefix) x[offset + i] = 0f;
             }
         }
@@ -298,7 +298,7 @@ internal sealed class MagnitudeSelection : IDisposable
             long stride = (long)Grid.DimX * g;
             for (long i = (long)Grid.IdxX * g + tid; i < n; i += stride)
             {
-                uint key = Interop.FloatAsInt(x[i]) & AbsMask;
+                uint key = Interop.FloatAsInt(x[i]) & MagnitudeKey.F32Mask;
                 if ((key >> high) == (prefix >> high)) Atomic.Add(ref local[(int)((key >> shift) & digitMask)], 1u);
             }
         }
@@ -343,7 +343,7 @@ internal sealed class MagnitudeSelection : IDisposable
         long stride = (long)Grid.DimX * Group.DimX;
         for (long i = (long)Grid.IdxX * Group.DimX + Group.IdxX; i < n; i += stride)
         {
-            uint key = Interop.FloatAsInt(x[i]) & AbsMask;
+            uint key = Interop.FloatAsInt(x[i]) & MagnitudeKey.F32Mask;
             if (key < t) x[i] = 0f;
         }
     }

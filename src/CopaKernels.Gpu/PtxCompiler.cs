@@ -15,9 +15,13 @@ namespace CopaKernels.Gpu;
 /// </summary>
 /// <remarks>
 /// What matches a real <c>CudaAccelerator</c>: the backend is built the same way
-/// (<see cref="CudaCapabilityContext"/> of the architecture, no NVVM), and the context has ILGPU.Algorithms
-/// enabled and optimisation level O2 (the library's CUDA contexts should use the same settings, or
-/// this check tests different PTX from the one that runs). Like ILGPU 1.5.3 itself,
+/// (<see cref="CudaCapabilityContext"/> of the architecture, no NVVM), and the context has optimisation
+/// level O2, as the library's CUDA contexts (<see cref="IlgpuDevices.Open"/>); the two must agree, or this
+/// check tests different PTX from the one that runs. This context also enables ILGPU.Algorithms, which the
+/// library's contexts (CUDA, OpenCL and the CPU emulator alike) do not: the library's kernels call nothing
+/// it supplies or remaps (XMath, group and warp extensions, System.Math), so their PTX does not depend on
+/// it, and it lets <see cref="Compile(MethodInfo, KernelGrouping, CudaArchitecture)"/> take kernels from
+/// outside the library that do use it. Like ILGPU 1.5.3 itself,
 /// the PTX's <c>.target</c> is at most <c>sm_80</c> (newer GPUs JIT it), so ptxas must be told the real
 /// GPU with <c>--gpu-name</c>. The PTX ISA is the one ILGPU picks for a CUDA 11.8 driver
 /// (<see cref="DriverVersion"/>, ISA 7.8 for sm_80 and sm_90), the newest that Debian 12's ptxas 11.8

@@ -1,3 +1,4 @@
+using CopaKernels.Kernels;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -15,8 +16,6 @@ namespace CopaKernels.Gpu;
 /// </remarks>
 internal sealed class RowAbsSums
 {
-    private const uint AbsMask = 0x7FFF_FFFF;
-
     private const int FlagMasked = 1, FlagApply = 2;
 
     private readonly IlgpuBackend _backend;
@@ -57,7 +56,7 @@ internal sealed class RowAbsSums
             float a = 0f, b = 0f;
             for (int j = tid; j < cols; j += g)
             {
-                uint key = Interop.FloatAsInt(x[start + j]) & AbsMask;
+                uint key = Interop.FloatAsInt(x[start + j]) & MagnitudeKey.F32Mask;
                 float v = Interop.IntAsFloat(key);
                 a += v;
                 if (key >= t) b += v;

@@ -5,8 +5,8 @@ namespace CopaKernels.Kernels.Cpu;
 /// <summary>
 /// Keeps freed native blocks for reuse by size. A merge allocates the same few sizes over and over
 /// (one module's packed factors after another); fresh blocks of a few MB come from mmap and cost a
-/// page fault per 4 KiB on first touch, which measured slower than the kernels that use them
-/// (about 1.5 GB/s for upload into fresh memory). Reusing a block costs one clear instead.
+/// page fault per 4 KiB on first touch, more than the kernels that use them take. Reusing a block
+/// costs one clear instead.
 /// Bounded: at most <see cref="MaxIdleBytes"/> are kept idle, blocks above <see cref="MaxBlockBytes"/>
 /// are never kept.
 /// </summary>

@@ -26,15 +26,16 @@ namespace CopaKernels.Kernels.Cpu;
 /// split depends only on the shapes, so the result is the same bits for every thread count, every
 /// vector width and every K blocking.</para>
 /// <para>Blocking. The micro-tile is MR = 6 rows × NR = 16 columns (two Vector256, 12 accumulators of the
-/// 16 ymm registers; 12 FMAs per 2 loads + 6 broadcasts) or 6 × 64 with Vector512 (24 of the 32 zmm registers; measured 8-40% faster than 6 × 32 on an AVX-512 Xeon). Work items are
-/// row blocks × column groups; inside one, the rows' B is packed once (scaled, 6-row k-major panels),
-/// then per column block of NC columns and per K block of ≤ KC: the KC × NC slice of A is packed
+/// 16 ymm registers; 12 FMAs per 2 loads + 6 broadcasts) or 6 × 64 with Vector512 (24 of the 32 zmm
+/// registers; 24 FMAs per 4 loads + 6 broadcasts). Work items are row blocks × column groups; inside
+/// one, the rows' B is packed once (scaled, 6-row k-major panels), then per column block of NC columns
+/// and per K block of ≤ KC: the KC × NC slice of A is packed
 /// (≤ 192 KiB, stays in L2) → 6-row B panel (KC × 6, stays in L1) → every NR-column A panel in one
 /// micro-kernel call. Walking along rows keeps the output write to six sequential streams per thread,
 /// which matters because at r = 16 the kernel is bound by writing the output, not by FLOPs. Stores are
-/// ordinary (write-allocate): non-temporal stores, both straight from the micro-kernel and as a second
-/// pass over a cached 6-row strip, measured 10–50 % slower on Zen3 even for a 235 MB output, although a
-/// bare non-temporal fill is faster than a cached one there.</para>
+/// ordinary (write-allocate): non-temporal stores, straight from the micro-kernel or as a second pass
+/// over a cached 6-row strip, did not pay off even for outputs far larger than the caches (the
+/// measurements are in bench/RESULTS.md).</para>
 /// <para>Epilogue. F32 output with no base or an F32 base is finished on the accumulators in registers.
 /// BF16 (base or output) needs more registers than the 12 accumulators leave free, so the tile is parked
 /// in L1 and converted row by row with Vector256. F16, which has no vector conversion outside

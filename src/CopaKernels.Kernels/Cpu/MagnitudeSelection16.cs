@@ -29,8 +29,6 @@ namespace CopaKernels.Kernels.Cpu;
 /// </remarks>
 internal static unsafe class MagnitudeSelection16
 {
-    private const ushort AbsMask = 0x7FFF;
-
     /// <summary>Sampled keys: a bracket of ±4σ of the sample rank holds about a fifth of the keys.</summary>
     private const int SampleCount = 256;
 
@@ -139,7 +137,7 @@ internal static unsafe class MagnitudeSelection16
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static (long BelowLo, long BelowHi1, uint Max, int Collected) CountAndCollect(ushort* p, int n, uint lo, uint hi, ushort* dst)
     {
-        var abs = Vector512.Create(AbsMask);
+        var abs = Vector512.Create(MagnitudeKey.Half16Mask);
         var one = Vector512<ushort>.One;
         var vlo = Vector512.Create((ushort)lo);
         var vspan = Vector512.Create((ushort)(hi - lo));
@@ -167,7 +165,7 @@ internal static unsafe class MagnitudeSelection16
         uint max = Math.Max(MaxLane(vmax.GetLower()), MaxLane(vmax.GetUpper()));
         for (; i < n; i++)
         {
-            uint key = (uint)(p[i] & AbsMask);
+            uint key = MagnitudeKey.OfBits16(p[i]);
             max = Math.Max(max, key);
             if (key < lo) cLo++;
             else if (key <= hi)
@@ -188,8 +186,8 @@ internal static unsafe class MagnitudeSelection16
         int m = Math.Min(n, SampleCount);
         uint* sample = stackalloc uint[m];
         long stride = n / m;
-        for (int j = 0; j < m; j++) sample[j] = (uint)(p[j * stride + MagnitudeSelection.StratumOffset(j, stride)] & AbsMask);
-        return MagnitudeSelection.SampleBracket(new ReadOnlySpan<uint>(sample, m), n, k, 4, 2, AbsMask);
+        for (int j = 0; j < m; j++) sample[j] = MagnitudeKey.OfBits16(p[j * stride + MagnitudeSelection.StratumOffset(j, stride)]);
+        return MagnitudeSelection.SampleBracket(new ReadOnlySpan<uint>(sample, m), n, k, 4, 2, MagnitudeKey.Half16Mask);
     }
 
     /// <summary>
@@ -207,7 +205,7 @@ internal static unsafe class MagnitudeSelection16
         int i = 0;
         if (Vector512.IsHardwareAccelerated)
         {
-            var abs = Vector512.Create(AbsMask);
+            var abs = Vector512.Create(MagnitudeKey.Half16Mask);
             var one = Vector512<ushort>.One;
             // A point of 0x8000 is above every key; as a 16-bit lane it compares correctly unsigned.
             var t0 = Vector512.Create((ushort)q0);
@@ -222,7 +220,8 @@ internal static unsafe class MagnitudeSelection16
                 {
                     var key = Vector512.Load(p + i) & abs;
                     vmax = Vector512.Max(vmax, key);
-                    // Masked adds (vpaddw with a k-mask) measured 1.7x faster than subtracting the compare.
+                    // Masked adds (vpaddw under the compare's k-mask), not subtracting the compare: that
+                    // would first turn the k-mask into a vector.
                     a0 = Vector512.ConditionalSelect(Vector512.LessThan(key, t0), a0 + one, a0);
                     a1 = Vector512.ConditionalSelect(Vector512.LessThan(key, t1), a1 + one, a1);
                     a2 = Vector512.ConditionalSelect(Vector512.LessThan(key, t2), a2 + one, a2);
@@ -235,7 +234,7 @@ internal static unsafe class MagnitudeSelection16
         }
         else if (Vector256.IsHardwareAccelerated)
         {
-            var abs = Vector256.Create(AbsMask);
+            var abs = Vector256.Create(MagnitudeKey.Half16Mask);
             var t0 = Vector256.Create((ushort)q0);
             var t1 = Vector256.Create((ushort)q1);
             var t2 = Vector256.Create((ushort)q2);
@@ -261,7 +260,7 @@ internal static unsafe class MagnitudeSelection16
         }
         for (; i < n; i++)
         {
-            uint key = (uint)(p[i] & AbsMask);
+            uint key = MagnitudeKey.OfBits16(p[i]);
             max = Math.Max(max, key);
             if (key < q0) c0++;
             if (key < q1) c1++;
@@ -284,7 +283,7 @@ internal static unsafe class MagnitudeSelection16
         int i = 0;
         if (Vector512.IsHardwareAccelerated)
         {
-            var abs = Vector512.Create(AbsMask);
+            var abs = Vector512.Create(MagnitudeKey.Half16Mask);
             var vt = Vector512.Create((ushort)t);
             for (; i <= n - 32; i += 32)
             {
@@ -296,7 +295,7 @@ internal static unsafe class MagnitudeSelection16
         }
         else if (Vector256.IsHardwareAccelerated)
         {
-            var abs = Vector256.Create(AbsMask);
+            var abs = Vector256.Create(MagnitudeKey.Half16Mask);
             var vt = Vector256.Create((ushort)t);
             for (; i <= n - 16; i += 16)
             {
@@ -309,7 +308,7 @@ internal static unsafe class MagnitudeSelection16
         for (; i < n; i++)
         {
             ushort v = src[i];
-            bool keep = (uint)(v & AbsMask) >= t;
+            bool keep = MagnitudeKey.OfBits16(v) >= t;
             dst[i] = keep ? v : (ushort)0;
             if (keep) kept++;
         }

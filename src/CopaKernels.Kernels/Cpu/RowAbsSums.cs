@@ -15,8 +15,6 @@ namespace CopaKernels.Kernels.Cpu;
 /// </remarks>
 internal static unsafe class RowAbsSums
 {
-    private const int AbsMask = 0x7FFF_FFFF;
-
     public static void Run(CpuBackend backend, CpuBuffer x, long offset, int rows, int cols, CpuBuffer sums, long sumsOffset,
         float threshold, CpuBuffer? masked, long maskedOffset, bool applyMask)
     {
@@ -53,7 +51,7 @@ internal static unsafe class RowAbsSums
         float sum = 0, msum = 0;
         if (Vector256.IsHardwareAccelerated && n >= 16)
         {
-            var abs = Vector256.Create(AbsMask);
+            var abs = Vector256.Create((int)MagnitudeKey.F32Mask);
             var vt = Vector256.Create((int)t);
             Vector256<float> s0 = default, s1 = default, m0 = default, m1 = default;
             for (; i <= n - 16; i += 16)
@@ -79,7 +77,7 @@ internal static unsafe class RowAbsSums
         }
         for (; i < n; i++)
         {
-            uint key = BitConverter.SingleToUInt32Bits(row[i]) & AbsMask;
+            uint key = MagnitudeKey.Of(row[i]);
             float a = BitConverter.UInt32BitsToSingle(key);
             sum += a;
             if (key >= t) msum += a;
