@@ -39,7 +39,7 @@ if [ "${1:-}" = --run-cases ]; then
     fixed=$(dirname "$cases")/out/demo
     args=${args//@DEMO@/$fixed}
     # shellcheck disable=SC2086
-    if ! $exe $args > "$out.log" 2>&1; then echo "FAILED: $label" >> "$out.log"; fi
+    if ! $exe $args > "$out.log" 2>&1; then echo "FAILED" >> "$out.log"; fi
     if [ -d "$fixed" ]; then mv "$fixed" "$out"; fi
   done < "$cases"
   exit 0

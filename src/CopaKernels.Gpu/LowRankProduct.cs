@@ -1,7 +1,8 @@
 using CopaKernels.Formats.Numerics;
+using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels;
-using ILGPU;
 using ILGPU.Runtime;
+using ILGPU;
 
 namespace CopaKernels.Gpu;
 
@@ -115,7 +116,7 @@ internal sealed class LowRankProduct : IDisposable
         return _backend.Accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>, int>(ExactKernel);
     }
 
-    private static int Code(StorageType t) => t switch { StorageType.F32 => TypeF32, StorageType.BF16 => TypeBf16, _ => TypeF16 };
+    private static int Code(DType t) => t switch { DType.F32 => TypeF32, DType.BF16 => TypeBf16, _ => TypeF16 };
 
     private ArrayView<float> Panel(ref MemoryBuffer1D<float, Stride1D.Dense>? buffer, long length)
     {

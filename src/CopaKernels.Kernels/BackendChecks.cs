@@ -1,3 +1,5 @@
+using CopaKernels.Formats.Safetensors;
+
 namespace CopaKernels.Kernels;
 
 /// <summary>
@@ -90,6 +92,8 @@ internal static class BackendChecks
         ArgumentOutOfRangeException.ThrowIfNegative(dIn);
         if (tile.RowStart < 0 || tile.RowCount < 0 || tile.RowStart + tile.RowCount > dOut)
             throw new ArgumentOutOfRangeException(nameof(tile), $"rows [{tile.RowStart}, {tile.RowStart + tile.RowCount}) outside d_out = {dOut}");
+        if (!tile.OutputType.IsMergeFloat() || (tile.Base != null && !tile.BaseType.IsMergeFloat()))
+            throw new ArgumentOutOfRangeException(nameof(tile), $"output {tile.OutputType}, base {tile.BaseType}: the product reads and writes F32, BF16 or F16");
         foreach (var t in terms)
         {
             if (t.Rank < 0) throw new ArgumentOutOfRangeException(nameof(terms), "negative rank");
@@ -103,7 +107,7 @@ internal static class BackendChecks
                 Floats(t.Scale, t.ScaleOffset, t.Rank);
             }
         }
-        if (tile.BitExact && (tile.Base != null || tile.OutputType != StorageType.F32))
+        if (tile.BitExact && (tile.Base != null || tile.OutputType != DType.F32))
             throw new ArgumentException("a bit-exact product writes F32 without a base tile", nameof(tile));
         long tileElements = tile.RowCount * dIn;
         Own(backend, tile.Output);

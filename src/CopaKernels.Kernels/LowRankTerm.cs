@@ -1,3 +1,5 @@
+using CopaKernels.Formats.Safetensors;
+
 namespace CopaKernels.Kernels;
 
 /// <summary>
@@ -47,6 +49,6 @@ public readonly record struct LowRankTerm(
 /// </param>
 /// <param name="NonFiniteFlagOffset">Byte offset of the flag word (a multiple of 4).</param>
 public readonly record struct ProductTile(
-    long RowStart, int RowCount, KernelBuffer Output, long OutputOffset = 0, StorageType OutputType = StorageType.F32,
-    KernelBuffer? Base = null, long BaseOffset = 0, StorageType BaseType = StorageType.F32, bool BitExact = false,
+    long RowStart, int RowCount, KernelBuffer Output, long OutputOffset = 0, DType OutputType = DType.F32,
+    KernelBuffer? Base = null, long BaseOffset = 0, DType BaseType = DType.F32, bool BitExact = false,
     KernelBuffer? NonFiniteFlag = null, long NonFiniteFlagOffset = 0);

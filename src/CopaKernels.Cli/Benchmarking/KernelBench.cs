@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using CopaKernels.Formats.Numerics;
+using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels;
 
 namespace CopaKernels.Cli.Benchmarking;
@@ -208,10 +209,10 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
             var widened = new float[n];
             FloatConversion.Bf16ToSingle(bits, widened);
             var want = Kernels.Reference.ReferenceMagnitudeSelection.Select((float[])widened.Clone(), 0.2);
-            var got = Kernels.Cpu.HostKernels.SelectByMagnitude((ushort[])bits.Clone(), Kernels.Cpu.Float16Format.BFloat16, 0.2);
+            var got = Kernels.Cpu.HostKernels.SelectByMagnitude((ushort[])bits.Clone(), DType.BF16, 0.2);
             if (want != got) throw new InvalidOperationException($"select-bf16 {label}: expected {want}, got {got}");
             double f32 = Time(() => Kernels.Cpu.HostKernels.SelectByMagnitude(widened, 0.2, applyMask: false));
-            double bf16 = Time(() => Kernels.Cpu.HostKernels.SelectByMagnitude(bits, Kernels.Cpu.Float16Format.BFloat16, 0.2, applyMask: false));
+            double bf16 = Time(() => Kernels.Cpu.HostKernels.SelectByMagnitude(bits, DType.BF16, 0.2, applyMask: false));
             Report(new BenchResult(backend.Name, "select-threshold-bf16", label, bf16, n * 2.0 / bf16 / 1e6, "GB/s", bf16 / f32, "× the F32 path, 1 thread"));
         }
     }
@@ -306,7 +307,7 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
             using var baseBuf = backend.Allocate(tileBytes);
             using var outBuf = backend.Allocate(tileBytes);
             LowRankTerm[] terms = [new LowRankTerm(b, 0, a, 0, r, 2f)];
-            ProductTile Tile(int t) => new(t * tileRows, Math.Min(tileRows, dOut - t * tileRows), outBuf, 0, StorageType.BF16, baseBuf, 0, StorageType.BF16);
+            ProductTile Tile(int t) => new(t * tileRows, Math.Min(tileRows, dOut - t * tileRows), outBuf, 0, DType.BF16, baseBuf, 0, DType.BF16);
             int Bytes(int t) => Math.Min(tileRows, dOut - t * tileRows) * dIn * 2;
             // Two of each on the host in both schedules (the blocking TileWriter alternated two input buffers and
             // its results went to pooled write buffers), so the ratio measures the schedule, not cache footprint.

@@ -22,6 +22,13 @@ public static class ElementCodec
         }
     }
 
+    /// <summary>16-bit float values (<paramref name="dtype"/> BF16 or F16) to F32, exactly.</summary>
+    public static void Widen(ReadOnlySpan<ushort> bits, DType dtype, Span<float> destination)
+    {
+        if (dtype.As16BitFloat() is null) throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "not a 16-bit float type");
+        Decode(dtype, MemoryMarshal.AsBytes(bits), destination);
+    }
+
     /// <summary>F32 to bytes of <paramref name="dtype"/>, rounding to nearest-even.</summary>
     public static void Encode(DType dtype, ReadOnlySpan<float> source, Span<byte> destination)
     {

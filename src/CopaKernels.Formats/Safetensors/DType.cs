@@ -77,6 +77,13 @@ public static class DTypes
     /// <summary>True for the float types the merge computes on (read as F32, written back rounded).</summary>
     public static bool IsMergeFloat(this DType d) => d is DType.F32 or DType.F16 or DType.BF16;
 
+    /// <summary><paramref name="d"/> when it is one of the two 16-bit float types (BF16, F16), which the kernels can work on as stored; else null.</summary>
+    public static DType? As16BitFloat(this DType d) => d is DType.BF16 or DType.F16 ? d : null;
+
+    /// <summary>Bytes per element of a merge float type (F32 4, BF16 and F16 2).</summary>
+    public static int Size(this DType d) => d.IsMergeFloat() ? d.Bits() / 8
+        : throw new ArgumentOutOfRangeException(nameof(d), d, "not a merge float type (F32, BF16, F16)");
+
     /// <summary>Parses the exact upper-case name used in safetensors headers.</summary>
     public static bool TryParse(string name, out DType dtype)
     {

@@ -1,3 +1,5 @@
+using CopaKernels.Formats.Safetensors;
+
 namespace CopaKernels.Kernels.Cpu;
 
 /// <summary>
@@ -35,19 +37,19 @@ public static unsafe class HostKernels
     /// masked entries are set to +0 (bits 0).
     /// Throws <see cref="NonFiniteInputException"/> if <paramref name="bits"/> holds NaN or ±Inf.
     /// </summary>
-    public static SelectionResult SelectByMagnitude(Span<ushort> bits, Float16Format format, double density, bool applyMask = true) =>
+    public static SelectionResult SelectByMagnitude(Span<ushort> bits, DType format, double density, bool applyMask = true) =>
         Select16(bits, format, density, applyMask);
 
     /// <summary>
     /// Family 1's threshold on 16-bit float storage that may not be written (a memory-mapped file):
-    /// <see cref="SelectByMagnitude(Span{ushort}, Float16Format, double, bool)"/> without the mask, the
+    /// <see cref="SelectByMagnitude(Span{ushort}, DType, double, bool)"/> without the mask, the
     /// kept count being how many would be kept. Throws <see cref="NonFiniteInputException"/> on NaN/±Inf.
     /// </summary>
-    public static SelectionResult ThresholdByMagnitude(ReadOnlySpan<ushort> bits, Float16Format format, double density) =>
+    public static SelectionResult ThresholdByMagnitude(ReadOnlySpan<ushort> bits, DType format, double density) =>
         Select16(bits, format, density, applyMask: false);
 
     /// <summary>Both 16-bit entry points; the values are written only with <paramref name="applyMask"/>.</summary>
-    private static SelectionResult Select16(ReadOnlySpan<ushort> bits, Float16Format format, double density, bool applyMask)
+    private static SelectionResult Select16(ReadOnlySpan<ushort> bits, DType format, double density, bool applyMask)
     {
         SelectionResult.CheckDensity(density);
         fixed (ushort* p = bits)
@@ -63,7 +65,7 @@ public static unsafe class HostKernels
     /// <paramref name="source"/> with every |x| &lt; <paramref name="threshold"/> set to +0 (bits 0); returns
     /// how many were kept. The one pass that reads the values and writes the trimmed copy.
     /// </summary>
-    public static long MaskByMagnitude(ReadOnlySpan<ushort> source, Span<ushort> destination, Float16Format format, float threshold)
+    public static long MaskByMagnitude(ReadOnlySpan<ushort> source, Span<ushort> destination, DType format, float threshold)
     {
         if (destination.Length < source.Length) throw new ArgumentException($"destination holds {destination.Length} values, fewer than {source.Length}", nameof(destination));
         uint key = ThresholdKey(format, threshold);
@@ -77,7 +79,7 @@ public static unsafe class HostKernels
     /// sums needed its untrimmed values first): entries with |x| &lt; <paramref name="threshold"/> are
     /// set to +0 (bits 0); returns how many were kept. NaN and ±Inf are not looked for.
     /// </summary>
-    public static long MaskByMagnitude(Span<ushort> bits, Float16Format format, float threshold)
+    public static long MaskByMagnitude(Span<ushort> bits, DType format, float threshold)
     {
         uint key = ThresholdKey(format, threshold);
         fixed (ushort* p = bits) return MagnitudeSelection16.Mask(p, p, bits.Length, key);
@@ -87,10 +89,10 @@ public static unsafe class HostKernels
     /// The smallest key whose value is ≥ |threshold|: exact for a threshold that came from a selection on
     /// this format, and the right cut for any other.
     /// </summary>
-    private static uint ThresholdKey(Float16Format format, float threshold)
+    private static uint ThresholdKey(DType format, float threshold)
     {
         float t = Math.Abs(threshold);
-        uint key = format == Float16Format.BFloat16 ? BitConverter.SingleToUInt32Bits(t) >> 16 : BitConverter.HalfToUInt16Bits((Half)t);
+        uint key = format == DType.BF16 ? BitConverter.SingleToUInt32Bits(t) >> 16 : BitConverter.HalfToUInt16Bits((Half)t);
         while (key < 0x8000 && MagnitudeSelection16.Widen(key, format) < t) key++;
         return key;
     }

@@ -1,10 +1,10 @@
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
-using CopaKernels.Formats.Numerics;
+using System.Runtime.Intrinsics;
 using Bits = CopaKernels.Formats.Numerics.NonFinite;
+using CopaKernels.Formats.Numerics;
 using CopaKernels.Formats.Safetensors;
 
 namespace CopaKernels.Kernels.Cpu;
@@ -111,7 +111,7 @@ internal static unsafe class LowRankProduct
         private readonly int[] _termRank, _termK0;
         private readonly float[] _coef;      // Factor_n · Scale_n[k], fp32, global k order
         private readonly byte* _out, _base;
-        private readonly StorageType _outType, _baseType;
+        private readonly DType _outType, _baseType;
         private readonly bool _hasBase;
         private readonly int* _flag;         // ProductTile.NonFiniteFlag, or null
 
@@ -166,7 +166,7 @@ internal static unsafe class LowRankProduct
         public void Execute<TK>() where TK : struct, IMicroKernel
         {
             _nr = TK.NR;
-            _strip = _outType == StorageType.F16 || (_hasBase && _baseType == StorageType.F16);
+            _strip = _outType == DType.F16 || (_hasBase && _baseType == DType.F16);
 
             int kBlocks = _k <= KcMax ? 1 : (_k + KcMax - 1) / KcMax;
             _kc = (_k + kBlocks - 1) / kBlocks; // balanced K blocks
@@ -188,13 +188,13 @@ internal static unsafe class LowRankProduct
             _groupCols = (colPanels + _colGroups - 1) / _colGroups * _nr;
             _colGroups = (int)((_n + _groupCols - 1) / _groupCols);
 
-            switch (_hasBase ? _baseType : (StorageType?)null, _outType)
+            switch (_hasBase ? _baseType : (DType?)null, _outType)
             {
-                case (null, StorageType.BF16): Dispatch<TK, Epilogue<NoBase, Bf16Out>>(threads); break;
-                case (StorageType.F32, StorageType.F32): Dispatch<TK, Epilogue<F32Base, F32Out>>(threads); break;
-                case (StorageType.F32, StorageType.BF16): Dispatch<TK, Epilogue<F32Base, Bf16Out>>(threads); break;
-                case (StorageType.BF16, StorageType.F32): Dispatch<TK, Epilogue<Bf16Base, F32Out>>(threads); break;
-                case (StorageType.BF16, StorageType.BF16): Dispatch<TK, Epilogue<Bf16Base, Bf16Out>>(threads); break;
+                case (null, DType.BF16): Dispatch<TK, Epilogue<NoBase, Bf16Out>>(threads); break;
+                case (DType.F32, DType.F32): Dispatch<TK, Epilogue<F32Base, F32Out>>(threads); break;
+                case (DType.F32, DType.BF16): Dispatch<TK, Epilogue<F32Base, Bf16Out>>(threads); break;
+                case (DType.BF16, DType.F32): Dispatch<TK, Epilogue<Bf16Base, F32Out>>(threads); break;
+                case (DType.BF16, DType.BF16): Dispatch<TK, Epilogue<Bf16Base, Bf16Out>>(threads); break;
                 // F32 without base; F16 anywhere goes through the strip, whose micro-kernel stores plain F32.
                 default: Dispatch<TK, Epilogue<NoBase, F32Out>>(threads); break;
             }
@@ -347,7 +347,7 @@ internal static unsafe class LowRankProduct
         {
             if (_flag == null || Volatile.Read(ref *_flag) != 0) return;
             int os = _outType.Size();
-            var dtype = _outType.ToDType();
+            var dtype = _outType;
             for (int i = 0; i < mr; i++)
                 if (NonFinite.Any(dtype, new ReadOnlySpan<byte>(_out + ((i0 + i) * _n + j0) * os, nc * os)))
                 {
@@ -416,8 +416,8 @@ internal static unsafe class LowRankProduct
                     var row = new Span<float>(s.Row, nc);
                     switch (_baseType)
                     {
-                        case StorageType.F32: TensorPrimitives.Add(acc, new ReadOnlySpan<float>((float*)_base + e, nc), acc); break;
-                        case StorageType.BF16:
+                        case DType.F32: TensorPrimitives.Add(acc, new ReadOnlySpan<float>((float*)_base + e, nc), acc); break;
+                        case DType.BF16:
                             FloatConversion.Bf16ToSingle(new ReadOnlySpan<ushort>((ushort*)_base + e, nc), row);
                             TensorPrimitives.Add(acc, row, acc);
                             break;
@@ -429,8 +429,8 @@ internal static unsafe class LowRankProduct
                 }
                 switch (_outType)
                 {
-                    case StorageType.F32: acc.CopyTo(new Span<float>((float*)_out + e, nc)); break;
-                    case StorageType.BF16: FloatConversion.SingleToBf16(acc, new Span<ushort>((ushort*)_out + e, nc)); break;
+                    case DType.F32: acc.CopyTo(new Span<float>((float*)_out + e, nc)); break;
+                    case DType.BF16: FloatConversion.SingleToBf16(acc, new Span<ushort>((ushort*)_out + e, nc)); break;
                     default: FloatConversion.SingleToHalf(acc, new Span<ushort>((ushort*)_out + e, nc)); break;
                 }
             }

@@ -1,8 +1,9 @@
 using System.Numerics;
-using CopaKernels.Formats.Numerics;
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using System.Runtime.Intrinsics;
+using CopaKernels.Formats.Numerics;
+using CopaKernels.Formats.Safetensors;
 
 namespace CopaKernels.Kernels.Cpu;
 
@@ -33,14 +34,14 @@ internal static unsafe class MagnitudeSelection16
     private const int SampleCount = 256;
 
     /// <summary>The first key that is ±Inf or NaN in <paramref name="format"/>.</summary>
-    internal static uint InfKey(Float16Format format) => format == Float16Format.BFloat16 ? NonFinite.Bf16Infinity : NonFinite.F16Infinity;
+    internal static uint InfKey(DType format) => format == DType.BF16 ? NonFinite.Bf16Infinity : NonFinite.F16Infinity;
 
     /// <summary>The value of key <paramref name="key"/> (|x|) as F32: exact.</summary>
-    internal static float Widen(uint key, Float16Format format) =>
-        format == Float16Format.BFloat16 ? BitConverter.UInt32BitsToSingle(key << 16) : (float)BitConverter.UInt16BitsToHalf((ushort)key);
+    internal static float Widen(uint key, DType format) =>
+        format == DType.BF16 ? BitConverter.UInt32BitsToSingle(key << 16) : (float)BitConverter.UInt16BitsToHalf((ushort)key);
 
     /// <summary>The selection; tests may force the bracket to exercise its miss paths.</summary>
-    public static SelectionResult Select(ushort* p, int n, long k, Float16Format format, bool applyMask, out bool finite,
+    public static SelectionResult Select(ushort* p, int n, long k, DType format, bool applyMask, out bool finite,
         (uint Lo, uint Hi)? forcedBracket = null)
     {
         uint inf = InfKey(format);
@@ -88,7 +89,7 @@ internal static unsafe class MagnitudeSelection16
     [ThreadStatic] private static ushort[]? t_candidates;
 
     /// <summary>The search on the keys a hit bracket collected, then the mask on the whole tensor.</summary>
-    private static SelectionResult Finish(ushort* p, int n, long k, Float16Format format, bool applyMask,
+    private static SelectionResult Finish(ushort* p, int n, long k, DType format, bool applyMask,
         ushort* candidates, int count, long belowLo, uint lo, uint hi)
     {
         var (t, less) = Search(candidates, count, k, belowLo, lo, hi, belowLo);

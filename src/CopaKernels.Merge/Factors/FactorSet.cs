@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
-using CopaKernels.Formats;
 using CopaKernels.Formats.Peft;
 using CopaKernels.Formats.Safetensors;
+using CopaKernels.Formats;
 using CopaKernels.Kernels.Cpu;
 
 namespace CopaKernels.Merge.Factors;
@@ -80,15 +80,15 @@ internal sealed class FactorSet
     }
 
     /// <summary>The 16-bit format a factor is stored in when it is still in its file as BF16 or F16, else null.</summary>
-    public Float16Format? StoredFormat(int task, bool b) =>
-        Home(task, b) == FactorHome.File ? Float16Formats.Of(Tensor(task, b).Tensor.DType) : null;
+    public DType? StoredFormat(int task, bool b) =>
+        Home(task, b) == FactorHome.File ? Tensor(task, b).Tensor.DType.As16BitFloat() : null;
 
     /// <summary>The one 16-bit format every factor is stored in when every factor is still in its file, else null.</summary>
-    public Float16Format? CommonStoredFormat
+    public DType? CommonStoredFormat
     {
         get
         {
-            Float16Format? common = null;
+            DType? common = null;
             for (int factor = 0; factor < _home.Length; factor++)
             {
                 if (StoredFormat(factor >> 1, (factor & 1) == 1) is not { } f || (common is { } c && c != f)) return null;

@@ -4,8 +4,8 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using CopaKernels.Formats.Numerics;
 using CopaKernels.Formats.Safetensors;
-using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
+using CopaKernels.Kernels;
 
 namespace CopaKernels.Merge.Routes;
 
@@ -29,12 +29,12 @@ namespace CopaKernels.Merge.Routes;
 internal sealed unsafe class EncodedConcatenation
 {
     private readonly ModuleInput _m;
-    private readonly Float16Format _format;
+    private readonly DType _format;
     private readonly int[] _start;
     private readonly int _total;
     private readonly byte[] _a, _b;
 
-    public EncodedConcatenation(ModuleInput m, Float16Format format)
+    public EncodedConcatenation(ModuleInput m, DType format)
     {
         _m = m;
         _format = format;
@@ -45,7 +45,7 @@ internal sealed unsafe class EncodedConcatenation
     }
 
     /// <summary>The output dtype: the factors' own.</summary>
-    public DType DType => _format.ToDType();
+    public DType DType => _format;
 
     private int ALength => checked(_total * _m.DIn * 2);
 
@@ -67,7 +67,7 @@ internal sealed unsafe class EncodedConcatenation
         var (coef, _) = Concatenation.ColumnCoefficients(_m, coefficient);
         int rows = _m.DOut, total = _total, n = _m.Tasks.Count;
         int rowsPerChunk = Math.Max(1, HostLoops.SumChunk / Math.Max(1, total));
-        bool fused = _format == Float16Format.BFloat16 && Vector512.IsHardwareAccelerated && _m.Tasks.All(t => t.Rank % 16 == 0);
+        bool fused = _format == DType.BF16 && Vector512.IsHardwareAccelerated && _m.Tasks.All(t => t.Rank % 16 == 0);
         HostLoops.ParallelFor((rows + rowsPerChunk - 1) / rowsPerChunk, parallel, chunk =>
         {
             int i0 = chunk * rowsPerChunk, count = Math.Min(rows, i0 + rowsPerChunk) - i0;
@@ -92,7 +92,7 @@ internal sealed unsafe class EncodedConcatenation
             for (int task = 0; task < n; task++)
             {
                 int r = _start[task + 1] - _start[task];
-                Float16Formats.Widen(KeptB(task).Slice(i0 * r, count * r), _format, widened[..(count * r)]);
+                ElementCodec.Widen(KeptB(task).Slice(i0 * r, count * r), _format, widened[..(count * r)]);
                 for (int i = 0; i < count; i++)
                     TensorPrimitives.Multiply(widened.Slice(i * r, r), coef.AsSpan(_start[task], r), values.Slice(i * total + _start[task], r));
             }

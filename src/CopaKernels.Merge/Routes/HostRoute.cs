@@ -1,6 +1,8 @@
+using CopaKernels.Formats.Numerics;
+using CopaKernels.Formats.Safetensors;
 using CopaKernels.Formats;
-using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
+using CopaKernels.Kernels;
 using CopaKernels.Merge.Factors;
 using static CopaKernels.Merge.Routes.HostLoops;
 
@@ -34,10 +36,10 @@ internal sealed class HostRoute(IMergeBackend backend, IHostMemory host, ResultS
         // run on the stored bits, and the next step may read them as they are.
         KeepTrimmed16? keep = null;
         EncodedConcatenation? output = null;
-        Float16Format? bits16 = null;
+        DType? bits16 = null;
         if (factors.CommonStoredFormat is { } format)
         {
-            if (use == TrimmedUse.Concatenation && Results.EncodeAs == format.ToDType())
+            if (use == TrimmedUse.Concatenation && Results.EncodeAs == format)
             {
                 // Adapter output in the factors' own format: the pair is built in the output's bytes.
                 output = new EncodedConcatenation(m, format);
@@ -129,7 +131,7 @@ internal sealed class HostRoute(IMergeBackend backend, IHostMemory host, ResultS
         var bits = RawScratch(into.Length);
         factors.ReadStored(task, isB, bits);
         var selection = HostKernels.SelectByMagnitude(bits, format, density, applyMask: isB);
-        Float16Formats.Widen(bits, format, into);
+        ElementCodec.Widen(bits, format, into);
         factors.Widened(task, isB);
         return selection;
     }
@@ -144,13 +146,13 @@ internal sealed class HostRoute(IMergeBackend backend, IHostMemory host, ResultS
     /// Plain and trimmed |x| sums of each row of a 16-bit A, at [0, r) and [r, 2r): each row widened into
     /// a per-thread scratch and summed by the F32 kernel, so the sums are the F32 route's bit for bit.
     /// </summary>
-    private static float[] RowSums16(ReadOnlySpan<ushort> bits, Float16Format format, int rows, int cols, float threshold)
+    private static float[] RowSums16(ReadOnlySpan<ushort> bits, DType format, int rows, int cols, float threshold)
     {
         var row = ThreadScratch.Get(ref t_row, cols);
         var sums = new float[2 * rows];
         for (int i = 0; i < rows; i++)
         {
-            Float16Formats.Widen(bits.Slice(i * cols, cols), format, row);
+            ElementCodec.Widen(bits.Slice(i * cols, cols), format, row);
             HostKernels.RowAbsSums(row, 1, cols, sums.AsSpan(i, 1), threshold, sums.AsSpan(rows + i, 1), applyMask: false);
         }
         return sums;

@@ -3,8 +3,8 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using CopaKernels.Formats.Numerics;
 using CopaKernels.Formats.Safetensors;
-using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
+using CopaKernels.Kernels;
 using static CopaKernels.Merge.Routes.HostLoops;
 
 namespace CopaKernels.Merge.Routes;
@@ -45,17 +45,17 @@ internal static class OrderedSums
     /// Factors in a 16-bit format, stored in the first half of each array's bytes. BF16 is widened in
     /// registers inside each step's loop (a shift); F16 block by block through a scratch.
     /// </summary>
-    internal readonly struct Raw16Rows(IReadOnlyList<float[]> storage, Float16Format format) : IFactorRows
+    internal readonly struct Raw16Rows(IReadOnlyList<float[]> storage, DType format) : IFactorRows
     {
         private ReadOnlySpan<ushort> Bits(int task, int start, int length) =>
             MemoryMarshal.Cast<float, ushort>(storage[task].AsSpan()).Slice(start, length);
 
-        public void CopyTo(int task, int start, Span<float> d) => Float16Formats.Widen(Bits(task, start, d.Length), format, d);
+        public void CopyTo(int task, int start, Span<float> d) => ElementCodec.Widen(Bits(task, start, d.Length), format, d);
 
         public void AddTo(int task, int start, Span<float> d)
         {
             var bits = Bits(task, start, d.Length);
-            int i = format == Float16Format.BFloat16 ? Bf16.AddTo(bits, d) : 0;
+            int i = format == DType.BF16 ? Bf16.AddTo(bits, d) : 0;
             if (i == d.Length) return;
             var x = Widened(bits[i..]);
             TensorPrimitives.Add(d[i..], x, d[i..]);
@@ -64,14 +64,14 @@ internal static class OrderedSums
         public void ScaleAddTo(int task, int start, float[] c, Span<float> d)
         {
             var bits = Bits(task, start, d.Length);
-            if (format == Float16Format.BFloat16 && Bf16.ScaleAddTo(bits, c, d)) return;
+            if (format == DType.BF16 && Bf16.ScaleAddTo(bits, c, d)) return;
             ScaleAdd(Widened(bits), c, d);
         }
 
         private Span<float> Widened(ReadOnlySpan<ushort> bits)
         {
             var x = ThreadScratch.Get(ref t_widen, bits.Length, SumChunk);
-            Float16Formats.Widen(bits, format, x);
+            ElementCodec.Widen(bits, format, x);
             return x;
         }
     }

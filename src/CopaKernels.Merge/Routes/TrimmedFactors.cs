@@ -1,5 +1,6 @@
-using CopaKernels.Kernels;
+using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels.Cpu;
+using CopaKernels.Kernels;
 
 namespace CopaKernels.Merge.Routes;
 
@@ -31,7 +32,7 @@ internal delegate void KeepTrimmed16(int task, bool isB, ReadOnlySpan<ushort> va
 internal sealed record TrimmedFactors(float[][] A, float[][] B, SelectionResult[] SelA, SelectionResult[] SelB, float[][] RowSums)
 {
     /// <summary>Set when <see cref="A"/> and <see cref="B"/> keep the trimmed factors as 16-bit values in this format.</summary>
-    public Float16Format? Bits16 { get; init; }
+    public DType? Bits16 { get; init; }
 
     /// <summary>Set when the trimmed factors went straight into the output's bytes, where the concatenation is finished.</summary>
     public EncodedConcatenation? Output { get; init; }

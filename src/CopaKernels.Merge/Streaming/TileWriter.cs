@@ -46,8 +46,8 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
         // ΔWᵀ = Aᵀ·Bᵀ: a transposed (fan_in_fan_out) weight is the same product with the factors' roles swapped.
         var left = m.Transposed ? Transpose(r.A, rank, m.DIn) : r.B;    // rows × rank
         var right = m.Transposed ? Transpose(r.B, m.DOut, rank) : r.A;  // rank × cols
-        var outType = StorageTypes.FromDType(target.DType);
-        var baseType = baseTensor is null ? StorageType.F32 : StorageTypes.FromDType(baseTensor.DType);
+        var outType = target.DType;
+        var baseType = baseTensor is null ? DType.F32 : baseTensor.DType;
         int tile = Math.Min(rowsPerTile, rows);
         long tileElems = (long)tile * cols;
 

@@ -1,6 +1,7 @@
 using CopaKernels.Formats.Numerics;
-using CopaKernels.Kernels;
+using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels.Cpu;
+using CopaKernels.Kernels;
 
 namespace CopaKernels.Tests.Kernels;
 
@@ -57,9 +58,9 @@ public abstract class HostTransferSuite
     /// fence that fills it (TileWriter's schedule). The bytes must be identical.
     /// </summary>
     [BackendTheory]
-    [InlineData(StorageType.BF16, StorageType.BF16)]
-    [InlineData(StorageType.F32, StorageType.F16)]
-    public void QueuedTileLoop_MatchesTheBlockingLoop_BitForBit(StorageType baseType, StorageType outType)
+    [InlineData(DType.BF16, DType.BF16)]
+    [InlineData(DType.F32, DType.F16)]
+    public void QueuedTileLoop_MatchesTheBlockingLoop_BitForBit(DType baseType, DType outType)
     {
         var b = Backend;
         var (dOut, dIn, rank, tileRows) = TileShape;
@@ -253,11 +254,11 @@ public abstract class HostTransferSuite
         return buf;
     }
 
-    private static byte[] Encode(float[] x, StorageType type)
+    private static byte[] Encode(float[] x, DType type)
     {
-        if (type == StorageType.F32) return System.Runtime.InteropServices.MemoryMarshal.AsBytes(x.AsSpan()).ToArray();
+        if (type == DType.F32) return System.Runtime.InteropServices.MemoryMarshal.AsBytes(x.AsSpan()).ToArray();
         var u = new ushort[x.Length];
-        if (type == StorageType.BF16) FloatConversion.SingleToBf16(x, u);
+        if (type == DType.BF16) FloatConversion.SingleToBf16(x, u);
         else FloatConversion.SingleToHalf(x, u);
         return System.Runtime.InteropServices.MemoryMarshal.AsBytes(u.AsSpan()).ToArray();
     }

@@ -1,8 +1,9 @@
 using System.Runtime.InteropServices;
 using CopaKernels.Formats.Numerics;
-using CopaKernels.Kernels;
+using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels.Cpu;
 using CopaKernels.Kernels.Reference;
+using CopaKernels.Kernels;
 
 namespace CopaKernels.Tests.Kernels;
 
@@ -50,7 +51,7 @@ public abstract class LowRankProductSuite
     }
 
     /// <summary>A base tile already representable in <paramref name="type"/> (so the reference sees what the kernel reads).</summary>
-    protected static float[] MakeBase(int n, StorageType type, int seed)
+    protected static float[] MakeBase(int n, DType type, int seed)
     {
         var rng = new Random(seed);
         var x = new float[n];
@@ -58,25 +59,25 @@ public abstract class LowRankProductSuite
         return x;
     }
 
-    private static uint Narrow(float v, StorageType type) => type switch
+    private static uint Narrow(float v, DType type) => type switch
     {
-        StorageType.F32 => BitConverter.SingleToUInt32Bits(v),
-        StorageType.BF16 => FloatConversion.SingleToBf16(v),
+        DType.F32 => BitConverter.SingleToUInt32Bits(v),
+        DType.BF16 => FloatConversion.SingleToBf16(v),
         _ => BitConverter.HalfToUInt16Bits((Half)v),
     };
 
-    private static float Widen(uint bits, StorageType type) => type switch
+    private static float Widen(uint bits, DType type) => type switch
     {
-        StorageType.F32 => BitConverter.UInt32BitsToSingle(bits),
-        StorageType.BF16 => FloatConversion.Bf16ToSingle((ushort)bits),
+        DType.F32 => BitConverter.UInt32BitsToSingle(bits),
+        DType.BF16 => FloatConversion.Bf16ToSingle((ushort)bits),
         _ => (float)BitConverter.UInt16BitsToHalf((ushort)bits),
     };
 
-    private static byte[] Encode(float[] x, StorageType type)
+    private static byte[] Encode(float[] x, DType type)
     {
-        if (type == StorageType.F32) return MemoryMarshal.AsBytes(x.AsSpan()).ToArray();
+        if (type == DType.F32) return MemoryMarshal.AsBytes(x.AsSpan()).ToArray();
         var u = new ushort[x.Length];
-        if (type == StorageType.BF16) FloatConversion.SingleToBf16(x, u);
+        if (type == DType.BF16) FloatConversion.SingleToBf16(x, u);
         else FloatConversion.SingleToHalf(x, u);
         return MemoryMarshal.AsBytes(u.AsSpan()).ToArray();
     }
@@ -86,7 +87,7 @@ public abstract class LowRankProductSuite
     /// element offsets inside larger buffers, whose padding must stay untouched.
     /// </summary>
     protected Result RunBackend(int threads, Term[] terms, int dOut, int dIn, int rowStart, int rowCount,
-        StorageType outType, StorageType? baseType = null, float[]? baseTile = null, bool inPlace = false, bool bitExact = false,
+        DType outType, DType? baseType = null, float[]? baseTile = null, bool inPlace = false, bool bitExact = false,
         bool withFlag = false)
     {
         var backend = CreateBackend(threads);
@@ -101,7 +102,7 @@ public abstract class LowRankProductSuite
     }
 
     private static Result RunOn(IMergeBackend backend, Term[] terms, int dOut, int dIn, int rowStart, int rowCount,
-        StorageType outType, StorageType? baseType, float[]? baseTile, bool inPlace, bool bitExact, bool withFlag)
+        DType outType, DType? baseType, float[]? baseTile, bool inPlace, bool bitExact, bool withFlag)
     {
         long total = 3;
         var offsets = new (long B, long A, long S)[terms.Length];
@@ -150,7 +151,7 @@ public abstract class LowRankProductSuite
         try
         {
             backend.LowRankProduct(lrt, dOut, dIn,
-                new ProductTile(rowStart, rowCount, output, outOff, outType, baseBuf, baseOff, baseType ?? StorageType.F32, bitExact,
+                new ProductTile(rowStart, rowCount, output, outOff, outType, baseBuf, baseOff, baseType ?? DType.F32, bitExact,
                     flag, 4));
             var raw = new byte[output.ByteLength];
             backend.Download(output, 0, raw);
@@ -194,7 +195,7 @@ public abstract class LowRankProductSuite
         $"d_out={dOut} d_in={dIn} ranks=[{string.Join(",", terms.Select(t => t.Rank))}] scale={terms.Any(t => t.Scale != null)} rows=[{rowStart},{rowStart + rowCount}) {extra}";
 
     protected void CheckAgainstReference(int threads, int[] ranks, int dOut, int dIn, int rowStart, int rowCount, bool scaled,
-        StorageType outType = StorageType.F32, StorageType? baseType = null, bool inPlace = false, int seed = 1)
+        DType outType = DType.F32, DType? baseType = null, bool inPlace = false, int seed = 1)
     {
         if ((long)rowCount * dIn > MaxTileElements) rowCount = (int)Math.Max(1, MaxTileElements / Math.Max(1, dIn));
         var terms = MakeTerms(ranks, dOut, dIn, scaled, seed);
@@ -209,7 +210,7 @@ public abstract class LowRankProductSuite
         {
             double tol = 1e-5 * mag[e] + 2.4e-7 * Math.Abs(want[e]) + 1e-30;
             bool ok = Math.Abs((double)got.Values[e] - want[e]) <= tol;
-            if (!ok && outType != StorageType.F32)
+            if (!ok && outType != DType.F32)
             {
                 // The fp32 sum may land on the other side of a 16-bit rounding tie: allow one 16-bit ulp.
                 uint expect = Narrow(want[e], outType);
@@ -222,9 +223,9 @@ public abstract class LowRankProductSuite
     }
 
     /// <summary>Float bits mapped to integers that are monotonic in value (−0 and +0 both map to 0), so one ulp is a difference of 1.</summary>
-    private static long Ordered(uint bits, StorageType type)
+    private static long Ordered(uint bits, DType type)
     {
-        uint sign = type == StorageType.F32 ? 0x8000_0000u : 0x8000u;
+        uint sign = type == DType.F32 ? 0x8000_0000u : 0x8000u;
         return (bits & sign) != 0 ? -(long)(bits & (sign - 1)) : bits;
     }
 
@@ -269,18 +270,18 @@ public abstract class LowRankProductSuite
         CheckAgainstReference(1, [64], 127, 33, rowStart, rowCount, scaled: false);
     }
 
-    public static TheoryData<StorageType, StorageType?> TypePairs()
+    public static TheoryData<DType, DType?> TypePairs()
     {
-        var d = new TheoryData<StorageType, StorageType?>();
-        foreach (var o in new[] { StorageType.F32, StorageType.BF16, StorageType.F16 })
-            foreach (var b in new StorageType?[] { null, StorageType.F32, StorageType.BF16, StorageType.F16 })
+        var d = new TheoryData<DType, DType?>();
+        foreach (var o in new[] { DType.F32, DType.BF16, DType.F16 })
+            foreach (var b in new DType?[] { null, DType.F32, DType.BF16, DType.F16 })
                 d.Add(o, b);
         return d;
     }
 
     [BackendTheory]
     [MemberData(nameof(TypePairs))]
-    public void BaseAndOutputTypes_MatchReference(StorageType outType, StorageType? baseType)
+    public void BaseAndOutputTypes_MatchReference(DType outType, DType? baseType)
     {
         CheckAgainstReference(2, [16, 3], 127, 1027, 5, 61, scaled: true, outType, baseType);
         CheckAgainstReference(2, [64], 33, 31, 0, 33, scaled: false, outType, baseType);
@@ -288,10 +289,10 @@ public abstract class LowRankProductSuite
     }
 
     [BackendTheory]
-    [InlineData(StorageType.F32)]
-    [InlineData(StorageType.BF16)]
-    [InlineData(StorageType.F16)]
-    public void InPlaceAccumulate_MatchesReference(StorageType type)
+    [InlineData(DType.F32)]
+    [InlineData(DType.BF16)]
+    [InlineData(DType.F16)]
+    public void InPlaceAccumulate_MatchesReference(DType type)
     {
         CheckAgainstReference(2, [16, 3], 127, 1027, 5, 61, scaled: true, type, type, inPlace: true);
         CheckAgainstReference(2, [1, 64], 200, 517, 0, 200, scaled: false, type, type, inPlace: true);
@@ -302,8 +303,8 @@ public abstract class LowRankProductSuite
     public void NoRank_GivesBaseOrZero()
     {
         CheckAgainstReference(2, [], 31, 33, 0, 31, scaled: false);
-        CheckAgainstReference(2, [0, 0], 31, 33, 3, 20, scaled: true, StorageType.BF16, StorageType.F32);
-        CheckAgainstReference(2, [0], 31, 33, 3, 20, scaled: true, StorageType.F32, StorageType.F16, inPlace: true);
+        CheckAgainstReference(2, [0, 0], 31, 33, 3, 20, scaled: true, DType.BF16, DType.F32);
+        CheckAgainstReference(2, [0], 31, 33, 3, 20, scaled: true, DType.F32, DType.F16, inPlace: true);
     }
 
     [BackendFact]
@@ -319,7 +320,7 @@ public abstract class LowRankProductSuite
                         var terms = MakeTerms(ranks, dOut, dIn, scaled, dOut + dIn + ranks.Sum());
                         var want = ReferenceLowRankProduct.ComputeBitExact(terms.Select(t => (t.B, t.A, t.Rank, t.Factor, t.Scale)).ToList(),
                             dOut, dIn, start, rows);
-                        var got = RunBackend(2, terms, dOut, dIn, start, rows, StorageType.F32, bitExact: true);
+                        var got = RunBackend(2, terms, dOut, dIn, start, rows, DType.F32, bitExact: true);
                         AssertSameBits(new Result(want, want.Select(BitConverter.SingleToUInt32Bits).ToArray()), got,
                             Shape(terms, dOut, dIn, start, rows, "bit-exact"));
                     }
@@ -329,13 +330,13 @@ public abstract class LowRankProductSuite
     public void BitExact_WithABaseOrA16BitOutput_IsRefused()
     {
         var terms = MakeTerms([4], 8, 8, scaled: false, seed: 3);
-        Assert.Throws<ArgumentException>(() => RunBackend(1, terms, 8, 8, 0, 8, StorageType.BF16, bitExact: true));
-        Assert.Throws<ArgumentException>(() => RunBackend(1, terms, 8, 8, 0, 8, StorageType.F32, StorageType.F32, new float[64], bitExact: true));
+        Assert.Throws<ArgumentException>(() => RunBackend(1, terms, 8, 8, 0, 8, DType.BF16, bitExact: true));
+        Assert.Throws<ArgumentException>(() => RunBackend(1, terms, 8, 8, 0, 8, DType.F32, DType.F32, new float[64], bitExact: true));
     }
 
     [BackendTheory]
     [MemberData(nameof(TypePairs))]
-    public void NonFiniteFlag_IsRaisedExactlyWhenAStoredValueIsNotFinite(StorageType outType, StorageType? baseType)
+    public void NonFiniteFlag_IsRaisedExactlyWhenAStoredValueIsNotFinite(DType outType, DType? baseType)
     {
         // 127 × 1027 leaves partial GPU tiles, SIMD tails and a K-less column; the bad element goes at the
         // first, a middle and the last position of the tile.
@@ -354,7 +355,7 @@ public abstract class LowRankProductSuite
             var got = RunBackend(2, terms, dOut, dIn, rowStart, rows, outType, baseType, baseTile, withFlag: true);
             Assert.True(got.Flag != 0, $"flag not raised for Inf at ({i}, {j}) (out {outType}, base {baseType})");
         }
-        if (outType == StorageType.F16)
+        if (outType == DType.F16)
         {
             // Finite in F32, but above F16's largest value: Inf as stored.
             var terms = MakeTerms([1], dOut, dIn, scaled: false, 3);
@@ -369,10 +370,10 @@ public abstract class LowRankProductSuite
     public void NonFiniteFlag_BitExact()
     {
         var terms = MakeTerms([16], 31, 33, scaled: false, 5);
-        Assert.Equal(0u, RunBackend(2, terms, 31, 33, 0, 31, StorageType.F32, bitExact: true, withFlag: true).Flag);
+        Assert.Equal(0u, RunBackend(2, terms, 31, 33, 0, 31, DType.F32, bitExact: true, withFlag: true).Flag);
         terms[0].B[16 * 30] = 1e30f;
         terms[0].A[32] = 1e30f;
-        Assert.NotEqual(0u, RunBackend(2, terms, 31, 33, 0, 31, StorageType.F32, bitExact: true, withFlag: true).Flag);
+        Assert.NotEqual(0u, RunBackend(2, terms, 31, 33, 0, 31, DType.F32, bitExact: true, withFlag: true).Flag);
     }
 
     protected static void AssertSameBits(Result expected, Result actual, string label)
@@ -393,11 +394,11 @@ public sealed class LowRankProductTests : LowRankProductSuite
     protected override IMergeBackend CreateBackend(int threads) => new CpuBackend(threads);
 
     [Theory]
-    [InlineData(StorageType.F32, null)]
-    [InlineData(StorageType.F32, StorageType.F32)]
-    [InlineData(StorageType.BF16, StorageType.BF16)]
-    [InlineData(StorageType.F16, StorageType.F32)]
-    public void ThreadCount_DoesNotChangeBits(StorageType outType, StorageType? baseType)
+    [InlineData(DType.F32, null)]
+    [InlineData(DType.F32, DType.F32)]
+    [InlineData(DType.BF16, DType.BF16)]
+    [InlineData(DType.F16, DType.F32)]
+    public void ThreadCount_DoesNotChangeBits(DType outType, DType? baseType)
     {
         // Big enough to be split into many work items (the split depends on the thread count).
         var terms = MakeTerms([16, 3, 45], 401, 1031, scaled: true, seed: 3);
@@ -414,11 +415,11 @@ public sealed class LowRankProductTests : LowRankProductSuite
     {
         // Σr = 3 + 16 + 45 = 64 split into K blocks of ≤ 5, ≤ 17 and ≤ 40 (partials parked in fp32 between blocks).
         var terms = MakeTerms([3, 16, 45], 67, 301, scaled: true, seed: 8);
-        var baseTile = MakeBase(61 * 301, StorageType.BF16, 9);
+        var baseTile = MakeBase(61 * 301, DType.BF16, 9);
         int saved = LowRankProduct.KcMax;
         try
         {
-            foreach (var (outType, baseType) in new (StorageType, StorageType?)[] { (StorageType.F32, null), (StorageType.F32, StorageType.F32), (StorageType.BF16, StorageType.BF16), (StorageType.F16, StorageType.BF16) })
+            foreach (var (outType, baseType) in new (DType, DType?)[] { (DType.F32, null), (DType.F32, DType.F32), (DType.BF16, DType.BF16), (DType.F16, DType.BF16) })
             {
                 var tileBase = baseType is null ? null : baseTile;
                 LowRankProduct.KcMax = int.MaxValue;
@@ -431,7 +432,7 @@ public sealed class LowRankProductTests : LowRankProductSuite
                 }
             }
             LowRankProduct.KcMax = 7;
-            CheckAgainstReference(2, [64, 16, 3], 127, 1027, 5, 61, scaled: true, StorageType.F32, StorageType.F32);
+            CheckAgainstReference(2, [64, 16, 3], 127, 1027, 5, 61, scaled: true, DType.F32, DType.F32);
         }
         finally
         {
@@ -447,12 +448,12 @@ public sealed class LowRankProductTests : LowRankProductSuite
         var path = Enum.Parse<LowRankProduct.KernelPath>(pathName);
         // Vector512 is emulated (two Vector256 halves) where the CPU lacks AVX-512: keep it small.
         var terms = MakeTerms([3, 16], 67, 97, scaled: true, seed: 6);
-        var baseTile = MakeBase(60 * 97, StorageType.BF16, 7);
+        var baseTile = MakeBase(60 * 97, DType.BF16, 7);
         var (savedPath, savedKc) = (LowRankProduct.ForcedPath, LowRankProduct.KcMax);
         try
         {
             foreach (int kc in new[] { savedKc, 7 })
-                foreach (var (outType, baseType) in new (StorageType, StorageType?)[] { (StorageType.F32, null), (StorageType.F32, StorageType.F32), (StorageType.BF16, StorageType.BF16), (StorageType.F16, StorageType.F32) })
+                foreach (var (outType, baseType) in new (DType, DType?)[] { (DType.F32, null), (DType.F32, DType.F32), (DType.BF16, DType.BF16), (DType.F16, DType.F32) })
                 {
                     LowRankProduct.KcMax = kc;
                     var tileBase = baseType is null ? null : baseTile;

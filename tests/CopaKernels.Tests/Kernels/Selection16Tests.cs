@@ -1,19 +1,20 @@
-using CopaKernels.Kernels;
+using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels.Cpu;
 using CopaKernels.Kernels.Reference;
+using CopaKernels.Kernels;
 
 namespace CopaKernels.Tests.Kernels;
 
 /// <summary>
-/// Family 1 on BF16/F16 storage (<see cref="HostKernels.SelectByMagnitude(Span{ushort}, Float16Format, double, bool)"/>):
+/// Family 1 on BF16/F16 storage (<see cref="HostKernels.SelectByMagnitude(Span{ushort}, DType, double, bool)"/>):
 /// threshold, kept count and mask equal the scalar reference's on the widened values, bit for bit.
 /// </summary>
 public unsafe class Selection16Tests
 {
-    public static TheoryData<string, int, double, Float16Format> Cases()
+    public static TheoryData<string, int, double, DType> Cases()
     {
-        var d = new TheoryData<string, int, double, Float16Format>();
-        foreach (var format in new[] { Float16Format.BFloat16, Float16Format.Half })
+        var d = new TheoryData<string, int, double, DType>();
+        foreach (var format in new[] { DType.BF16, DType.F16 })
             foreach (var kind in TestData.Kinds)
                 foreach (int n in new[] { 0, 1, 31, 33, 127, 1027, 6 * 512 + 7, 65_536 + 5, 300_000 })
                     foreach (double density in new[] { 1.0, 0.2, 1e-4 })
@@ -23,7 +24,7 @@ public unsafe class Selection16Tests
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void Select_MatchesReferenceOnTheWidenedValues(string kind, int n, double density, Float16Format format)
+    public void Select_MatchesReferenceOnTheWidenedValues(string kind, int n, double density, DType format)
     {
         var bits = Narrow(TestData.Make(kind, n, n + 5), format);
         AssertMatchesReference(bits, density, format);
@@ -32,7 +33,7 @@ public unsafe class Selection16Tests
     [Fact]
     public void EverySizeUpTo256_MatchesReference()
     {
-        foreach (var format in new[] { Float16Format.BFloat16, Float16Format.Half })
+        foreach (var format in new[] { DType.BF16, DType.F16 })
             for (int n = 0; n <= 256; n++)
                 foreach (var kind in new[] { "gaussian", "ties", "signed-zeros" })
                     AssertMatchesReference(Narrow(TestData.Make(kind, n, 3 * n + 1), format), 0.2, format);
@@ -45,7 +46,7 @@ public unsafe class Selection16Tests
     [InlineData("empty-bracket")]
     public void ForcedBrackets_AreExactAllTheSame(string which)
     {
-        foreach (var format in new[] { Float16Format.BFloat16, Float16Format.Half })
+        foreach (var format in new[] { DType.BF16, DType.F16 })
             foreach (var kind in new[] { "gaussian", "ties", "lora-b" })
             {
                 var bits = Narrow(TestData.Make(kind, 50_000, 9), format);
@@ -70,13 +71,13 @@ public unsafe class Selection16Tests
     }
 
     [Theory]
-    [InlineData(Float16Format.BFloat16, (ushort)0x7F80)] // +Inf
-    [InlineData(Float16Format.BFloat16, (ushort)0xFF80)] // −Inf
-    [InlineData(Float16Format.BFloat16, (ushort)0x7FC0)] // NaN
-    [InlineData(Float16Format.Half, (ushort)0x7C00)]
-    [InlineData(Float16Format.Half, (ushort)0xFC00)]
-    [InlineData(Float16Format.Half, (ushort)0x7E00)]
-    public void NonFinite_IsAnError_AtAnyPosition_AndAnyDensity(Float16Format format, ushort bad)
+    [InlineData(DType.BF16, (ushort)0x7F80)] // +Inf
+    [InlineData(DType.BF16, (ushort)0xFF80)] // −Inf
+    [InlineData(DType.BF16, (ushort)0x7FC0)] // NaN
+    [InlineData(DType.F16, (ushort)0x7C00)]
+    [InlineData(DType.F16, (ushort)0xFC00)]
+    [InlineData(DType.F16, (ushort)0x7E00)]
+    public void NonFinite_IsAnError_AtAnyPosition_AndAnyDensity(DType format, ushort bad)
     {
         foreach (int n in new[] { 1, 33, 1027, 70_001 })
             foreach (int at in new[] { 0, n / 2, n - 1 })
@@ -91,9 +92,9 @@ public unsafe class Selection16Tests
     [Fact]
     public void LargestFiniteValues_AreNotMistakenForInfinity()
     {
-        foreach (var format in new[] { Float16Format.BFloat16, Float16Format.Half })
+        foreach (var format in new[] { DType.BF16, DType.F16 })
         {
-            ushort maxFinite = format == Float16Format.BFloat16 ? (ushort)0x7F7F : (ushort)0x7BFF;
+            ushort maxFinite = format == DType.BF16 ? (ushort)0x7F7F : (ushort)0x7BFF;
             var bits = Enumerable.Range(0, 5000).Select(i => (ushort)(i % 2 == 0 ? maxFinite : maxFinite | 0x8000)).ToArray();
             bits[17] = 1;
             AssertMatchesReference(bits, 0.5, format);
@@ -101,9 +102,9 @@ public unsafe class Selection16Tests
     }
 
     [Theory]
-    [InlineData(Float16Format.BFloat16)]
-    [InlineData(Float16Format.Half)]
-    public void MaskByMagnitude_CutsAtTheThreshold_WhateverItsPrecision(Float16Format format)
+    [InlineData(DType.BF16)]
+    [InlineData(DType.F16)]
+    public void MaskByMagnitude_CutsAtTheThreshold_WhateverItsPrecision(DType format)
     {
         var bits = Narrow(TestData.Make("gaussian", 5003, 2), format);
         var widened = Widen(bits, format);
@@ -119,7 +120,7 @@ public unsafe class Selection16Tests
         }
     }
 
-    private static void AssertMatchesReference(ushort[] bits, double density, Float16Format format)
+    private static void AssertMatchesReference(ushort[] bits, double density, DType format)
     {
         var widened = Widen(bits, format);
         var want = ReferenceMagnitudeSelection.Select(widened, density);
@@ -146,15 +147,15 @@ public unsafe class Selection16Tests
     }
 
     /// <summary>Rounds to the 16-bit format (nearest-even; F16 overflow saturates to the largest finite value).</summary>
-    internal static ushort[] Narrow(float[] x, Float16Format format) => x.Select(v => format == Float16Format.BFloat16
+    internal static ushort[] Narrow(float[] x, DType format) => x.Select(v => format == DType.BF16
         ? CopaKernels.Formats.Numerics.FloatConversion.SingleToBf16(v)
         : BitConverter.HalfToUInt16Bits(Half.IsInfinity((Half)v) ? (v > 0 ? Half.MaxValue : Half.MinValue) : (Half)v)).ToArray();
 
-    internal static float[] Widen(ushort[] bits, Float16Format format) => bits.Select(b => format == Float16Format.BFloat16
+    internal static float[] Widen(ushort[] bits, DType format) => bits.Select(b => format == DType.BF16
         ? BitConverter.UInt32BitsToSingle((uint)b << 16)
         : (float)BitConverter.UInt16BitsToHalf(b)).ToArray();
 
-    private static uint Key(float t, Float16Format format) => format == Float16Format.BFloat16
+    private static uint Key(float t, DType format) => format == DType.BF16
         ? BitConverter.SingleToUInt32Bits(t) >> 16
         : (uint)BitConverter.HalfToUInt16Bits((Half)t);
 }

@@ -2,10 +2,10 @@ using System.Runtime.InteropServices;
 using CopaKernels.Formats.Numerics;
 using CopaKernels.Formats.Safetensors;
 using CopaKernels.Gpu;
-using CopaKernels.Kernels;
 using CopaKernels.Kernels.Cpu;
-using CopaKernels.Merge;
+using CopaKernels.Kernels;
 using CopaKernels.Merge.Streaming;
+using CopaKernels.Merge;
 using CopaKernels.Tests.Kernels;
 
 namespace CopaKernels.Tests.Merge;
@@ -113,8 +113,8 @@ public abstract class TilePipelineSuite
         var b = Backend;
         var left = transposed ? Transpose(r.A, Rank, DIn) : r.B;
         var right = transposed ? Transpose(r.B, DOut, Rank) : r.A;
-        var st = StorageTypes.FromDType(outType);
-        var bst = baseType is { } t ? StorageTypes.FromDType(t) : StorageType.F32;
+        var st = outType;
+        var bst = baseType is { } t ? t : DType.F32;
         using var lb = b.Allocate(left.Length * 4L);
         using var rb = b.Allocate(right.Length * 4L);
         b.Upload(MemoryMarshal.AsBytes(left.AsSpan()), lb, 0);
