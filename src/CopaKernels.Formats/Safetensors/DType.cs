@@ -50,7 +50,7 @@ public static class DTypes
 {
     /// <summary>
     /// The name used in safetensors headers (the member's name): a switch, not <see cref="Enum.ToString()"/>,
-    /// whose reflection (with the dictionary it used to fill) cost 9 ms at every start.
+    /// whose reflection runs at every start of the tool.
     /// </summary>
     public static string Name(this DType d) => d switch
     {

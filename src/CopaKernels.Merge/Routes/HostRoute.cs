@@ -13,8 +13,8 @@ namespace CopaKernels.Merge.Routes;
 /// lie (<see cref="HostKernels"/>, or the backend's own kernels on a wrapped array), with no copy in or out.
 /// </summary>
 /// <remarks>
-/// On a 2-core machine the copies a device route makes cost as much as the kernels, so this route avoids
-/// every one it can: a merge's own arrays are trimmed in place; a factor still in its file is read by the
+/// The copies a device route makes move as many bytes as the kernels read, so this route avoids every
+/// one it can: a merge's own arrays are trimmed in place; a factor still in its file is read by the
 /// thread that trims it, right before, so the trim's passes find it in cache; a BF16/F16 factor is selected
 /// on its stored bits (2 bytes a value; the threshold and mask are the F32 ones bit for bit) and, where the
 /// next step reads 16-bit values, kept that way (<see cref="FactorHome.Bits16"/>) or copied straight into
@@ -76,8 +76,8 @@ internal sealed class HostRoute(IMergeBackend backend, IHostMemory host, ResultS
                 if (keep is not null)
                 {
                     // Read into this thread's scratch, selected there, handed on while in cache: the keeper's
-                    // trimmed copy is the only write. (Mapping the file instead of reading it measured slower:
-                    // the page faults cost more than the copy.)
+                    // trimmed copy is the only write. (Not a mapping of the file: its page faults cost more than
+                    // the copy; see bench/RESULTS.md.)
                     var format = factors.StoredFormat(task, isB)!.Value;
                     var bits = RawScratch(isB ? bTrim[task].Length : aTrim[task].Length);
                     factors.ReadStored(task, isB, bits);

@@ -3,8 +3,8 @@ namespace CopaKernels.Merge.Streaming;
 /// <summary>
 /// Float arrays of exact lengths, handed back after each module and reused by the next read. A
 /// Llama-shaped adapter has two or three factor lengths in all, so after the first modules every
-/// read lands in memory that is already mapped: fresh large arrays cost a page fault per 4 KiB,
-/// which on a 2-core machine took as long as the trims themselves.
+/// read lands in memory that is already mapped: fresh large arrays cost a page fault per 4 KiB, as
+/// much work as the trims themselves do on the same bytes.
 /// </summary>
 /// <remarks>
 /// Holds at most <c>capacity</c> bytes of idle arrays: one module's factors, which the memory plan

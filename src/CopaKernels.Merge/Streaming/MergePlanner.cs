@@ -132,8 +132,8 @@ public static class MergePlanner
         long input = m.InputBytes;
         if (m.Form.IsDense)
             // N dense task deltas, a packed copy of them where a device backend trims, the method's own
-            // arrays (its result included), and two more for what the GC has not reclaimed yet (measured:
-            // pcb, 4 Llama-7B deltas of 11008 × 4096, peaked at 13 such arrays plus the runtime).
+            // arrays (its result included), and two more for what the GC has not reclaimed yet (the
+            // measured peak that sets this is in bench/RESULTS.md).
             return (2L * tasks + m.Form.DenseArrays + 2) * m.DOut * (long)m.DIn * sizeof(float) + 2 * input;
         long result = (long)m.Form.Rank * (m.DIn + m.DOut) * sizeof(float);
         // Trimmed copies, packed backend buffers, their host staging (device backends: PackedTensors) and

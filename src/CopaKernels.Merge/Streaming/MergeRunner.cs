@@ -147,7 +147,7 @@ public sealed class MergeRunner
     /// </summary>
     /// <remarks>
     /// Plain loops over reference types: this runs once, at the end of a merge, where LINQ over value
-    /// tuples made the JIT compile generic code for tens of milliseconds.
+    /// tuples makes the JIT compile generic code that no other call reuses.
     /// </remarks>
     private JsonObject AdapterConfigFor(List<WrittenModule> written, AdapterConfig first)
     {
