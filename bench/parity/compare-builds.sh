@@ -153,23 +153,22 @@ for dev in "${devices[@]}"; do
   list=$d/cases.tsv
   : > "$list"
   common="--device $dev --threads $THREADS --quiet --no-sync"
-  # copa demo, whole: inputs and both merges.
-  for build in old new; do
-    exe=$OLD; [ $build = new ] && exe=$NEW
-    printf '%s\t%s\t%s\n' "demo-$build" "$exe" "demo --dir @DEMO@ --device $dev --threads $THREADS" >> "$list"
-  done
-  while IFS=$'\t' read -r label args; do
+  # Each case twice, the old build's line then the new one's: label, command, copa's arguments.
+  both() { # label arguments (OUT is @OUT@)
+    local build exe
     for build in old new; do
       exe=$OLD; [ $build = new ] && exe=$NEW
-      printf '%s\t%s\t%s\n' "$label-$build" "$exe" "merge $args $demo_adapters --out $d/out/$label-$build $common" >> "$list"
+      printf '%s\t%s\t%s\n' "$1-$build" "$exe" "${2//@OUT@/$d/out/$1-$build}" >> "$list"
     done
+  }
+  # copa demo, whole: inputs and both merges.
+  both demo "demo --dir @DEMO@ --device $dev --threads $THREADS"
+  while IFS=$'\t' read -r label args; do
+    both "$label" "merge $args $demo_adapters --out @OUT@ $common"
   done < <(demo_cases)
   if [ $have8 = 1 ] && [[ " $SET8_DEVICES " == *" $dev "* ]]; then
     while IFS=$'\t' read -r label args; do
-      for build in old new; do
-        exe=$OLD; [ $build = new ] && exe=$NEW
-        printf '%s\t%s\t%s\n' "$label-$build" "$exe" "merge $args $set8_adapters --out $d/out/$label-$build $common" >> "$list"
-      done
+      both "$label" "merge $args $set8_adapters --out @OUT@ $common"
     done < <(set8_cases)
   fi
   n=$(wc -l < "$list")
