@@ -22,6 +22,7 @@ internal static class FactorSpace
     public static (List<float[]> A, List<float[]> B, int Rank) WeightedFactors(ModuleInput m, MergeOptions o)
     {
         int r = RequireEqualRanks(m, FactorSpaceRanks);
+        m.Factors.RequireF32();
         var xa = new List<float[]>(m.Tasks.Count);
         var xb = new List<float[]>(m.Tasks.Count);
         for (int task = 0; task < m.Tasks.Count; task++)

@@ -106,6 +106,18 @@ internal sealed class FactorSet
         file.ReadSingles(tensor, 0, b ? _tasks![task].B : _tasks![task].A);
     }
 
+    /// <summary>
+    /// Makes every factor's F32 values available in its array, for a step that reads the arrays: reads
+    /// those still in their files; throws if one was kept as 16-bit bits (its F32 array was never filled).
+    /// </summary>
+    public void RequireF32()
+    {
+        ReadAllF32();
+        for (int i = 0; i < _home.Length; i++)
+            if (Volatile.Read(ref _home[i]) == (int)FactorHome.Bits16)
+                throw new InvalidOperationException($"factor {((i & 1) == 1 ? "B" : "A")} of task {i >> 1} of {_path} is kept as 16-bit values, not F32");
+    }
+
     /// <summary>Reads every factor still in its file, as F32.</summary>
     public void ReadAllF32()
     {

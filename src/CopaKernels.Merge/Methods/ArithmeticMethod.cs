@@ -90,8 +90,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         // [λ w_1 s_1 B_1 | …] · [A_1; …] of rank Σ r_n, which an adapter output or an exact re-rank
         // can use without ever forming the dense matrix.
         if (Sparsifier == Sparsifier.None && !Consensus)
-            return route.Concatenate(m, m.Tasks.Select(t => t.B).ToList(), m.Tasks.Select(t => t.A).ToList(),
-                (task, _) => o.EffectiveLambda * o.WeightOf(task) * m.Tasks[task].Scale, new ModuleStats());
+            return route.Concatenate(m, (task, _) => o.EffectiveLambda * o.WeightOf(task) * m.Tasks[task].Scale, new ModuleStats());
         var stats = new ModuleStats();
         var deltas = new List<float[]>(n);
         for (int task = 0; task < n; task++) deltas.Add(route.TaskDelta(m, task));

@@ -22,7 +22,7 @@ internal sealed class DeviceRoute(IMergeBackend backend, ResultSink results)
     internal override TrimmedFactors TrimWithRowSums(ModuleInput m, double density, TrimmedUse use)
     {
         int n = m.Tasks.Count;
-        m.Factors.ReadAllF32();
+        m.Factors.RequireF32();
         using var a = new PackedTensors(Backend, m.Tasks.Select(t => t.A).ToList());
         using var b = new PackedTensors(Backend, m.Tasks.Select(t => t.B).ToList());
         var selA = new SelectionResult[n];
@@ -81,6 +81,7 @@ internal sealed class DeviceRoute(IMergeBackend backend, ResultSink results)
     /// </remarks>
     internal override float[] TaskDelta(ModuleInput m, int task)
     {
+        m.Factors.RequireF32();
         var t = m.Tasks[task];
         using var b = Backend.Allocate(Math.Max(1, t.B.LongLength) * 4);
         using var a = Backend.Allocate(Math.Max(1, t.A.LongLength) * 4);

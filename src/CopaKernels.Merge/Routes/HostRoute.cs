@@ -184,6 +184,7 @@ internal sealed class HostRoute(IMergeBackend backend, IHostMemory host, ResultS
     /// <remarks>The product reads the factors and writes the result array in place.</remarks>
     internal override float[] TaskDelta(ModuleInput m, int task)
     {
+        m.Factors.RequireF32();
         var t = m.Tasks[task];
         var delta = GC.AllocateUninitializedArray<float>(checked(m.DOut * m.DIn));
         using var hb = host.Wrap(t.B);

@@ -81,10 +81,12 @@ public abstract class MergeRoute
             ? output.Finish(coefficient, stats, Parallel)
             : Concatenation.Concatenate(m, trimmed.B, trimmed.A, coefficient, stats, Results, Parallel);
 
-    /// <summary>The exact rank-Σr pair of Σ_n B_n·diag(c_n)·A_n from F32 factors (task arithmetic in delta space).</summary>
-    internal LowRankResult Concatenate(ModuleInput m, IReadOnlyList<float[]> bs, IReadOnlyList<float[]> @as,
-        Func<int, int, double> coefficient, ModuleStats stats) =>
-        Concatenation.Concatenate(m, bs, @as, coefficient, stats, Results, Parallel);
+    /// <summary>The exact rank-Σr pair of Σ_n B_n·diag(c_n)·A_n from the module's factors (task arithmetic in delta space).</summary>
+    internal LowRankResult Concatenate(ModuleInput m, Func<int, int, double> coefficient, ModuleStats stats)
+    {
+        m.Factors.RequireF32();
+        return Concatenation.Concatenate(m, m.Tasks.Select(t => t.B).ToList(), m.Tasks.Select(t => t.A).ToList(), coefficient, stats, Results, Parallel);
+    }
 
     /// <summary>
     /// copa-official's sums (SEMANTICS §3): A = λ·Σ_n Ã_n and B = λ·Σ_n B̃_n·diag(S̃_n), in task order, each

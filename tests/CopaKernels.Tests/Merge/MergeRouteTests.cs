@@ -111,6 +111,38 @@ public class MergeRouteTests
         }
     }
 
+    [Theory]
+    [InlineData("ties", MergeSpace.Factors)]
+    [InlineData("ties", MergeSpace.Delta)]
+    [InlineData("task-arithmetic", MergeSpace.Delta)]
+    [InlineData("pcb", MergeSpace.Delta)]
+    public void FactorsStillInTheirFiles_AreReadByWhicheverStepNeedsThem(string method, MergeSpace space)
+    {
+        using var dir = new TempDir();
+        var adapters = Enumerable.Range(0, 2)
+            .Select(i => LoraAdapter.Open(TestAdapters.Write(Path.Combine(dir.Path, $"a{i}"), r: 4, alpha: 8, dtype: DType.BF16, seed: 30 + i)))
+            .ToList();
+        try
+        {
+            var opts = new MergeOptions { Method = method, Space = space };
+            var path = AdapterModules.Plan(adapters)[0];
+            var want = MergeMethods.Get(method).MergeModule(Cpu, AdapterModules.Load(adapters, path), opts);
+            var deferred = AdapterModules.Load(adapters, path, n => Enumerable.Repeat(float.NaN, n).ToArray(), defer: true);
+            var got = MergeMethods.Get(method).MergeModule(Cpu, deferred, opts);
+            Assert.False(deferred.Factors.AnyInFile);
+            if (want is LowRankResult w)
+            {
+                Assert.Equal(w.A, ((LowRankResult)got).A);
+                Assert.Equal(w.B, ((LowRankResult)got).B);
+            }
+            else Assert.Equal(((DenseResult)want).Delta, ((DenseResult)got).Delta);
+        }
+        finally
+        {
+            foreach (var a in adapters) a.Dispose();
+        }
+    }
+
     private static byte[] Encode(float[] values, DType dtype)
     {
         var bytes = new byte[values.Length * dtype.Size()];
