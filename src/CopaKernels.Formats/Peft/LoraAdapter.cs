@@ -34,7 +34,7 @@ public sealed partial class LoraAdapter : IDisposable
     /// <summary>The prefix PEFT puts before module paths.</summary>
     public const string KeyPrefix = "base_model.model.";
 
-    private LoraAdapter(string folder, AdapterConfig config, SafetensorsFile weights, List<LoraModule> modules, string? adapterName)
+    private LoraAdapter(string folder, AdapterConfig config, ITensorFile weights, List<LoraModule> modules, string? adapterName)
     {
         Folder = folder;
         Config = config;
@@ -57,7 +57,7 @@ public sealed partial class LoraAdapter : IDisposable
     public AdapterConfig Config { get; }
 
     /// <summary>The opened weights file.</summary>
-    public SafetensorsFile Weights { get; }
+    public ITensorFile Weights { get; }
 
     /// <summary>Modules sorted by path (ordinal).</summary>
     public IReadOnlyList<LoraModule> Modules { get; }
@@ -105,7 +105,7 @@ public sealed partial class LoraAdapter : IDisposable
         }
     }
 
-    private static (List<LoraModule>, string?) Pair(SafetensorsFile weights, AdapterConfig config, string weightsPath, string configPath)
+    private static (List<LoraModule>, string?) Pair(ITensorFile weights, AdapterConfig config, string weightsPath, string configPath)
     {
         var a = new Dictionary<string, TensorInfo>(StringComparer.Ordinal);
         var b = new Dictionary<string, TensorInfo>(StringComparer.Ordinal);

@@ -11,7 +11,7 @@ namespace CopaKernels.Formats.Safetensors;
 /// demand with positioned reads (thread-safe, any offset, files and tensors above 2 GiB), so reading
 /// one tensor never loads the file and the process's resident memory stays what the caller asks for.
 /// </summary>
-public sealed class SafetensorsFile : IDisposable
+public sealed class SafetensorsFile : ITensorFile
 {
     private readonly SafeFileHandle _handle;
 

@@ -152,7 +152,7 @@ internal sealed class FactorSet
 
     private static int Index(int task, bool b) => 2 * task + (b ? 1 : 0);
 
-    private (SafetensorsFile File, TensorInfo Tensor) Tensor(int task, bool b)
+    private (ITensorFile File, TensorInfo Tensor) Tensor(int task, bool b)
     {
         if (_adapters is null) throw new InvalidOperationException("these factors are not in files");
         var adapter = _adapters[task];
