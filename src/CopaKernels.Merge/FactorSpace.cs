@@ -27,8 +27,8 @@ internal static class FactorSpace
         var xb = new List<float[]>(m.Tasks.Count);
         for (int task = 0; task < m.Tasks.Count; task++)
         {
-            float cb = (float)Math.Sqrt(Math.Abs(o.WeightOf(task) * m.Tasks[task].Scale));
-            float ca = Math.Sign(o.WeightOf(task)) * cb;
+            float cb = (float)Math.Sqrt(Math.Abs(o.WeightOf(m, task) * m.Tasks[task].Scale));
+            float ca = Math.Sign(o.WeightOf(m, task)) * cb;
             xa.Add(Scaled(m.Tasks[task].A, ca));
             xb.Add(Scaled(m.Tasks[task].B, cb));
         }

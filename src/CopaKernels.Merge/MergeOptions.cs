@@ -73,6 +73,9 @@ public sealed record MergeOptions
     /// <summary>w_n for task <paramref name="n"/>.</summary>
     public double WeightOf(int n) => Weights is { Count: > 0 } w ? w[n] : 1.0;
 
+    /// <summary>w_n for task <paramref name="task"/> of <paramref name="module"/>: the weight of the adapter it is.</summary>
+    public double WeightOf(ModuleInput module, int task) => WeightOf(module.AdapterOf(task));
+
     /// <summary>The value given, else the method's default; the default alone where the method fixes it.</summary>
     private T Effective<T>(T? given, MergeParameter p, Func<MethodParameters, T?> pick) where T : struct
     {

@@ -18,6 +18,16 @@ public sealed record ModuleInput(string Path, int DOut, int DIn, IReadOnlyList<T
     private Factors.FactorSet? _factors;
 
     /// <summary>
+    /// Which of the merge's adapters each task is (0-based, ascending), where only some adapters have this
+    /// module; null when task n is adapter n. Weights, DARE's random streams and error messages follow
+    /// the adapter, so a module merged over a subset sees each adapter as it would in the full merge.
+    /// </summary>
+    public IReadOnlyList<int>? Adapters { get; init; }
+
+    /// <summary>The merge's index of task <paramref name="task"/>'s adapter (see <see cref="Adapters"/>).</summary>
+    public int AdapterOf(int task) => Adapters is { } a ? a[task] : task;
+
+    /// <summary>
     /// Where each factor's values are: the caller's F32 arrays (read only) unless the streaming feed made
     /// this input, whose arrays are the merge's own or not read from the adapter file yet.
     /// </summary>

@@ -152,6 +152,10 @@ internal static class MergeCommand
         var r = plan.Request;
         o.WriteLine($"plan: {r.Options.Method} over {plan.Adapters.Count} adapters, {plan.Modules.Count} modules");
         o.WriteLine($"  output:  {r.Mode.ToString().ToLowerInvariant()} → {Path.GetFullPath(r.Output)} ({Terminal.Bytes(plan.OutputBytes)}{(plan.OutDType is { } d ? ", " + d : "")})");
+        int partial = plan.Modules.Count(m => m.Adapters.Count < plan.Adapters.Count);
+        if (partial > 0)
+            o.WriteLine($"  targets: {plan.Modules.Count - partial} modules in every adapter, {partial} in only some (each merged over the adapters that have it; " +
+                        $"by adapter: {string.Join(", ", plan.Adapters.Select((a, n) => $"{n + 1}: {a.Modules.Count}"))}; the report lists each module's)");
         if (plan.Base != null) o.WriteLine($"  base:    {plan.Base.Path} ({plan.Base.Shards.Count} shards, {plan.Base.Names.Count} tensors)");
         var ranks = plan.Modules.Select(m => m.OutRank).Distinct().Order().ToList();
         if (ranks.Count > 0 && ranks[0] > 0) o.WriteLine($"  rank:    {string.Join(", ", ranks)}{(r.Rank == null ? " (exact)" : " (re-ranked)")}");

@@ -75,8 +75,8 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         // x^A_n = sign(w_n)·√|w_n·s_n|·A_n, x^B_n = √|w_n·s_n|·B_n: the weights are in the factors now.
         var (xa, xb, r) = FactorSpace.WeightedFactors(m, o);
         var stats = new ModuleStats();
-        Sparsify(route, xa, $"{m.Path}.lora_A", o, stats, stats.ThresholdsA, MergeErrors.WeightedOverflow(m, o, "lora_A"));
-        Sparsify(route, xb, $"{m.Path}.lora_B", o, stats, stats.ThresholdsB, MergeErrors.WeightedOverflow(m, o, "lora_B"));
+        Sparsify(route, m, xa, $"{m.Path}.lora_A", o, stats, stats.ThresholdsA, MergeErrors.WeightedOverflow(m, o, "lora_A"));
+        Sparsify(route, m, xb, $"{m.Path}.lora_B", o, stats, stats.ThresholdsB, MergeErrors.WeightedOverflow(m, o, "lora_B"));
         var unit = Enumerable.Repeat(1.0, n).ToArray();
         var a = Combine(xa, unit, 1.0, route.Parallel);
         var b = Combine(xb, unit, o.EffectiveLambda, route.Parallel);
@@ -90,16 +90,16 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         // [λ w_1 s_1 B_1 | …] · [A_1; …] of rank Σ r_n, which an adapter output or an exact re-rank
         // can use without ever forming the dense matrix.
         if (Sparsifier == Sparsifier.None && !Consensus)
-            return route.Concatenate(m, (task, _) => o.EffectiveLambda * o.WeightOf(task) * m.Tasks[task].Scale, new ModuleStats());
+            return route.Concatenate(m, (task, _) => o.EffectiveLambda * o.WeightOf(m, task) * m.Tasks[task].Scale, new ModuleStats());
         var stats = new ModuleStats();
         var deltas = new List<float[]>(n);
         for (int task = 0; task < n; task++) deltas.Add(route.TaskDelta(m, task));
-        Sparsify(route, deltas, m.Path, o, stats, stats.ThresholdsA, MergeErrors.DeltaOverflow(m));
-        var w = Enumerable.Range(0, n).Select(o.WeightOf).ToArray();
+        Sparsify(route, m, deltas, m.Path, o, stats, stats.ThresholdsA, MergeErrors.DeltaOverflow(m));
+        var w = Enumerable.Range(0, n).Select(task => o.WeightOf(m, task)).ToArray();
         return new DenseResult(Combine(deltas, w, o.EffectiveLambda, route.Parallel)) { Stats = stats };
     }
 
-    private void Sparsify(MergeRoute route, List<float[]> xs, string streamName, MergeOptions o, ModuleStats stats, List<float> thresholds,
+    private void Sparsify(MergeRoute route, ModuleInput m, List<float[]> xs, string streamName, MergeOptions o, ModuleStats stats, List<float> thresholds,
         Func<int, TaskInputException> nonFinite)
     {
         switch (Sparsifier)
@@ -124,7 +124,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
                 float fr = (float)rho;
                 for (int task = 0; task < xs.Count; task++)
                 {
-                    ulong key = CounterRandom.StreamKey(o.EffectiveSeed, streamName, task);
+                    ulong key = CounterRandom.StreamKey(o.EffectiveSeed, streamName, m.AdapterOf(task));
                     var x = xs[task];
                     long kept = 0;
                     for (long i = 0; i < x.LongLength; i++)

@@ -44,7 +44,7 @@ public sealed class PcbMethod : IMergeMethod
             for (int t = 0; t < n; t++)
             {
                 var d = route.TaskDelta(m, t);
-                TensorPrimitives.Multiply(d, (float)o.WeightOf(t), d);
+                TensorPrimitives.Multiply(d, (float)o.WeightOf(m, t), d);
                 deltas.Add(d);
             }
             return new DenseResult(Merge(deltas, o.EffectivePcbRatio, (float)o.EffectiveLambda, m.Path, route.Parallel,

@@ -34,7 +34,7 @@ internal sealed class DeviceRoute(IMergeBackend backend, ResultSink results)
         }
         catch (NonFiniteInputException e)
         {
-            throw MergeErrors.NonFinite(m.Path, e.RangeIndex);
+            throw MergeErrors.NonFinite(m, e.RangeIndex);
         }
         // Every task's sums in one buffer, read back with one download after all the kernels.
         long sumsLength = 2L * m.Tasks.Sum(t => (long)t.Rank);

@@ -111,7 +111,7 @@ internal sealed class HostRoute(IMergeBackend backend, IHostMemory host, ResultS
         // The same task is named as on a device: the first A that holds NaN/Inf, else the first B.
         for (int side = 0; side < 2; side++)
             for (int task = 0; task < n; task++)
-                if (bad[2 * task + side]) throw MergeErrors.NonFinite(m.Path, task);
+                if (bad[2 * task + side]) throw MergeErrors.NonFinite(m, task);
         return new TrimmedFactors(aTrim, bTrim, selA, selB, rowSums) { Bits16 = bits16, Output = output };
     }
 

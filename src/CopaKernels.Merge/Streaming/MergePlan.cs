@@ -8,7 +8,7 @@ namespace CopaKernels.Merge.Streaming;
 /// <param name="Path">Module path (e.g. <c>model.layers.3.self_attn.q_proj</c>).</param>
 /// <param name="DOut">d_out.</param>
 /// <param name="DIn">d_in.</param>
-/// <param name="Ranks">r_n of each adapter, in order.</param>
+/// <param name="Ranks">r_n of each adapter that has the module, in order.</param>
 /// <param name="Form">The method's result (low-rank of some rank, or dense).</param>
 /// <param name="OutRank">Rank written (adapter output) or used for the product: <see cref="Form"/>'s rank, or the re-rank N.</param>
 /// <param name="TensorName">
@@ -17,10 +17,14 @@ namespace CopaKernels.Merge.Streaming;
 /// </param>
 /// <param name="Transposed">fan_in_fan_out: the base weight (and the written ΔW) is stored d_in × d_out.</param>
 /// <param name="WorkingBytes">Estimated peak working memory of merging this module (inputs, method, result).</param>
+/// <param name="Adapters">The adapters that have this module (indices into <see cref="MergePlan.Adapters"/>); <see cref="Ranks"/> are theirs.</param>
 public sealed record PlannedModule(
     string Path, int DOut, int DIn, IReadOnlyList<int> Ranks, ResultForm Form, int OutRank, string TensorName,
-    bool Transposed, long WorkingBytes)
+    bool Transposed, long WorkingBytes, IReadOnlyList<int> Adapters)
 {
+    /// <summary>The module as <see cref="AdapterModules"/> reads it.</summary>
+    internal AdapterModule Source => new(Path, Adapters);
+
     /// <summary>Bytes of the F32 factors read for this module (all adapters).</summary>
     public long InputBytes => Ranks.Sum(r => (long)r * (DIn + DOut)) * sizeof(float);
 
@@ -115,6 +119,10 @@ public sealed class MergePlan : IDisposable
     /// </summary>
     internal CopaInputException Named(TaskInputException e) =>
         new(e.Values ? Adapters[e.Task].Weights.Path : Adapters[e.Task].Folder, e.Tensor, e.Reason, e);
+
+    /// <summary>As <see cref="Named(TaskInputException)"/>, for an error whose index is into <paramref name="adapters"/> (a module's own tasks).</summary>
+    internal CopaInputException Named(TaskInputException e, IReadOnlyList<int> adapters) =>
+        Named(new TaskInputException(adapters[e.Task], e.Tensor!, e.Reason, e.Values));
 
     /// <summary>Total bytes of the input files (adapters' weights, base shards).</summary>
     public long InputFileBytes => Adapters.Sum(a => a.Weights.FileLength) + (Base?.Shards.Sum(s => s.FileLength) ?? 0);

@@ -73,7 +73,7 @@ public static class MergePlanner
     {
         var request = plan.Request;
         var adapters = plan.Adapters;
-        var paths = AdapterModules.Plan(adapters);
+        var sources = AdapterModules.Plan(adapters);
         bool fanInFanOut = adapters[0].Config.FanInFanOut;
         foreach (var a in adapters)
             if (a.Config.FanInFanOut != fanInFanOut)
@@ -81,31 +81,33 @@ public static class MergePlanner
                     $"fan_in_fan_out is {a.Config.FanInFanOut.ToString().ToLowerInvariant()} here but {fanInFanOut.ToString().ToLowerInvariant()} in {adapters[0].Folder}; adapters of one base must agree");
 
         var modules = new Dictionary<string, PlannedModule>(StringComparer.Ordinal);
-        foreach (var path in paths)
+        foreach (var source in sources)
         {
-            var per = adapters.Select(a => a.TryGetModule(path, out var m) ? m : throw new InvalidOperationException($"{path} was planned but is not in {a.Folder}")).ToList();
+            var path = source.Path;
+            var per = source.Adapters.Select(n => adapters[n].TryGetModule(path, out var m) ? m
+                : throw new InvalidOperationException($"{path} was planned but is not in {adapters[n].Folder}")).ToList();
             ResultForm form;
             try { form = plan.Method.Plan(path, per.Select(m => (m.Rank, m.Alpha)).ToList(), request.Options); }
-            catch (TaskInputException e) { throw plan.Named(e); }
+            catch (TaskInputException e) { throw plan.Named(e, source.Adapters); }
             var first = per[0];
             int dOut = checked((int)first.DOut), dIn = checked((int)first.DIn);
             int outRank = form.Rank;
             if (request.Rank is { } n)
             {
                 if (form.IsDense)
-                    throw new CopaInputException(adapters[0].Folder, path,
+                    throw new CopaInputException(adapters[source.Adapters[0]].Folder, path,
                         $"{plan.Method.Name} in {request.Options.EffectiveSpace.ToString().ToLowerInvariant()} space gives a dense ΔW; --rank needs a low-rank result (use --space factors, or drop --rank)");
                 if (n > form.Rank)
-                    throw new CopaInputException(adapters[0].Folder, path,
+                    throw new CopaInputException(adapters[source.Adapters[0]].Folder, path,
                         $"--rank {n} is above the merged rank {form.Rank} of this module; an exact re-rank cannot raise the rank (use --rank sum)");
                 outRank = n;
             }
             else if (form.IsDense && request.Mode == OutputMode.Adapter)
-                throw new CopaInputException(adapters[0].Folder, path,
+                throw new CopaInputException(adapters[source.Adapters[0]].Folder, path,
                     $"{plan.Method.Name} in delta space gives a dense ΔW, which an adapter cannot hold exactly; use --output model or delta, or --space factors");
             modules[path] = new PlannedModule(path, dOut, dIn, per.Select(m => m.Rank).ToList(), form, outRank, first.BaseTensor,
-                fanInFanOut, 0);
-            modules[path] = modules[path] with { WorkingBytes = Working(modules[path], adapters.Count, request.Rank != null) };
+                fanInFanOut, 0, source.Adapters);
+            modules[path] = modules[path] with { WorkingBytes = Working(modules[path], per.Count, request.Rank != null) };
         }
 
         if (plan.Base != null) CheckBase(plan, modules.Values);
@@ -146,9 +148,9 @@ public static class MergePlanner
     private static void CheckBase(MergePlan plan, IEnumerable<PlannedModule> modules)
     {
         var b = plan.Base!;
-        var adapterFile = plan.Adapters[0].Weights.Path;
         foreach (var m in modules)
         {
+            var adapterFile = plan.Adapters[m.Adapters[0]].Weights.Path;
             if (!b.TryGet(m.TensorName, out var file, out var info))
                 throw new CopaInputException(adapterFile, LoraAdapter.KeyA(m.Path),
                     $"targets base tensor '{m.TensorName}', which is not in the base model {b.Path}");
@@ -249,7 +251,7 @@ public static class MergePlanner
         if (worst != null && working + fixedBytes > budget)
             throw new CopaInputException(plan.Adapters[0].Folder, worst.Path,
                 $"merging this module needs about {MemorySize.Format(working + fixedBytes)} of working memory" +
-                (worst.Form.IsDense ? $" ({plan.Adapters.Count} dense {worst.DOut} × {worst.DIn} task deltas)" : "") +
+                (worst.Form.IsDense ? $" ({worst.Ranks.Count} dense {worst.DOut} × {worst.DIn} task deltas)" : "") +
                 $", above --max-memory {MemorySize.Format(budget)}; raise --max-memory" + (worst.Form.IsDense ? " or use --space factors" : ""));
         plan.Prefetch = working + maxInput + fixedBytes <= budget;
         long rest = budget - working - (plan.Prefetch ? maxInput : 0) - CopyBufferBytes;

@@ -113,6 +113,12 @@ public sealed record MergeReport
                 w.WriteNumber("zero_denominator_rows", m.ZeroDenominatorRows);
                 if (m.TruncationRelativeError is { } e) WriteNumber(w, "truncation_relative_error", e);
                 WriteNumber(w, "seconds", m.Seconds);
+                if (m.Adapters != null)
+                {
+                    w.WriteStartArray("adapters");
+                    foreach (var n in m.Adapters) w.WriteNumberValue(n);
+                    w.WriteEndArray();
+                }
                 w.WriteEndObject();
             }
             w.WriteEndArray();
@@ -199,10 +205,14 @@ public sealed record MergeReport
     public sealed record Totals(int Modules, long Kept, long Considered, int ZeroDenominatorRows, double TruncationMaxRelativeError);
 
     /// <summary>One module.</summary>
+    /// <remarks>
+    /// <c>Adapters</c>: where only some adapters have the module, their indices (0-based) in the report's
+    /// <c>adapters</c> list, which <c>Ranks</c> and the thresholds follow; null (left out) when all have it.
+    /// </remarks>
     public sealed record ModuleReport(
         string Path, int DOut, int DIn, IReadOnlyList<int> Ranks, int Rank, bool Dense,
         IReadOnlyList<float> ThresholdsA, IReadOnlyList<float> ThresholdsB, long Kept, long Considered,
-        int ZeroDenominatorRows, double? TruncationRelativeError, double Seconds);
+        int ZeroDenominatorRows, double? TruncationRelativeError, double Seconds, IReadOnlyList<int>? Adapters = null);
 }
 
 /// <summary>

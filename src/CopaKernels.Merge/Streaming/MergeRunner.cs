@@ -313,7 +313,7 @@ public sealed class MergeRunner
         var s = result.Stats;
         _reports.Add(new MergeReport.ModuleReport(m.Path, m.DOut, m.DIn, m.Ranks,
             result is LowRankResult l ? l.Rank : 0, result is DenseResult, s.ThresholdsA, s.ThresholdsB, s.Kept, s.Total,
-            s.ZeroDenominatorRows, truncation, sw.Elapsed.TotalSeconds));
+            s.ZeroDenominatorRows, truncation, sw.Elapsed.TotalSeconds, m.Adapters.Count == _plan.Adapters.Count ? null : m.Adapters));
         return result;
     }
 
@@ -336,7 +336,7 @@ public sealed class MergeRunner
         var causes = new List<string>();
         if (d.Reads(MergeParameter.Lambda)) causes.Add($"lambda {MergeErrors.G(o.EffectiveLambda)}");
         if (d.Reads(MergeParameter.Weights) && o.Weights is { Count: > 0 } w) causes.Add($"weights {string.Join(", ", w.Select(MergeErrors.G))}");
-        causes.Add("LoRA scales (lora_alpha / r) " + string.Join(", ", _plan.Adapters.Select(a => a.TryGetModule(m.Path, out var lm) ? MergeErrors.G(lm.Scale) : "?")));
+        causes.Add("LoRA scales (lora_alpha / r) " + string.Join(", ", m.Adapters.Select(n => _plan.Adapters[n].TryGetModule(m.Path, out var lm) ? MergeErrors.G(lm.Scale) : "?")));
         return new CopaInputException(_plan.Request.Output, e.Tensor,
             $"merged values overflow {e.DType} (NaN or Inf{e.Where}) though every input value is finite; the merge multiplied them by " +
             string.Join(", ", causes) + ": lower them");

@@ -46,7 +46,7 @@ internal sealed class ModuleFeed : IDisposable
     {
         _ct.ThrowIfCancellationRequested();
         // The arrays are this merge's own, so a step may trim them in place.
-        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Path, _pool.Rent, _defer);
+        return AdapterModules.Load(_plan.Adapters, _plan.Modules[i].Source, _pool.Rent, _defer);
     }
 
     /// <summary>

@@ -57,10 +57,11 @@ public class AdapterModulesTests
         var adapters = folders.Select(LoraAdapter.Open).ToList();
         try
         {
-            var paths = AdapterModules.Plan(adapters);
-            Assert.Equal(TestAdapters.SmallModules.Length, paths.Count);
+            var modules = AdapterModules.Plan(adapters);
+            Assert.Equal(TestAdapters.SmallModules.Length, modules.Count);
+            Assert.All(modules, x => Assert.Equal([0, 1, 2], x.Adapters));
             using var backend = new CpuBackend();
-            foreach (var path in paths)
+            foreach (var path in modules.Select(x => x.Path))
             {
                 var m = AdapterModules.Load(adapters, path);
                 Assert.Equal(3, m.Tasks.Count);
@@ -82,15 +83,17 @@ public class AdapterModulesTests
     }
 
     [Fact]
-    public void DifferentModuleSetsOrShapes_AreRejectedNamingAdapterAndModule()
+    public void DifferentModuleSets_GiveTheUnion_EachWithItsAdapters_DifferentShapesAreRejected()
     {
         using var dir = new TempDir();
         var a0 = TestAdapters.Write(Path.Combine(dir.Path, "a0"));
-        var cfg = AdapterWriter.MakeConfig(4, 8, ["q_proj"], null);
+        var cfg = AdapterWriter.MakeConfig(4, 8, ["q_proj", "o_proj"], null);
         var a1 = TestAdapters.WriteRaw(Path.Combine(dir.Path, "a1"), cfg,
         [
             new("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", DType.F32, [4, 16]),
             new("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", DType.F32, [24, 4]),
+            new("base_model.model.model.layers.9.self_attn.o_proj.lora_A.weight", DType.F32, [4, 24]),
+            new("base_model.model.model.layers.9.self_attn.o_proj.lora_B.weight", DType.F32, [16, 4]),
         ]);
         var a2 = TestAdapters.WriteRaw(Path.Combine(dir.Path, "a2"), cfg,
         [
@@ -100,10 +103,19 @@ public class AdapterModulesTests
         using var x0 = LoraAdapter.Open(a0);
         using var x1 = LoraAdapter.Open(a1);
         using var x2 = LoraAdapter.Open(a2);
-        var e = Assert.Throws<CopaInputException>(() => AdapterModules.Plan([x0, x1]));
-        Assert.Equal(a1, e.FilePath);
-        Assert.Contains("not in this adapter", e.Message);
+        var union = AdapterModules.Plan([x0, x1]);
+        var expected = x0.Modules.Select(m => m.Path).Append("model.layers.9.self_attn.o_proj").Order(StringComparer.Ordinal).ToList();
+        Assert.Equal(expected, union.Select(m => m.Path).ToList());
+        Assert.Equal([0, 1], union.Single(m => m.Path == "model.layers.0.self_attn.q_proj").Adapters);
+        Assert.Equal([1], union.Single(m => m.Path == "model.layers.9.self_attn.o_proj").Adapters);
+        Assert.All(union.Where(m => m.Path is not ("model.layers.0.self_attn.q_proj" or "model.layers.9.self_attn.o_proj")),
+            m => Assert.Equal([0], m.Adapters));
+        // A module of only some adapters loads theirs, and says which they are.
+        var only = AdapterModules.Load([x0, x1], union.Single(m => m.Path == "model.layers.9.self_attn.o_proj"));
+        Assert.Single(only.Tasks);
+        Assert.Equal(1, only.AdapterOf(0));
         var e2 = Assert.Throws<CopaInputException>(() => AdapterModules.Plan([x1, x2]));
+        Assert.Equal(a2, e2.FilePath);
         Assert.Equal("model.layers.0.self_attn.q_proj", e2.Tensor);
         Assert.Contains("20 × 16 here but 24 × 16", e2.Message);
     }

@@ -29,7 +29,7 @@ public class LibraryEndToEndTests
             var options = new MergeOptions { Method = "copa" };
             options.Validate(adapters.Count);
             foreach (var path in AdapterModules.Plan(adapters))
-                merged[path] = (LowRankResult)MergeMethods.Get("copa").MergeModule(backend, AdapterModules.Load(adapters, path), options);
+                merged[path.Path] = (LowRankResult)MergeMethods.Get("copa").MergeModule(backend, AdapterModules.Load(adapters, path), options);
 
             int rank = merged.Values.First().Rank;
             Assert.All(merged.Values, r => Assert.Equal(rank, r.Rank));

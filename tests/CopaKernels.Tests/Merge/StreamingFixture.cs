@@ -48,7 +48,7 @@ public sealed class StreamingFixture : IDisposable
         {
             using var backend = new CpuBackend();
             var method = MergeMethods.Get(options.Method);
-            return AdapterModules.Plan(adapters).ToDictionary(p => p,
+            return AdapterModules.Plan(adapters).ToDictionary(p => p.Path,
                 p => method.MergeModule(backend, AdapterModules.Load(adapters, p), options));
         }
         finally

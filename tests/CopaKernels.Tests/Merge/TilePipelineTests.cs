@@ -42,7 +42,7 @@ public abstract class TilePipelineSuite
         DType? baseType = baseName == "none" ? null : Enum.Parse<DType>(baseName);
         var rng = new Random(rowsPerTile * 97 + (transposed ? 1 : 0));
         var result = new LowRankResult(Floats(rng, DOut * Rank), Floats(rng, Rank * DIn), Rank, 0.75, Rank);
-        var module = new PlannedModule("m", DOut, DIn, [Rank], ResultForm.LowRank(Rank), Rank, "m.weight", transposed, 0);
+        var module = new PlannedModule("m", DOut, DIn, [Rank], ResultForm.LowRank(Rank), Rank, "m.weight", transposed, 0, [0]);
         int rows = module.ProductRows, cols = module.ProductCols;
         using var dir = new TempDir();
         byte[]? baseBytes = baseType is { } bt ? Encode(Floats(rng, rows * cols), bt) : null;
@@ -72,7 +72,7 @@ public abstract class TilePipelineSuite
     {
         var rng = new Random(3);
         var result = new LowRankResult(Floats(rng, DOut * Rank), Floats(rng, Rank * DIn), Rank, 1.0, Rank);
-        var module = new PlannedModule("m", DOut, DIn, [Rank], ResultForm.LowRank(Rank), Rank, "m.weight", false, 0);
+        var module = new PlannedModule("m", DOut, DIn, [Rank], ResultForm.LowRank(Rank), Rank, "m.weight", false, 0, [0]);
         using var dir = new TempDir();
         using var cts = new CancellationTokenSource();
         var progress = new CancelOnFirstAdvance(cts);
