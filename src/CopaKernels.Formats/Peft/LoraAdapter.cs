@@ -74,13 +74,44 @@ public sealed partial class LoraAdapter : IDisposable
     [GeneratedRegex(@"^(?<path>.+)\.lora_(?<ab>A|B)(?:\.(?<name>[^.]+))?\.weight$", RegexOptions.CultureInvariant)]
     private static partial Regex FactorKey();
 
-    /// <summary>Opens an adapter folder.</summary>
-    public static LoraAdapter Open(string folder)
+    /// <summary>
+    /// The folder that holds the adapter given as <paramref name="folder"/>: itself when it has an
+    /// <c>adapter_config.json</c>, else its one subfolder that has one. PEFT's <c>save_pretrained</c>
+    /// writes an adapter not named "default" to <c>DIR/&lt;name&gt;/</c> (huggingface/peft,
+    /// src/peft/peft_model.py <c>save_pretrained</c>: <c>os.path.join(save_directory, adapter_name)</c>
+    /// unless the name is "default"), so <c>DIR</c> stands for it when it is the only one there; with
+    /// several, which one is meant is the user's choice, and the error lists them.
+    /// </summary>
+    public static string ResolveFolder(string folder)
     {
         if (!Directory.Exists(folder))
             throw new AdapterException(folder, null, File.Exists(folder) ? "not a folder (an adapter is a folder with adapter_config.json)" : "adapter folder not found");
+        if (File.Exists(System.IO.Path.Combine(folder, AdapterConfig.FileName))) return folder;
+        string[] named;
+        try
+        {
+            named = Directory.EnumerateDirectories(folder)
+                .Where(d => File.Exists(System.IO.Path.Combine(d, AdapterConfig.FileName)))
+                .Order(StringComparer.Ordinal).ToArray();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new AdapterException(folder, null, e.Message.TrimEnd('.'), e);
+        }
+        return named.Length switch
+        {
+            1 => named[0],
+            0 => throw new AdapterException(folder, null, $"no {AdapterConfig.FileName} in the adapter folder"),
+            _ => throw new AdapterException(folder, null, $"no {AdapterConfig.FileName} here, but {named.Length} named adapters in subfolders ("
+                + string.Join(", ", named.Select(System.IO.Path.GetFileName)) + "); give the one to merge"),
+        };
+    }
+
+    /// <summary>Opens an adapter folder (or the folder PEFT saved a named adapter under: see <see cref="ResolveFolder"/>).</summary>
+    public static LoraAdapter Open(string folder)
+    {
+        folder = ResolveFolder(folder);
         var configPath = System.IO.Path.Combine(folder, AdapterConfig.FileName);
-        if (!File.Exists(configPath)) throw new AdapterException(folder, null, $"no {AdapterConfig.FileName} in the adapter folder");
         var config = AdapterConfig.Load(configPath);
         if (config.UseDora) throw new AdapterException(configPath, null, "use_dora is true: DoRA adapters are not supported (their magnitude vector does not merge as B·A)");
         if (config.LoraBias) throw new AdapterException(configPath, null, "lora_bias is true: LoRA bias terms are not supported");

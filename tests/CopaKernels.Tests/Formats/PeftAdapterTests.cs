@@ -29,6 +29,28 @@ public class PeftAdapterTests
     }
 
     [Fact]
+    public void NamedAdapterSubfolder_IsFoundFromItsParent_WhenItIsTheOnlyOne()
+    {
+        // PEFT saves an adapter named other than "default" to DIR/<name>/.
+        using var dir = new TempDir();
+        TestAdapters.Write(Path.Combine(dir.Path, "math"), r: 4, alpha: 8);
+        Directory.CreateDirectory(Path.Combine(dir.Path, "logs"));
+        using (var a = LoraAdapter.Open(dir.Path))
+        {
+            Assert.Equal(Path.Combine(dir.Path, "math"), a.Folder);
+            Assert.Equal(TestAdapters.SmallModules.Length, a.Modules.Count);
+        }
+        TestAdapters.Write(Path.Combine(dir.Path, "code"), r: 4, alpha: 8);
+        var e = Assert.Throws<AdapterException>(() => LoraAdapter.Open(dir.Path));
+        Assert.Equal(dir.Path, e.FilePath);
+        Assert.Contains("2 named adapters in subfolders (code, math)", e.Message);
+        // A config in DIR itself is the default adapter, as PEFT loads it; the subfolders are other adapters.
+        TestAdapters.Write(dir.Path, r: 4, alpha: 8);
+        using var d = LoraAdapter.Open(dir.Path);
+        Assert.Equal(dir.Path, d.Folder);
+    }
+
+    [Fact]
     public void RsLora_ScalesByRootOfRank()
     {
         using var dir = new TempDir();
