@@ -35,6 +35,9 @@ public static class AdapterModules
                     if (m.DOut != f.Module.DOut || m.DIn != f.Module.DIn)
                         throw new CopaInputException(adapters[n].Folder, m.Path,
                             $"module is {m.DOut} × {m.DIn} here but {f.Module.DOut} × {f.Module.DIn} in {adapters[f.Adapter].Folder}");
+                    if (m.Embedding != f.Module.Embedding)
+                        throw new CopaInputException(adapters[n].Folder, m.Path,
+                            $"module has {(m.Embedding ? "embedding" : "linear")} LoRA here but {(f.Module.Embedding ? "embedding" : "linear")} LoRA in {adapters[f.Adapter].Folder}");
                     holders[m.Path].Add(n);
                 }
                 else

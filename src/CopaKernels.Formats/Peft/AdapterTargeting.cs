@@ -99,7 +99,9 @@ public sealed class AdapterTargeting
     /// Null when PEFT would put LoRA on module <paramref name="modulePath"/> (e.g.
     /// <c>model.layers.3.self_attn.q_proj</c>); otherwise which setting leaves it out, for a message.
     /// </summary>
-    public string? WhyNotTargeted(string modulePath)
+    /// <param name="modulePath">The module path.</param>
+    /// <param name="embedding">The module is an embedding (<c>all-linear</c> selects linear layers only).</param>
+    public string? WhyNotTargeted(string modulePath, bool embedding = false)
     {
         if (_excludeRegex != null)
         {
@@ -113,6 +115,7 @@ public sealed class AdapterTargeting
 
         if (_allLinear)
         {
+            if (embedding) return $"target_modules '{_targetText}' selects linear layers, not embeddings";
             var last = modulePath[(modulePath.LastIndexOf('.') + 1)..];
             if (OutputLayerNames.Contains(last))
                 return $"target_modules '{_targetText}' leaves out the output layer {last}";

@@ -9,7 +9,8 @@ namespace CopaKernels.Formats.Peft;
 /// <param name="DOut">Rows of B.</param>
 /// <param name="DIn">Columns of A.</param>
 /// <param name="Rank">Rank r.</param>
-public sealed record AdapterModuleSpec(string Path, long DOut, long DIn, int Rank);
+/// <param name="Embedding">An embedding's LoRA: written under PEFT's <c>lora_embedding_A</c>/<c>lora_embedding_B</c> keys.</param>
+public sealed record AdapterModuleSpec(string Path, long DOut, long DIn, int Rank, bool Embedding = false);
 
 /// <summary>
 /// Writes a PEFT adapter folder: <c>adapter_config.json</c> and a streamed
@@ -29,8 +30,8 @@ public sealed class AdapterWriter : IDisposable
         var specs = new List<TensorSpec>();
         foreach (var m in modules)
         {
-            specs.Add(new TensorSpec(LoraAdapter.KeyA(m.Path), dtype, [m.Rank, m.DIn]));
-            specs.Add(new TensorSpec(LoraAdapter.KeyB(m.Path), dtype, [m.DOut, m.Rank]));
+            specs.Add(new TensorSpec(LoraAdapter.KeyA(m.Path, m.Embedding), dtype, [m.Rank, m.DIn]));
+            specs.Add(new TensorSpec(LoraAdapter.KeyB(m.Path, m.Embedding), dtype, [m.DOut, m.Rank]));
         }
         Weights = new SafetensorsWriter(Path.Combine(folder, LoraAdapter.WeightsFileName), specs, metadata, flushToDisk);
     }

@@ -11,7 +11,13 @@ namespace CopaKernels.Formats.Peft;
 /// <param name="Rank">r (rows of A, columns of B).</param>
 /// <param name="Alpha">lora_alpha for this module (alpha_pattern applied).</param>
 /// <param name="Scale">α/r, or α/√r with rsLoRA.</param>
-public sealed record LoraModule(string Path, string BaseTensor, TensorInfo A, TensorInfo B, int Rank, double Alpha, double Scale)
+/// <param name="Embedding">
+/// An embedding's LoRA (<c>lora_embedding_A</c> r × num_embeddings, <c>lora_embedding_B</c> embedding_dim × r):
+/// its update of the weight (num_embeddings × embedding_dim) is (B·A)ᵀ·scale (huggingface/peft,
+/// src/peft/tuners/lora/layer.py <c>Embedding.get_delta_weight</c>), so it merges as a linear module
+/// with d_in = num_embeddings and d_out = embedding_dim whose base weight is stored transposed.
+/// </param>
+public sealed record LoraModule(string Path, string BaseTensor, TensorInfo A, TensorInfo B, int Rank, double Alpha, double Scale, bool Embedding = false)
 {
     /// <summary>Columns of A: the input dimension.</summary>
     public long DIn => A.Shape[1];
@@ -65,14 +71,20 @@ public sealed partial class LoraAdapter : IDisposable
     /// <summary>The adapter name embedded in keys (<c>lora_A.NAME.weight</c>), or null.</summary>
     public string? AdapterName { get; }
 
-    /// <summary>PEFT key of a module's A factor.</summary>
-    public static string KeyA(string modulePath) => $"{KeyPrefix}{modulePath}.lora_A.weight";
+    /// <summary>PEFT key of a module's A factor (an embedding's LoRA parameters have no <c>.weight</c>: they are a ParameterDict).</summary>
+    public static string KeyA(string modulePath, bool embedding = false) =>
+        embedding ? $"{KeyPrefix}{modulePath}.lora_embedding_A" : $"{KeyPrefix}{modulePath}.lora_A.weight";
 
     /// <summary>PEFT key of a module's B factor.</summary>
-    public static string KeyB(string modulePath) => $"{KeyPrefix}{modulePath}.lora_B.weight";
+    public static string KeyB(string modulePath, bool embedding = false) =>
+        embedding ? $"{KeyPrefix}{modulePath}.lora_embedding_B" : $"{KeyPrefix}{modulePath}.lora_B.weight";
 
     [GeneratedRegex(@"^(?<path>.+)\.lora_(?<ab>A|B)(?:\.(?<name>[^.]+))?\.weight$", RegexOptions.CultureInvariant)]
     private static partial Regex FactorKey();
+
+    /// <summary><c>PATH.lora_embedding_A</c>, or with the adapter's name after it as PEFT keeps it in memory.</summary>
+    [GeneratedRegex(@"^(?<path>.+)\.lora_embedding_(?<ab>A|B)(?:\.(?<name>[^.]+))?$", RegexOptions.CultureInvariant)]
+    private static partial Regex EmbeddingKey();
 
     /// <summary>
     /// The folder that holds the adapter given as <paramref name="folder"/>: itself when it has an
@@ -140,16 +152,24 @@ public sealed partial class LoraAdapter : IDisposable
     {
         var a = new Dictionary<string, TensorInfo>(StringComparer.Ordinal);
         var b = new Dictionary<string, TensorInfo>(StringComparer.Ordinal);
+        var embedding = new HashSet<string>(StringComparer.Ordinal);
         string? adapterName = null;
         foreach (var t in weights.Tensors)
         {
             var m = FactorKey().Match(t.Name);
-            if (!m.Success) throw new AdapterException(weightsPath, t.Name, Unsupported(t.Name, config));
+            bool isEmbedding = false;
+            if (!m.Success)
+            {
+                m = EmbeddingKey().Match(t.Name);
+                // "weight" after it is no adapter name: PEFT never writes lora_embedding_A.weight.
+                if (!m.Success || m.Groups["name"].Value == "weight") throw new AdapterException(weightsPath, t.Name, Unsupported(t.Name, config));
+                isEmbedding = true;
+            }
             var path = m.Groups["path"].Value;
             if (path.StartsWith(KeyPrefix, StringComparison.Ordinal)) path = path[KeyPrefix.Length..];
             // PEFT creates LoRA layers from the config, then loads the weights: a tensor of a module the
             // config does not target is dropped, so merging it would change what the adapter does.
-            if (config.Targeting.WhyNotTargeted(path) is { } why)
+            if (config.Targeting.WhyNotTargeted(path, isEmbedding) is { } why)
                 throw new AdapterException(weightsPath, t.Name, $"not targeted by {AdapterConfig.FileName} ({why}) — PEFT would not load it");
             if (m.Groups["name"].Success)
             {
@@ -161,9 +181,12 @@ public sealed partial class LoraAdapter : IDisposable
             var dict = m.Groups["ab"].Value == "A" ? a : b;
             if (!dict.TryAdd(path, t))
                 throw new AdapterException(weightsPath, t.Name, "factor appears twice for the same module");
+            if (isEmbedding) embedding.Add(path);
+            else if (embedding.Contains(path))
+                throw new AdapterException(weightsPath, t.Name, "the module has both linear and embedding LoRA factors");
         }
         foreach (var p in b.Keys)
-            if (!a.ContainsKey(p)) throw new AdapterException(weightsPath, KeyB(p), "lora_B has no matching lora_A");
+            if (!a.ContainsKey(p)) throw new AdapterException(weightsPath, b[p].Name, "lora_B has no matching lora_A");
         var modules = new List<LoraModule>(a.Count);
         // Sorted keys rather than OrderBy over key-value pairs: no generic code over a struct to compile at start.
         var paths = a.Keys.ToArray();
@@ -172,10 +195,13 @@ public sealed partial class LoraAdapter : IDisposable
         {
             var ta = a[path];
             if (!b.TryGetValue(path, out var tb)) throw new AdapterException(weightsPath, ta.Name, "lora_A has no matching lora_B");
+            bool emb = embedding.Contains(path);
+            if (emb != (ta.Name.Contains(".lora_embedding_A") && tb.Name.Contains(".lora_embedding_B")))
+                throw new AdapterException(weightsPath, ta.Name, "the module has both linear and embedding LoRA factors");
             foreach (var t in new[] { ta, tb })
             {
                 if (t.Shape.Length != 2)
-                    throw new AdapterException(weightsPath, t.Name, $"shape {t.ShapeText} is not 2-D (convolution LoRA is not supported)");
+                    throw new AdapterException(weightsPath, t.Name, $"shape {t.ShapeText} is not 2-D" + (emb ? "" : " (convolution LoRA is not supported)"));
                 if (!t.DType.IsMergeFloat())
                     throw new AdapterException(weightsPath, t.Name, $"dtype {t.DType} is not F32, F16 or BF16");
             }
@@ -188,7 +214,7 @@ public sealed partial class LoraAdapter : IDisposable
             if (rank != r)
                 throw new AdapterException(weightsPath, ta.Name, $"rank {r} in the weights but {rank} in {AdapterConfig.FileName} (r / rank_pattern"
                     + (config.RIsDefault ? $"; it has no 'r', so PEFT uses its default {AdapterConfig.PeftDefaultR})" : ")"));
-            modules.Add(new LoraModule(path, path + ".weight", ta, tb, rank, config.AlphaFor(path), config.ScaleFor(path, rank)));
+            modules.Add(new LoraModule(path, path + ".weight", ta, tb, rank, config.AlphaFor(path), config.ScaleFor(path, rank), emb));
         }
         if (modules.Count == 0) throw new AdapterException(weightsPath, null, "adapter holds no LoRA modules");
         return (modules, adapterName);
@@ -197,7 +223,7 @@ public sealed partial class LoraAdapter : IDisposable
     private static string Unsupported(string name, AdapterConfig config)
     {
         if (name.Contains(".lora_embedding_A") || name.Contains(".lora_embedding_B"))
-            return "embedding LoRA is not supported";
+            return "not PEFT's key for an embedding's LoRA (PATH.lora_embedding_A, no .weight)";
         if (name.Contains(".lora_magnitude_vector"))
             return "DoRA magnitude vector: DoRA adapters are not supported";
         if (name.Contains(".lora_A.") || name.Contains(".lora_B."))

@@ -15,12 +15,13 @@ namespace CopaKernels.Merge.Streaming;
 /// The output tensor this module becomes in model and delta output: the base weight's name
 /// (<c>Path.weight</c>); unused for adapter output.
 /// </param>
-/// <param name="Transposed">fan_in_fan_out: the base weight (and the written ΔW) is stored d_in × d_out.</param>
+/// <param name="Transposed">The base weight (and the written ΔW) is stored d_in × d_out: fan_in_fan_out, or an embedding.</param>
 /// <param name="WorkingBytes">Estimated peak working memory of merging this module (inputs, method, result).</param>
+/// <param name="Embedding">An embedding's LoRA (<see cref="LoraModule.Embedding"/>): PEFT's embedding keys, ΔW stored transposed.</param>
 /// <param name="Adapters">The adapters that have this module (indices into <see cref="MergePlan.Adapters"/>); <see cref="Ranks"/> are theirs.</param>
 public sealed record PlannedModule(
     string Path, int DOut, int DIn, IReadOnlyList<int> Ranks, ResultForm Form, int OutRank, string TensorName,
-    bool Transposed, long WorkingBytes, IReadOnlyList<int> Adapters)
+    bool Transposed, long WorkingBytes, IReadOnlyList<int> Adapters, bool Embedding = false)
 {
     /// <summary>The module as <see cref="AdapterModules"/> reads it.</summary>
     internal AdapterModule Source => new(Path, Adapters);

@@ -105,8 +105,10 @@ public static class MergePlanner
             else if (form.IsDense && request.Mode == OutputMode.Adapter)
                 throw new CopaInputException(adapters[source.Adapters[0]].Folder, path,
                     $"{plan.Method.Name} in delta space gives a dense ΔW, which an adapter cannot hold exactly; use --output model or delta, or --space factors");
+            // An embedding's weight is num_embeddings × embedding_dim, ΔW = (B·A)ᵀ whatever fan_in_fan_out says (PEFT's
+            // Embedding layer ignores it).
             modules[path] = new PlannedModule(path, dOut, dIn, per.Select(m => m.Rank).ToList(), form, outRank, first.BaseTensor,
-                fanInFanOut, 0, source.Adapters);
+                first.Embedding || fanInFanOut, 0, source.Adapters, first.Embedding);
             modules[path] = modules[path] with { WorkingBytes = Working(modules[path], per.Count, request.Rank != null) };
         }
 
@@ -152,12 +154,12 @@ public static class MergePlanner
         {
             var adapterFile = plan.Adapters[m.Adapters[0]].Weights.Path;
             if (!b.TryGet(m.TensorName, out var file, out var info))
-                throw new CopaInputException(adapterFile, LoraAdapter.KeyA(m.Path),
+                throw new CopaInputException(adapterFile, LoraAdapter.KeyA(m.Path, m.Embedding),
                     $"targets base tensor '{m.TensorName}', which is not in the base model {b.Path}");
             long rows = m.Transposed ? m.DIn : m.DOut, cols = m.Transposed ? m.DOut : m.DIn;
             if (info.Shape.Length != 2 || info.Shape[0] != rows || info.Shape[1] != cols)
                 throw new CopaInputException(file.Path, m.TensorName,
-                    $"base weight is {info.ShapeText} but the adapters' module is {m.DOut} × {m.DIn}" + (m.Transposed ? " (fan_in_fan_out: expected transposed)" : ""));
+                    $"base weight is {info.ShapeText} but the adapters' module is {m.DOut} × {m.DIn}" + (m.Embedding ? " (an embedding: expected num_embeddings × embedding_dim, the transpose)" : m.Transposed ? " (fan_in_fan_out: expected transposed)" : ""));
             if (!info.DType.IsMergeFloat())
                 throw new CopaInputException(file.Path, m.TensorName, $"base weight dtype {info.DType} cannot take a merged update (F32, F16 or BF16 needed)");
         }
@@ -176,18 +178,20 @@ public static class MergePlanner
                     common ??= d;
                 }
         plan.OutDType = plan.Request.OutDType ?? (mixed || common is null ? DType.F32 : common.Value);
-        var specs = modules.Values.Select(m => new AdapterModuleSpec(m.Path, m.DOut, m.DIn, m.OutRank)).ToList();
-        var layout = SafetensorsWriter.PlanLayout(specs.SelectMany(s => new[]
+        var byKey = new Dictionary<string, PlannedModule>(StringComparer.Ordinal);
+        foreach (var m in modules.Values)
         {
-            new TensorSpec(LoraAdapter.KeyA(s.Path), plan.OutDType.Value, [s.Rank, s.DIn]),
-            new TensorSpec(LoraAdapter.KeyB(s.Path), plan.OutDType.Value, [s.DOut, s.Rank]),
+            byKey[LoraAdapter.KeyA(m.Path, m.Embedding)] = m;
+            byKey[LoraAdapter.KeyB(m.Path, m.Embedding)] = m;
+        }
+        var layout = SafetensorsWriter.PlanLayout(modules.Values.SelectMany(m => new[]
+        {
+            new TensorSpec(LoraAdapter.KeyA(m.Path, m.Embedding), plan.OutDType.Value, [m.OutRank, m.DIn]),
+            new TensorSpec(LoraAdapter.KeyB(m.Path, m.Embedding), plan.OutDType.Value, [m.DOut, m.OutRank]),
         }));
-        plan.Modules = layout.Select(t => ModulePathOf(t.Name)).Distinct().Select(p => modules[p]).ToList();
+        plan.Modules = layout.Select(t => byKey[t.Name]).Distinct().ToList();
         plan.OutputBytes = layout.Count == 0 ? 0 : layout[^1].End;
     }
-
-    /// <summary>The module path of an adapter key <c>base_model.model.PATH.lora_X.weight</c>.</summary>
-    internal static string ModulePathOf(string key) => key[LoraAdapter.KeyPrefix.Length..^".lora_A.weight".Length];
 
     private static void PlanModel(MergePlan plan, Dictionary<string, PlannedModule> modules)
     {

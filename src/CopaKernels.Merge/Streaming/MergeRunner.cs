@@ -95,7 +95,7 @@ public sealed class MergeRunner
     private int WriteAdapter(string dir)
     {
         var adapters = _plan.Adapters;
-        var specs = _plan.Modules.Select(m => new AdapterModuleSpec(m.Path, m.DOut, m.DIn, m.OutRank));
+        var specs = _plan.Modules.Select(m => new AdapterModuleSpec(m.Path, m.DOut, m.DIn, m.OutRank, m.Embedding));
         var first = adapters[0].Config;
         using var writer = new AdapterWriter(dir, new JsonObject(), specs, _plan.OutDType!.Value, Provenance(), flushToDisk: false);
         _progress?.Start(writer.Weights.DataLength, writer.Weights.Layout.Count);
@@ -114,8 +114,8 @@ public sealed class MergeRunner
                 for (int k = 0; k < 2; k++)
                 {
                     var t = layout[next++];
-                    bool isA = t.Name == LoraAdapter.KeyA(m.Path);
-                    if (!isA && t.Name != LoraAdapter.KeyB(m.Path))
+                    bool isA = t.Name == LoraAdapter.KeyA(m.Path, m.Embedding);
+                    if (!isA && t.Name != LoraAdapter.KeyB(m.Path, m.Embedding))
                         throw new InvalidOperationException($"{t.Name} is next in the layout, not a factor of {m.Path}");
                     BeforeTensor?.Invoke(t.Name);
                     if (r.Encoded is { } e)
@@ -301,8 +301,8 @@ public sealed class MergeRunner
             // Fold the LoRA scale into B so the re-ranked pair reproduces the update with scale 1.
             var b = lr.Scale == 1.0 ? lr.B : FactorSpace.Scaled(lr.B, (float)lr.Scale);
             // The SVD needs finite factors; an overflow in them is the merge's, reported as at the encoders.
-            if (NonFinite.Any(b)) throw new NonFiniteResultException(LoraAdapter.KeyB(m.Path), -1, 0, "F32");
-            if (NonFinite.Any(lr.A)) throw new NonFiniteResultException(LoraAdapter.KeyA(m.Path), -1, 0, "F32");
+            if (NonFinite.Any(b)) throw new NonFiniteResultException(LoraAdapter.KeyB(m.Path, m.Embedding), -1, 0, "F32");
+            if (NonFinite.Any(lr.A)) throw new NonFiniteResultException(LoraAdapter.KeyA(m.Path, m.Embedding), -1, 0, "F32");
             var t = LowRankTruncation.Truncate(b, lr.A, m.DOut, lr.Rank, m.DIn, n, parallel: _route.Parallel);
             truncation = t.RelativeError;
             _maxTruncationError = Math.Max(_maxTruncationError, t.RelativeError);
@@ -337,7 +337,11 @@ public sealed class MergeRunner
         if (d.Reads(MergeParameter.Lambda)) causes.Add($"lambda {MergeErrors.G(o.EffectiveLambda)}");
         if (d.Reads(MergeParameter.Weights) && o.Weights is { Count: > 0 } w) causes.Add($"weights {string.Join(", ", w.Select(MergeErrors.G))}");
         causes.Add("LoRA scales (lora_alpha / r) " + string.Join(", ", m.Adapters.Select(n => _plan.Adapters[n].TryGetModule(m.Path, out var lm) ? MergeErrors.G(lm.Scale) : "?")));
-        return new CopaInputException(_plan.Request.Output, e.Tensor,
+        // The methods name factors by the linear keys; an embedding's are PEFT's lora_embedding_A/B.
+        var tensor = !m.Embedding ? e.Tensor
+            : e.Tensor == LoraAdapter.KeyA(m.Path) ? LoraAdapter.KeyA(m.Path, embedding: true)
+            : e.Tensor == LoraAdapter.KeyB(m.Path) ? LoraAdapter.KeyB(m.Path, embedding: true) : e.Tensor;
+        return new CopaInputException(_plan.Request.Output, tensor,
             $"merged values overflow {e.DType} (NaN or Inf{e.Where}) though every input value is finite; the merge multiplied them by " +
             string.Join(", ", causes) + ": lower them");
     }

@@ -195,7 +195,9 @@ public class PeftAdapterTests
         { "dora-config", null, "DoRA" },
         { "lora-bias-config", null, "lora_bias" },
         { "magnitude-vector", P + ".lora_magnitude_vector.weight", "DoRA" },
-        { "embedding", "base_model.model.model.embed_tokens.lora_embedding_A", "embedding LoRA" },
+        { "embedding-weight-key", "base_model.model.model.embed_tokens.lora_embedding_A.weight", "not PEFT's key for an embedding" },
+        { "embedding-untargeted", "base_model.model.model.embed_tokens.lora_embedding_A", "not targeted" },
+        { "embedding-all-linear", "base_model.model.model.embed_tokens.lora_embedding_A", "selects linear layers, not embeddings" },
         { "modules-to-save", "base_model.model.lm_head.weight", "modules_to_save" },
         { "bias-all", "base_model.model.model.layers.0.q_proj.bias", "bias" },
         { "a-without-b", P + ".lora_A.weight", "no matching lora_B" },
@@ -238,7 +240,12 @@ public class PeftAdapterTests
             case "dora-config": cfg["use_dora"] = true; break;
             case "lora-bias-config": cfg["lora_bias"] = true; break;
             case "magnitude-vector": tensors.Add(new(P + ".lora_magnitude_vector.weight", DType.F32, [8])); break;
-            case "embedding": tensors.Add(new("base_model.model.model.embed_tokens.lora_embedding_A", DType.F32, [2, 8])); break;
+            case "embedding-weight-key": tensors.Add(new("base_model.model.model.embed_tokens.lora_embedding_A.weight", DType.F32, [2, 8])); break;
+            case "embedding-all-linear":
+                cfg["target_modules"] = "all-linear";
+                tensors.Add(new("base_model.model.model.embed_tokens.lora_embedding_A", DType.F32, [2, 8]));
+                break;
+            case "embedding-untargeted": tensors.Add(new("base_model.model.model.embed_tokens.lora_embedding_A", DType.F32, [2, 8])); break;
             case "modules-to-save": tensors.Add(new("base_model.model.lm_head.weight", DType.F32, [8, 8])); break;
             case "bias-all": cfg["bias"] = "all"; tensors.Add(new("base_model.model.model.layers.0.q_proj.bias", DType.F32, [8])); break;
             case "a-without-b": tensors = [A()]; break;
