@@ -156,6 +156,13 @@ internal static class MergeCommand
         if (partial > 0)
             o.WriteLine($"  targets: {plan.Modules.Count - partial} modules in every adapter, {partial} in only some (each merged over the adapters that have it; " +
                         $"by adapter: {string.Join(", ", plan.Adapters.Select((a, n) => $"{n + 1}: {a.Modules.Count}"))}; the report lists each module's)");
+        if (plan.FullTensors.Count > 0)
+        {
+            int mean = plan.FullTensors.Count(f => f.IsMean), partialFull = plan.FullTensors.Count(f => f.Adapters.Count < plan.Adapters.Count);
+            o.WriteLine($"  full:    {plan.FullTensors.Count} full tensors beside the factors: {mean} merged as the {(r.Options.Declared.Reads(MergeParameter.Weights) && r.Options.Weights is { Count: > 0 } ? "weighted " : "")}mean" +
+                        (mean < plan.FullTensors.Count ? $", {plan.FullTensors.Count - mean} base-layer {(plan.FullTensors.Count - mean == 1 ? "copy" : "copies")} carried through" : "") +
+                        (partialFull > 0 ? $"; {partialFull} in only some adapters (over those)" : ""));
+        }
         if (plan.Base != null) o.WriteLine($"  base:    {plan.Base.Path} ({plan.Base.Shards.Count} shards, {plan.Base.Names.Count} tensors)");
         var ranks = plan.Modules.Select(m => m.OutRank).Distinct().Order().ToList();
         if (ranks.Count > 0 && ranks[0] > 0) o.WriteLine($"  rank:    {string.Join(", ", ranks)}{(r.Rank == null ? " (exact)" : " (re-ranked)")}");

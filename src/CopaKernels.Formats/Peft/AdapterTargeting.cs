@@ -86,6 +86,22 @@ public sealed class AdapterTargeting
         _targetText = targetText;
     }
 
+    /// <summary><c>modules_to_save</c> as written (empty when absent).</summary>
+    public IReadOnlyList<string> ModulesToSave => _modulesToSave.Select(m => m.Name).ToList();
+
+    /// <summary>
+    /// The <c>modules_to_save</c> entry whose module holds the tensor at <paramref name="tensorPath"/>
+    /// (e.g. <c>lm_head.weight</c> for <c>lm_head</c>), or null: PEFT saves such a module's trained copy
+    /// under the module's own keys (src/peft/utils/save_and_load.py <c>get_peft_model_state_dict</c>
+    /// drops the <c>modules_to_save.&lt;adapter&gt;</c> part), matched as PEFT matches the module.
+    /// </summary>
+    public string? ModuleToSave(string tensorPath)
+    {
+        foreach (var (name, rx) in _modulesToSave)
+            if (IsMatch(rx, tensorPath)) return name;
+        return null;
+    }
+
     /// <summary><c>target_modules</c> as written: the list's names, or the one string; empty when absent.</summary>
     public IReadOnlyList<string> TargetModules { get; private init; } = [];
 

@@ -22,8 +22,15 @@ public sealed class AdapterWriter : IDisposable
     private readonly string _folder;
 
     /// <summary>Declares the modules and opens the weights file (<paramref name="flushToDisk"/>: see <see cref="SafetensorsWriter"/>).</summary>
+    /// <param name="folder">The adapter folder to write into.</param>
+    /// <param name="config">The config, written at <see cref="Commit"/>.</param>
+    /// <param name="modules">The LoRA modules.</param>
+    /// <param name="dtype">The factors' dtype.</param>
+    /// <param name="metadata">The weights file's <c>__metadata__</c>.</param>
+    /// <param name="flushToDisk">See <see cref="SafetensorsWriter"/>.</param>
+    /// <param name="fullTensors">Full tensors written beside the factors under their own keys (modules_to_save, base-layer copies).</param>
     public AdapterWriter(string folder, JsonObject config, IEnumerable<AdapterModuleSpec> modules, DType dtype,
-        IReadOnlyDictionary<string, string>? metadata = null, bool flushToDisk = true)
+        IReadOnlyDictionary<string, string>? metadata = null, bool flushToDisk = true, IEnumerable<TensorSpec>? fullTensors = null)
     {
         _folder = folder;
         Config = config;
@@ -33,6 +40,7 @@ public sealed class AdapterWriter : IDisposable
             specs.Add(new TensorSpec(LoraAdapter.KeyA(m.Path, m.Embedding), dtype, [m.Rank, m.DIn]));
             specs.Add(new TensorSpec(LoraAdapter.KeyB(m.Path, m.Embedding), dtype, [m.DOut, m.Rank]));
         }
+        if (fullTensors != null) specs.AddRange(fullTensors);
         Weights = new SafetensorsWriter(Path.Combine(folder, LoraAdapter.WeightsFileName), specs, metadata, flushToDisk);
     }
 

@@ -26,6 +26,32 @@ public sealed record LoraModule(string Path, string BaseTensor, TensorInfo A, Te
     public long DOut => B.Shape[0];
 }
 
+/// <summary>What a full tensor beside an adapter's factors is, which decides how it merges.</summary>
+public enum FullTensorKind
+{
+    /// <summary>A trained copy of a <c>modules_to_save</c> module's tensor (e.g. <c>lm_head.weight</c>): merged as the weighted mean.</summary>
+    ModulesToSave,
+    /// <summary>
+    /// LLaVA's <c>non_lora_trainables</c> beside the adapter (e.g. the <c>mm_projector</c>): merged as the weighted
+    /// mean, as the released CoPA code averages the projector over tasks.
+    /// </summary>
+    Trainable,
+    /// <summary>
+    /// The base weight of a LoRA module saved beside its factors (<c>PATH.base_layer.weight</c>: PEFT's
+    /// <c>save_embedding_layers</c>): loading the adapter puts it in place of the base's, so it must be the same
+    /// in every adapter, and is carried through unchanged.
+    /// </summary>
+    BaseLayer,
+}
+
+/// <summary>A full tensor beside an adapter's factors.</summary>
+/// <param name="Key">Its key as stored (and as written to an adapter output).</param>
+/// <param name="BaseTensor">The base model's tensor it stands for (the key without <c>base_model.model.</c>; for a base layer, <c>PATH.weight</c>).</param>
+/// <param name="Kind">What it is.</param>
+/// <param name="File">The file that holds it.</param>
+/// <param name="Info">The tensor in that file.</param>
+public sealed record FullTensor(string Key, string BaseTensor, FullTensorKind Kind, ITensorFile File, TensorInfo Info);
+
 /// <summary>
 /// A PEFT LoRA adapter folder (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>), read
 /// and checked: every tensor is a lora_A/lora_B factor of a 2-D module the config targets (see
@@ -40,7 +66,11 @@ public sealed partial class LoraAdapter : IDisposable
     /// <summary>The prefix PEFT puts before module paths.</summary>
     public const string KeyPrefix = "base_model.model.";
 
-    private LoraAdapter(string folder, AdapterConfig config, ITensorFile weights, List<LoraModule> modules, string? adapterName)
+    /// <summary>LLaVA's file of non-LoRA trained tensors beside the adapter (the projector), without its extension.</summary>
+    public const string TrainablesName = "non_lora_trainables";
+
+    private LoraAdapter(string folder, AdapterConfig config, ITensorFile weights, List<LoraModule> modules, string? adapterName,
+        List<FullTensor> full, ITensorFile? trainables)
     {
         Folder = folder;
         Config = config;
@@ -48,7 +78,15 @@ public sealed partial class LoraAdapter : IDisposable
         Modules = modules;
         _byPath = modules.ToDictionary(m => m.Path, StringComparer.Ordinal);
         AdapterName = adapterName;
+        FullTensors = full;
+        Trainables = trainables;
     }
+
+    /// <summary>The full tensors beside the factors: modules_to_save copies, base-layer copies, LLaVA's trainables.</summary>
+    public IReadOnlyList<FullTensor> FullTensors { get; }
+
+    /// <summary>The opened <c>non_lora_trainables</c> file, if the folder has one.</summary>
+    public ITensorFile? Trainables { get; }
 
     private readonly Dictionary<string, LoraModule> _byPath;
 
@@ -136,20 +174,50 @@ public sealed partial class LoraAdapter : IDisposable
                 : $"no {WeightsFileName} in the adapter folder");
         }
         var weights = SafetensorsFile.Open(weightsPath);
+        ITensorFile? trainables = null;
         try
         {
-            var (modules, name) = Pair(weights, config, weightsPath, configPath);
-            return new LoraAdapter(folder, config, weights, modules, name);
+            var full = new List<FullTensor>();
+            var (modules, name) = Pair(weights, config, weightsPath, configPath, full);
+            trainables = OpenTrainables(folder);
+            if (trainables != null)
+                foreach (var t in trainables.Tensors)
+                {
+                    RequireFloat(trainables.Path, t);
+                    full.Add(new FullTensor(t.Name, t.Name.StartsWith(KeyPrefix, StringComparison.Ordinal) ? t.Name[KeyPrefix.Length..] : t.Name,
+                        FullTensorKind.Trainable, trainables, t));
+                }
+            return new LoraAdapter(folder, config, weights, modules, name, full, trainables);
         }
         catch
         {
             weights.Dispose();
+            trainables?.Dispose();
             throw;
         }
     }
 
-    private static (List<LoraModule>, string?) Pair(ITensorFile weights, AdapterConfig config, string weightsPath, string configPath)
+    /// <summary>LLaVA's <c>non_lora_trainables</c> beside the adapter, if there is one (two formats of it are ambiguous).</summary>
+    private static ITensorFile? OpenTrainables(string folder)
     {
+        var st = System.IO.Path.Combine(folder, TrainablesName + ".safetensors");
+        var bin = System.IO.Path.Combine(folder, TrainablesName + ".bin");
+        if (File.Exists(st) && File.Exists(bin))
+            throw new AdapterException(folder, null, $"has both {TrainablesName}.safetensors and {TrainablesName}.bin; keep one");
+        if (File.Exists(st)) return SafetensorsFile.Open(st);
+        if (File.Exists(bin)) return TensorFiles.Open(bin);
+        return null;
+    }
+
+    private static void RequireFloat(string file, TensorInfo t)
+    {
+        if (!t.DType.IsMergeFloat())
+            throw new AdapterException(file, t.Name, $"dtype {t.DType} is not F32, F16 or BF16");
+    }
+
+    private static (List<LoraModule>, string?) Pair(ITensorFile weights, AdapterConfig config, string weightsPath, string configPath, List<FullTensor> full)
+    {
+        var baseLayers = new List<(string Path, TensorInfo Tensor)>();
         var a = new Dictionary<string, TensorInfo>(StringComparer.Ordinal);
         var b = new Dictionary<string, TensorInfo>(StringComparer.Ordinal);
         var embedding = new HashSet<string>(StringComparer.Ordinal);
@@ -162,7 +230,23 @@ public sealed partial class LoraAdapter : IDisposable
             {
                 m = EmbeddingKey().Match(t.Name);
                 // "weight" after it is no adapter name: PEFT never writes lora_embedding_A.weight.
-                if (!m.Success || m.Groups["name"].Value == "weight") throw new AdapterException(weightsPath, t.Name, Unsupported(t.Name, config));
+                if (!m.Success || m.Groups["name"].Value == "weight")
+                {
+                    var rest = t.Name.StartsWith(KeyPrefix, StringComparison.Ordinal) ? t.Name[KeyPrefix.Length..] : t.Name;
+                    if (rest.EndsWith(BaseLayerSuffix, StringComparison.Ordinal) && !t.Name.Contains(".lora_"))
+                    {
+                        RequireFloat(weightsPath, t);
+                        baseLayers.Add((rest[..^BaseLayerSuffix.Length], t));
+                        continue;
+                    }
+                    if (config.Targeting.ModuleToSave(rest) != null && !t.Name.Contains(".lora_"))
+                    {
+                        RequireFloat(weightsPath, t);
+                        full.Add(new FullTensor(t.Name, rest, FullTensorKind.ModulesToSave, weights, t));
+                        continue;
+                    }
+                    throw new AdapterException(weightsPath, t.Name, Unsupported(t.Name, config));
+                }
                 isEmbedding = true;
             }
             var path = m.Groups["path"].Value;
@@ -217,8 +301,22 @@ public sealed partial class LoraAdapter : IDisposable
             modules.Add(new LoraModule(path, path + ".weight", ta, tb, rank, config.AlphaFor(path), config.ScaleFor(path, rank), emb));
         }
         if (modules.Count == 0) throw new AdapterException(weightsPath, null, "adapter holds no LoRA modules");
+        foreach (var (path, t) in baseLayers)
+        {
+            // PEFT saves the wrapped layer's base weight (an embedding's, by save_embedding_layers) only for a module it put LoRA on.
+            var owner = modules.Find(x => x.Path == path)
+                ?? throw new AdapterException(weightsPath, t.Name, $"a base_layer weight of {path}, which has no LoRA factors in this adapter");
+            // Stored as the base stores it: an embedding's and a fan_in_fan_out layer's weight is d_in × d_out.
+            bool transposed = owner.Embedding || config.FanInFanOut;
+            long rows = transposed ? owner.DIn : owner.DOut, cols = transposed ? owner.DOut : owner.DIn;
+            if (t.Shape.Length != 2 || t.Shape[0] != rows || t.Shape[1] != cols)
+                throw new AdapterException(weightsPath, t.Name, $"shape {t.ShapeText} does not fit its module ({owner.DOut} × {owner.DIn} LoRA)");
+            full.Add(new FullTensor(t.Name, owner.BaseTensor, FullTensorKind.BaseLayer, weights, t));
+        }
         return (modules, adapterName);
     }
+
+    private const string BaseLayerSuffix = ".base_layer.weight";
 
     private static string Unsupported(string name, AdapterConfig config)
     {
@@ -230,9 +328,13 @@ public sealed partial class LoraAdapter : IDisposable
             return name.EndsWith(".bias", StringComparison.Ordinal) ? "LoRA bias terms are not supported" : "not a lora_A/lora_B weight";
         if (name.EndsWith(".bias", StringComparison.Ordinal) && config.Bias != "none")
             return $"bias tensors (bias=\"{config.Bias}\") are not supported";
-        return "not a LoRA factor (modules_to_save and other full tensors are not supported)";
+        return "not a LoRA factor, nor a tensor of a module in modules_to_save, nor a base_layer copy";
     }
 
     /// <inheritdoc/>
-    public void Dispose() => Weights.Dispose();
+    public void Dispose()
+    {
+        Weights.Dispose();
+        Trainables?.Dispose();
+    }
 }

@@ -62,6 +62,9 @@ public sealed class MergePlan : IDisposable
     /// <summary>The base model, open for reading (model output, or when given).</summary>
     public ShardedModel? Base { get; }
 
+    /// <summary>The full tensors beside the factors (modules_to_save, LLaVA's trainables, base-layer copies), by key.</summary>
+    public IReadOnlyList<PlannedFullTensor> FullTensors { get; internal set; } = [];
+
     /// <summary>Every merged module, in the order the output needs them.</summary>
     public IReadOnlyList<PlannedModule> Modules { get; internal set; } = [];
 
@@ -107,7 +110,11 @@ public sealed class MergePlan : IDisposable
     /// </summary>
     public void CheckInputsUnchanged()
     {
-        foreach (var a in Adapters) a.Weights.CheckUnchanged();
+        foreach (var a in Adapters)
+        {
+            a.Weights.CheckUnchanged();
+            a.Trainables?.CheckUnchanged();
+        }
         if (Base != null) foreach (var s in Base.Shards) s.CheckUnchanged();
         foreach (var (path, identity) in ReadFiles)
             if (FileIdentity.ChangeAt(path, identity) is { } change)
@@ -126,7 +133,7 @@ public sealed class MergePlan : IDisposable
         Named(new TaskInputException(adapters[e.Task], e.Tensor!, e.Reason, e.Values));
 
     /// <summary>Total bytes of the input files (adapters' weights, base shards).</summary>
-    public long InputFileBytes => Adapters.Sum(a => a.Weights.FileLength) + (Base?.Shards.Sum(s => s.FileLength) ?? 0);
+    public long InputFileBytes => Adapters.Sum(a => a.Weights.FileLength + (a.Trainables?.FileLength ?? 0)) + (Base?.Shards.Sum(s => s.FileLength) ?? 0);
 
     /// <inheritdoc/>
     public void Dispose()

@@ -113,6 +113,8 @@ public static class MergePlanner
         }
 
         if (plan.Base != null) CheckBase(plan, modules.Values);
+        plan.FullTensors = FullTensors.Plan(plan, modules);
+        if (plan.Base != null) CheckBaseOfFullTensors(plan);
 
         switch (request.Mode)
         {
@@ -165,6 +167,26 @@ public static class MergePlanner
         }
     }
 
+    /// <summary>A full tensor replaces the base's tensor of that name: it must be there, float, of the same shape.</summary>
+    private static void CheckBaseOfFullTensors(MergePlan plan)
+    {
+        var b = plan.Base!;
+        foreach (var f in plan.FullTensors)
+        {
+            var src = f.Sources[0];
+            if (!b.TryGet(f.BaseTensor, out var file, out var info))
+            {
+                if (plan.Request.Mode != OutputMode.Model) continue;
+                throw new CopaInputException(src.File.Path, f.Key, $"stands for base tensor '{f.BaseTensor}', which is not in the base model {b.Path}");
+            }
+            if (!info.Shape.SequenceEqual(f.Shape))
+                throw new CopaInputException(src.File.Path, f.Key, $"shape {src.Info.ShapeText} but the base's {f.BaseTensor} is {info.ShapeText} in {file.Path}" +
+                    (f.Kind == FullTensorKind.BaseLayer ? " (resize the base's embeddings as the adapter's were)" : ""));
+            if (!info.DType.IsMergeFloat())
+                throw new CopaInputException(file.Path, f.BaseTensor, $"base dtype {info.DType} cannot take the merged full tensor {f.Key} (F32, F16 or BF16 needed)");
+        }
+    }
+
     private static void PlanAdapter(MergePlan plan, Dictionary<string, PlannedModule> modules)
     {
         // The inputs' one dtype, else F32 (a loop: LINQ's Distinct over an enum compiles generic code at start).
@@ -188,9 +210,10 @@ public static class MergePlanner
         {
             new TensorSpec(LoraAdapter.KeyA(m.Path, m.Embedding), plan.OutDType.Value, [m.OutRank, m.DIn]),
             new TensorSpec(LoraAdapter.KeyB(m.Path, m.Embedding), plan.OutDType.Value, [m.DOut, m.OutRank]),
-        }));
-        plan.Modules = layout.Select(t => byKey[t.Name]).Distinct().ToList();
-        plan.OutputBytes = layout.Count == 0 ? 0 : layout[^1].End;
+        }).Concat(FullTensors.AdapterSpecs(plan, inTrainablesFile: false)));
+        plan.Modules = layout.Where(t => byKey.ContainsKey(t.Name)).Select(t => byKey[t.Name]).Distinct().ToList();
+        var trainables = SafetensorsWriter.PlanLayout(FullTensors.AdapterSpecs(plan, inTrainablesFile: true));
+        plan.OutputBytes = (layout.Count == 0 ? 0 : layout[^1].End) + (trainables.Count == 0 ? 0 : trainables[^1].End);
     }
 
     private static void PlanModel(MergePlan plan, Dictionary<string, PlannedModule> modules)
@@ -215,6 +238,11 @@ public static class MergePlanner
 
     private static void PlanDelta(MergePlan plan, Dictionary<string, PlannedModule> modules)
     {
+        // ΔW is what LoRA adds; a trained full tensor replaces a weight, which no ΔW file can say. A base-layer copy
+        // changes no ΔW (its module's ΔW is computed from the factors alone), so it is left out here.
+        if (plan.FullTensors.FirstOrDefault(f => f.IsMean) is { } full)
+            throw new CopaInputException(full.Sources[0].File.Path, full.Key,
+                "a full tensor (trained copy, not a LoRA update) cannot go into delta output, which holds ΔW only; use adapter or model output");
         var dtype = plan.Request.OutDType ?? DType.F32;
         plan.OutDType = dtype;
         var specs = modules.Values
@@ -251,7 +279,7 @@ public static class MergePlanner
         bool tiled = plan.Request.Mode != OutputMode.Adapter;
         long widest = plan.Modules.Count == 0 ? 1 : plan.Modules.Max(m => (long)m.ProductCols);
         long minTile = tiled ? widest * MergePlan.TileBytesPerElement : 0;
-        long fixedBytes = CopyBufferBytes + minTile;
+        long fixedBytes = CopyBufferBytes + minTile + (plan.FullTensors.Count > 0 ? FullTensors.WorkingBytes : 0);
         if (worst != null && working + fixedBytes > budget)
             throw new CopaInputException(plan.Adapters[0].Folder, worst.Path,
                 $"merging this module needs about {MemorySize.Format(working + fixedBytes)} of working memory" +

@@ -48,6 +48,9 @@ public sealed record MergeReport
     /// <summary>Per-module statistics, in write order.</summary>
     public required IReadOnlyList<ModuleReport> Modules { get; init; }
 
+    /// <summary>The full tensors beside the factors and how each was merged; null (left out) when there are none.</summary>
+    public IReadOnlyList<FullTensorReport>? FullTensors { get; init; }
+
     /// <summary>
     /// Serialises with snake_case names, indented, null members left out, NaN/±Inf as strings: exactly what
     /// <see cref="JsonSerializer"/> writes for this type with <see cref="MergeReportJson"/>'s options (a test
@@ -122,6 +125,22 @@ public sealed record MergeReport
                 w.WriteEndObject();
             }
             w.WriteEndArray();
+            if (FullTensors != null)
+            {
+                w.WriteStartArray("full_tensors");
+                foreach (var f in FullTensors)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("key", f.Key);
+                    w.WriteString("kind", f.Kind);
+                    w.WriteString("rule", f.Rule);
+                    w.WriteStartArray("adapters");
+                    foreach (var n in f.Adapters) w.WriteNumberValue(n);
+                    w.WriteEndArray();
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+            }
             w.WriteEndObject();
         }
         return System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan);
@@ -203,6 +222,9 @@ public sealed record MergeReport
 
     /// <summary>Totals.</summary>
     public sealed record Totals(int Modules, long Kept, long Considered, int ZeroDenominatorRows, double TruncationMaxRelativeError);
+
+    /// <summary>A full tensor: its key, what it is (modules_to_save, non_lora_trainables, base_layer), how it was merged (mean, weighted_mean, copy), and the adapters (0-based) that had it.</summary>
+    public sealed record FullTensorReport(string Key, string Kind, string Rule, IReadOnlyList<int> Adapters);
 
     /// <summary>One module.</summary>
     /// <remarks>

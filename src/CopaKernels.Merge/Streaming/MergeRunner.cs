@@ -97,19 +97,28 @@ public sealed class MergeRunner
         var adapters = _plan.Adapters;
         var specs = _plan.Modules.Select(m => new AdapterModuleSpec(m.Path, m.DOut, m.DIn, m.OutRank, m.Embedding));
         var first = adapters[0].Config;
-        using var writer = new AdapterWriter(dir, new JsonObject(), specs, _plan.OutDType!.Value, Provenance(), flushToDisk: false);
-        _progress?.Start(writer.Weights.DataLength, writer.Weights.Layout.Count);
+        var meta = Provenance();
+        using var writer = new AdapterWriter(dir, new JsonObject(), specs, _plan.OutDType!.Value, meta, flushToDisk: false,
+            FullTensors.AdapterSpecs(_plan, inTrainablesFile: false));
+        var trainableSpecs = FullTensors.AdapterSpecs(_plan, inTrainablesFile: true).ToList();
+        using var trainables = trainableSpecs.Count == 0 ? null
+            : new SafetensorsWriter(Path.Combine(dir, LoraAdapter.TrainablesName + ".safetensors"), trainableSpecs,
+                new Dictionary<string, string>(meta) { ["format"] = "pt" }, flushToDisk: false);
+        var full = _plan.FullTensors.ToDictionary(f => f.Key, StringComparer.Ordinal);
+        _progress?.Start(writer.Weights.DataLength + (trainables?.DataLength ?? 0), writer.Weights.Layout.Count + (trainables?.Layout.Count ?? 0));
         var written = new List<WrittenModule>(_plan.Modules.Count);
-        using (var queue = new WriteQueue(_ => writer.Weights))
+        using (var queue = new WriteQueue(name => trainables != null && full.TryGetValue(name, out var f) && f.InTrainablesFile ? trainables : writer.Weights))
         using (var feed = new ModuleFeed(_plan, _pool, DeferReads, _ct))
         {
             var tiles = new TileWriter(_backend, queue, null, _progress, _ct);
-            // The layout is sorted by name, so a module's lora_A and lora_B come next to each other, in plan order.
+            // The layout is sorted by name, so a module's lora_A and lora_B come next to each other, in plan order;
+            // the full tensors are written where the layout puts them.
             var layout = writer.Weights.Layout;
             int next = 0;
             foreach (var m in _plan.Modules)
             try
             {
+                for (; full.TryGetValue(layout[next].Name, out var f); next++) WriteFull(layout[next], f, queue, tiles);
                 var r = (LowRankResult)Merge(feed, m);
                 for (int k = 0; k < 2; k++)
                 {
@@ -133,11 +142,31 @@ public sealed class MergeRunner
                 feed.Recycle(r); // converted and queued: the floats are free
             }
             catch (NonFiniteResultException e) { throw Overflow(m, e); }
+            for (; next < layout.Count; next++) WriteFull(layout[next], full[layout[next].Name], queue, tiles);
+            if (trainables != null)
+                foreach (var t in trainables.Layout) WriteFull(t, full[t.Name], queue, tiles);
             queue.Complete();
         }
         writer.Config = AdapterConfigFor(written, first);
+        // PEFT loads a module's trained copy only for the modules its config lists in modules_to_save.
+        var saved = new SortedSet<string>(StringComparer.Ordinal);
+        foreach (var f in _plan.FullTensors.Where(f => f.Kind == FullTensorKind.ModulesToSave))
+            foreach (int n in f.Adapters)
+                if (_plan.Adapters[n].Config.Targeting.ModuleToSave(f.BaseTensor) is { } name) saved.Add(name);
+        if (saved.Count > 0) writer.Config["modules_to_save"] = new JsonArray(saved.Select(s => (JsonNode)s!).ToArray());
+        trainables?.Commit();
         writer.Commit();
-        return writer.Weights.Layout.Count;
+        return writer.Weights.Layout.Count + (trainables?.Layout.Count ?? 0);
+    }
+
+    /// <summary>A full tensor of an adapter output: a base-layer copy byte for byte, else the weighted mean.</summary>
+    private void WriteFull(TensorInfo target, PlannedFullTensor f, WriteQueue queue, TileWriter tiles)
+    {
+        _ct.ThrowIfCancellationRequested();
+        BeforeTensor?.Invoke(target.Name);
+        if (f.IsMean) FullTensors.WriteMean(target, f, _plan, queue, _progress, _ct);
+        else tiles.Copy(target, f.Sources[0].File, f.Sources[0].Info);
+        _progress?.Advance(0, target.Name);
     }
 
     /// <summary>
@@ -201,6 +230,9 @@ public sealed class MergeRunner
     {
         bool model = _plan.Request.Mode == OutputMode.Model;
         var byTensor = _plan.Modules.ToDictionary(m => m.TensorName, StringComparer.Ordinal);
+        // Model output: a trained full tensor is written in place of the base's; a base-layer copy is the base
+        // that its module's ΔW is added to, as PEFT loads it in place of the base's weight.
+        var fullByBase = model ? _plan.FullTensors.ToDictionary(f => f.BaseTensor, StringComparer.Ordinal) : [];
         var baseModel = _plan.Base;
         var meta = new Dictionary<string, string>(StringComparer.Ordinal);
         if (model && baseModel!.Shards[0].Metadata is { } bm)
@@ -221,10 +253,24 @@ public sealed class MergeRunner
             {
                 _ct.ThrowIfCancellationRequested();
                 BeforeTensor?.Invoke(t.Name);
-                SafetensorsFile? file = null;
+                ITensorFile? file = null;
                 TensorInfo? source = null;
-                if (model && !baseModel!.TryGet(t.Name, out file, out source))
-                    throw new InvalidOperationException($"{t.Name} planned but not in the base");
+                if (model)
+                {
+                    if (!baseModel!.TryGet(t.Name, out var baseFile, out source))
+                        throw new InvalidOperationException($"{t.Name} planned but not in the base");
+                    file = baseFile;
+                }
+                if (fullByBase.TryGetValue(t.Name, out var f))
+                {
+                    if (f.IsMean)
+                    {
+                        FullTensors.WriteMean(t, f, _plan, queue, _progress, _ct);
+                        _progress?.Advance(0, t.Name);
+                        continue;
+                    }
+                    (file, source) = (f.Sources[0].File, f.Sources[0].Info);
+                }
                 if (byTensor.TryGetValue(t.Name, out var m))
                 {
                     try
@@ -420,6 +466,10 @@ public sealed class MergeRunner
             Summary = new MergeReport.Totals(_reports.Count, _reports.Sum(x => x.Kept), _reports.Sum(x => x.Considered),
                 _reports.Sum(x => x.ZeroDenominatorRows), _maxTruncationError),
             Modules = _reports,
+            FullTensors = _plan.FullTensors.Count == 0 ? null : _plan.FullTensors.Select(f => new MergeReport.FullTensorReport(f.Key,
+                f.Kind switch { FullTensorKind.ModulesToSave => "modules_to_save", FullTensorKind.Trainable => LoraAdapter.TrainablesName, _ => "base_layer" },
+                !f.IsMean ? "copy" : _plan.Request.Options.Declared.Reads(MergeParameter.Weights) && r.Options.Weights is { Count: > 0 } ? "weighted_mean" : "mean",
+                f.Adapters)).ToList(),
         };
     }
 

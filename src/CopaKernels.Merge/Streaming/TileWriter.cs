@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using CopaKernels.Formats;
 using CopaKernels.Formats.Numerics;
 using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels;
@@ -39,7 +40,7 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
     /// the same loop runs tile after tile.
     /// </remarks>
     public void LowRank(TensorInfo target, PlannedModule m, LowRankResult r,
-        SafetensorsFile? baseFile, TensorInfo? baseTensor, int rowsPerTile)
+        ITensorFile? baseFile, TensorInfo? baseTensor, int rowsPerTile)
     {
         var host = staging ?? throw new InvalidOperationException("TileWriter.LowRank needs tile staging");
         int rows = m.ProductRows, cols = m.ProductCols, rank = r.Rank;
@@ -140,7 +141,7 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
 
     /// <summary>Writes <c>[base +] ΔW</c> for a dense ΔW (d_out × d_in, F32), in row tiles on the host.</summary>
     public void Dense(TensorInfo target, PlannedModule m, float[] delta,
-        SafetensorsFile? baseFile, TensorInfo? baseTensor, int rowsPerTile)
+        ITensorFile? baseFile, TensorInfo? baseTensor, int rowsPerTile)
     {
         int rows = m.ProductRows, cols = m.ProductCols;
         int tile = Math.Min(rowsPerTile, rows);
@@ -202,7 +203,7 @@ internal sealed class TileWriter(IMergeBackend backend, WriteQueue queue, TileSt
     }
 
     /// <summary>Copies an untouched tensor byte for byte, or converts it when <paramref name="target"/>'s dtype differs.</summary>
-    public void Copy(TensorInfo target, SafetensorsFile file, TensorInfo source)
+    public void Copy(TensorInfo target, ITensorFile file, TensorInfo source)
     {
         if (target.DType == source.DType)
         {
