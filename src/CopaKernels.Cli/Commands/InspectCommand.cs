@@ -68,7 +68,19 @@ internal static class InspectCommand
                 m.A.DType == m.B.DType ? m.A.DType.ToString() : $"{m.A.DType}/{m.B.DType}", Terminal.Bytes(size));
         }
         table.Write(stdout);
-        console.MarkupLine($"{a.Modules.Count} modules, {parameters:N0} parameters, {Terminal.Bytes(bytes)}");
+        console.MarkupLine($"{a.Modules.Count} modules ({a.Modules.Count(m => m.Embedding)} of them embeddings), {parameters:N0} parameters, {Terminal.Bytes(bytes)}"
+            .Replace(" (0 of them embeddings)", ""));
+        if (a.FullTensors.Count == 0) return;
+        var full = new TextTable(("full tensor", false), ("what", false), ("shape", false), ("dtype", false), ("size", true), ("file", false));
+        foreach (var f in a.FullTensors)
+            full.Add(f.Key, f.Kind switch
+            {
+                FullTensorKind.ModulesToSave => "modules_to_save (merged as the mean)",
+                FullTensorKind.Trainable => "trainable (merged as the mean)",
+                _ => "base-layer copy (must agree across adapters)",
+            }, f.Info.ShapeText, f.Info.DType.ToString(), Terminal.Bytes(f.Info.ByteLength), Path.GetFileName(f.File.Path));
+        full.Write(stdout);
+        console.MarkupLine($"{a.FullTensors.Count} full tensors, {Terminal.Bytes(a.FullTensors.Sum(f => f.Info.ByteLength))}");
     }
 
     private static void ShowModel(ShardedModel model, IAnsiConsole console, TextWriter stdout)
