@@ -104,9 +104,7 @@ public sealed record MergeReport
                 w.WriteString("path", m.Path);
                 w.WriteNumber("d_out", m.DOut);
                 w.WriteNumber("d_in", m.DIn);
-                w.WriteStartArray("ranks");
-                foreach (var r in m.Ranks) w.WriteNumberValue(r);
-                w.WriteEndArray();
+                WriteInts(w, "ranks", m.Ranks);
                 w.WriteNumber("rank", m.Rank);
                 w.WriteBoolean("dense", m.Dense);
                 WriteFloats(w, "thresholds_a", m.ThresholdsA);
@@ -116,12 +114,7 @@ public sealed record MergeReport
                 w.WriteNumber("zero_denominator_rows", m.ZeroDenominatorRows);
                 if (m.TruncationRelativeError is { } e) WriteNumber(w, "truncation_relative_error", e);
                 WriteNumber(w, "seconds", m.Seconds);
-                if (m.Adapters != null)
-                {
-                    w.WriteStartArray("adapters");
-                    foreach (var n in m.Adapters) w.WriteNumberValue(n);
-                    w.WriteEndArray();
-                }
+                if (m.Adapters != null) WriteInts(w, "adapters", m.Adapters);
                 w.WriteEndObject();
             }
             w.WriteEndArray();
@@ -134,9 +127,7 @@ public sealed record MergeReport
                     w.WriteString("key", f.Key);
                     w.WriteString("kind", f.Kind);
                     w.WriteString("rule", f.Rule);
-                    w.WriteStartArray("adapters");
-                    foreach (var n in f.Adapters) w.WriteNumberValue(n);
-                    w.WriteEndArray();
+                    WriteInts(w, "adapters", f.Adapters);
                     w.WriteEndObject();
                 }
                 w.WriteEndArray();
@@ -168,6 +159,13 @@ public sealed record MergeReport
             w.WriteNumber("bytes", f.Bytes);
             w.WriteEndObject();
         }
+        w.WriteEndArray();
+    }
+
+    private static void WriteInts(Utf8JsonWriter w, string name, IReadOnlyList<int> values)
+    {
+        w.WriteStartArray(name);
+        foreach (var v in values) w.WriteNumberValue(v);
         w.WriteEndArray();
     }
 

@@ -48,7 +48,10 @@ public class MergeReportTests
             new MergeReport.ModuleReport("model.layers.0.mlp.down_proj", 4096, 11008, [16, 16], 128, false,
                 [0.0076293945f, float.NaN, -0f, float.Epsilon], full ? [0.012817383f, float.NegativeInfinity] : [], 389060, 1933312, 0,
                 full ? 0.25 : null, 0.0406257),
-            new MergeReport.ModuleReport("m", 1, 1, [], 0, true, [], [], 0, 0, 0, null, 0),
+            new MergeReport.ModuleReport("m", 1, 1, [], 0, true, [], [], 0, 0, 0, null, 0, full ? [0, 2] : null),
         ],
+        FullTensors = full
+            ? [new MergeReport.FullTensorReport("base_model.model.lm_head.weight", "modules_to_save", "weighted_mean", [1, 2])]
+            : null,
     };
 }
