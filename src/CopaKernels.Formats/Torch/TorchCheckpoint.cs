@@ -61,6 +61,25 @@ public sealed class TorchCheckpoint : ITensorFile
     /// <summary>The tensors, in the state dict's order.</summary>
     public IReadOnlyList<TensorInfo> Tensors => _tensors;
 
+    /// <summary>
+    /// Whether <paramref name="path"/> should be read as a torch.save checkpoint rather than as
+    /// safetensors: its name ends in <c>.bin</c>, <c>.pt</c> or <c>.pth</c> (the names such files go by),
+    /// or it starts with the zip signature or the legacy format's first bytes (read as a safetensors
+    /// header length, the one is a single exact size and the other over
+    /// <see cref="SafetensorsHeader.MaxHeaderSize"/>). <see cref="Open"/> then says what is wrong with it.
+    /// </summary>
+    public static bool LooksLikeCheckpoint(string path)
+    {
+        if (System.IO.Path.GetExtension(path).ToLowerInvariant() is ".bin" or ".pt" or ".pth") return true;
+        Span<byte> head = stackalloc byte[4];
+        try
+        {
+            using var f = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+            return RandomAccess.Read(f, head, 0) == 4 && (head.SequenceEqual("PK\x03\x04"u8) || head.SequenceEqual(s_legacyMagic.AsSpan(0, 4)));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
+    }
+
     /// <summary>Opens and validates a checkpoint. Throws <see cref="TorchCheckpointException"/> on anything malformed or unsupported.</summary>
     public static TorchCheckpoint Open(string path)
     {
