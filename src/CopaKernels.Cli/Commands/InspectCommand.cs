@@ -2,17 +2,18 @@ using System.CommandLine;
 using CopaKernels.Formats;
 using CopaKernels.Formats.Peft;
 using CopaKernels.Formats.Safetensors;
+using CopaKernels.Formats.Torch;
 using Spectre.Console;
 
 namespace CopaKernels.Cli.Commands;
 
-/// <summary><c>copa inspect PATH</c>: tensors, metadata and totals of a safetensors file, a sharded model or a PEFT adapter.</summary>
+/// <summary><c>copa inspect PATH</c>: tensors, metadata and totals of a safetensors file, a PyTorch zip checkpoint, a sharded model or a PEFT adapter.</summary>
 internal static class InspectCommand
 {
     public static Command Create(TextWriter stdout)
     {
-        var path = new Argument<string>("PATH") { Description = "a .safetensors file, a sharded model folder or index.json, or a PEFT adapter folder" };
-        var cmd = new Command("inspect", "Show the tensors, metadata and totals of a safetensors file, sharded model or LoRA adapter (reads headers only)") { path };
+        var path = new Argument<string>("PATH") { Description = "a .safetensors file, a PyTorch .bin/.pt/.pth checkpoint, a sharded model folder or index.json, or a PEFT adapter folder" };
+        var cmd = new Command("inspect", "Show the tensors, metadata and totals of a safetensors file, PyTorch checkpoint, sharded model or LoRA adapter (reads headers only)") { path };
         cmd.SetAction(parse =>
         {
             Run(parse.GetValue(path)!, Terminal.For(stdout), stdout);
@@ -30,6 +31,13 @@ internal static class InspectCommand
         {
             using var adapter = LoraAdapter.Open(path);
             ShowAdapter(adapter, console, stdout);
+            return;
+        }
+        if (File.Exists(path) && TorchCheckpoint.LooksLikeCheckpoint(path))
+        {
+            using var checkpoint = TorchCheckpoint.Open(path);
+            console.MarkupLine($"[bold]PyTorch checkpoint (zip)[/] {Markup.Escape(checkpoint.Path)}");
+            ShowTensors([checkpoint], sharded: false, console, stdout);
             return;
         }
         using var model = ShardedModel.Open(path);
@@ -103,11 +111,17 @@ internal static class InspectCommand
             console.MarkupLine("[bold]metadata[/]");
             console.Write(grid);
         }
+        ShowTensors(model.Shards, sharded, console, stdout);
+    }
+
+    /// <summary>The table of tensors of one file (or of every shard, with a shard column) and the totals by dtype.</summary>
+    private static void ShowTensors(IReadOnlyList<ITensorFile> files, bool sharded, IAnsiConsole console, TextWriter stdout)
+    {
         var table = sharded
             ? new TextTable(("tensor", false), ("dtype", false), ("shape", false), ("size", true), ("shard", false))
             : new TextTable(("tensor", false), ("dtype", false), ("shape", false), ("size", true));
         var byType = new SortedDictionary<string, (int Count, long Bytes, long Elements)>(StringComparer.Ordinal);
-        foreach (var s in model.Shards)
+        foreach (var s in files)
             foreach (var t in s.Tensors)
             {
                 if (sharded) table.Add(t.Name, t.DType.ToString(), t.ShapeText, Terminal.Bytes(t.ByteLength), Path.GetFileName(s.Path));

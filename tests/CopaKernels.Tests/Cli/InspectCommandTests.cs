@@ -1,5 +1,6 @@
 using CopaKernels.Formats.Peft;
 using CopaKernels.Formats.Safetensors;
+using CopaKernels.Formats.Torch;
 using CopaKernels.Tests.Formats;
 
 namespace CopaKernels.Tests.Cli;
@@ -86,6 +87,55 @@ public class InspectCommandTests
         Assert.Contains("note", output);
         Assert.Contains("hello", output);
         Assert.Contains("2 tensors, 20 elements, 50 B of data", output);
+    }
+
+    private static string TorchFixture(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", "torch", name);
+
+    [Fact]
+    public void TorchCheckpoint_ShowsTheTableASafetensorsFileShows()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("adapter_model.bin");
+        File.Copy(TorchFixture("torch-2.6.bin"), path);
+        var (code, output, err) = CliRunner.Run("inspect", path);
+        Assert.True(code == 0, err);
+        Assert.StartsWith($"PyTorch checkpoint (zip) {path}", output);
+        var (stCode, stOutput, _) = CliRunner.Run("inspect", TorchFixture("reference.safetensors"));
+        Assert.Equal(0, stCode);
+        // The same tensors give the same rows (in the state dict's order here, the file's there) and the same totals.
+        using var c = TorchCheckpoint.Open(path);
+        string Row(string text, string tensor) => text.Split('\n').Select(l => l.Trim()).Single(l => l.StartsWith(tensor + " ", StringComparison.Ordinal));
+        foreach (var t in c.Tensors)
+        {
+            Assert.Equal(Row(stOutput, t.Name), Row(output, t.Name));
+            Assert.Contains(t.ShapeText, Row(output, t.Name));
+        }
+        Assert.Contains("20 tensors, ", output);
+        Assert.Equal(stOutput.TrimEnd().Split('\n')[^1], output.TrimEnd().Split('\n')[^1]);
+    }
+
+    [Fact]
+    public void TorchCheckpoint_AZipWithAnotherName_IsReadAsOne()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("weights.ckpt");
+        File.Copy(TorchFixture("module-1.13.bin"), path);
+        var (code, output, err) = CliRunner.Run("inspect", path);
+        Assert.True(code == 0, err);
+        Assert.Contains("PyTorch checkpoint (zip)", output);
+        Assert.Contains("2 tensors, 15 elements, 60 B of data (F32: 2)", output);
+    }
+
+    [Fact]
+    public void TorchCheckpoint_Legacy_ExitsTwo_WithHowToConvert()
+    {
+        var path = TorchFixture("legacy-2.6.pt");
+        var (code, output, err) = CliRunner.Run("inspect", path);
+        Assert.Equal(2, code);
+        Assert.Equal("", output);
+        var line = Assert.Single(err.TrimEnd('\n').Split('\n'));
+        Assert.StartsWith($"error: {path}: a PyTorch checkpoint in the legacy (pre-1.6) format", line);
+        Assert.Contains("safetensors.torch.save_file", line);
     }
 
     [Fact]
