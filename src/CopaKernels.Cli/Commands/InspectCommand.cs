@@ -49,6 +49,7 @@ internal static class InspectCommand
         var c = a.Config;
         console.MarkupLine($"[bold]LoRA adapter[/] {Markup.Escape(a.Folder)}");
         var info = new Grid().AddColumn().AddColumn();
+        info.AddRow("weights", Markup.Escape(Path.GetFileName(a.Weights.Path)) + (a.Weights is CopaKernels.Formats.Torch.TorchCheckpoint ? " (PyTorch checkpoint, zip)" : ""));
         info.AddRow("base model", Markup.Escape(c.BaseModelNameOrPath ?? "(not given)"));
         info.AddRow("rank r", c.R.ToString() + (c.RIsDefault ? " (not in the config: PEFT's default)" : ""));
         info.AddRow("lora_alpha", c.LoraAlpha.ToString("G") + (c.LoraAlphaIsDefault ? " (not in the config: PEFT's default)" : ""));

@@ -53,7 +53,7 @@ public enum FullTensorKind
 public sealed record FullTensor(string Key, string BaseTensor, FullTensorKind Kind, ITensorFile File, TensorInfo Info);
 
 /// <summary>
-/// A PEFT LoRA adapter folder (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>), read
+/// A PEFT LoRA adapter folder (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c> or <c>.bin</c>), read
 /// and checked: every tensor is a lora_A/lora_B factor of a 2-D module the config targets (see
 /// <see cref="AdapterTargeting"/>), paired, with ranks that agree with the config. Anything that
 /// would not merge exactly is rejected with a named error.
@@ -62,6 +62,9 @@ public sealed partial class LoraAdapter : IDisposable
 {
     /// <summary>The weights file name PEFT uses.</summary>
     public const string WeightsFileName = "adapter_model.safetensors";
+
+    /// <summary>The weights file name PEFT uses with <c>safe_serialization=False</c> (a torch.save checkpoint).</summary>
+    public const string PickleWeightsFileName = "adapter_model.bin";
 
     /// <summary>The prefix PEFT puts before module paths.</summary>
     public const string KeyPrefix = "base_model.model.";
@@ -165,15 +168,15 @@ public sealed partial class LoraAdapter : IDisposable
         var config = AdapterConfig.Load(configPath);
         if (config.UseDora) throw new AdapterException(configPath, null, "use_dora is true: DoRA adapters are not supported (their magnitude vector does not merge as B·A)");
         if (config.LoraBias) throw new AdapterException(configPath, null, "lora_bias is true: LoRA bias terms are not supported");
+        // safetensors first, as PEFT's load_peft_weights prefers it when both are there.
         var weightsPath = System.IO.Path.Combine(folder, WeightsFileName);
         if (!File.Exists(weightsPath))
         {
-            var bin = System.IO.Path.Combine(folder, "adapter_model.bin");
-            throw new AdapterException(folder, null, File.Exists(bin)
-                ? "adapter_model.bin (pickle) is not supported; save the adapter with safetensors"
-                : $"no {WeightsFileName} in the adapter folder");
+            weightsPath = System.IO.Path.Combine(folder, PickleWeightsFileName);
+            if (!File.Exists(weightsPath))
+                throw new AdapterException(folder, null, $"no {WeightsFileName} (or {PickleWeightsFileName}) in the adapter folder");
         }
-        var weights = SafetensorsFile.Open(weightsPath);
+        var weights = TensorFiles.Open(weightsPath);
         ITensorFile? trainables = null;
         try
         {

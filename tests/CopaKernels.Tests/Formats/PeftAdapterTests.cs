@@ -222,7 +222,7 @@ public class PeftAdapterTests
         { "bad-json", null, "not valid JSON" },
         { "no-tensors", null, "no LoRA modules" },
         { "no-config", null, "no adapter_config.json" },
-        { "pickle", null, "pickle" },
+        { "bin-not-a-checkpoint", null, "not a PyTorch zip checkpoint" },
         { "no-weights", null, "no adapter_model.safetensors" },
     };
 
@@ -277,7 +277,7 @@ public class PeftAdapterTests
                 File.WriteAllText(dir.File(AdapterConfig.FileName), cfg.ToJsonString().Replace("\"alpha_pattern\":{}", "\"alpha_pattern\":{\"q_proj\":-1E+999}"));
                 break;
             case "no-config": File.Delete(dir.File(AdapterConfig.FileName)); break;
-            case "pickle": File.Move(dir.File(LoraAdapter.WeightsFileName), dir.File("adapter_model.bin")); break;
+            case "bin-not-a-checkpoint": File.Move(dir.File(LoraAdapter.WeightsFileName), dir.File("adapter_model.bin")); break;
             case "no-weights": File.Delete(dir.File(LoraAdapter.WeightsFileName)); break;
         }
         var e = Assert.ThrowsAny<CopaKernels.Formats.CopaInputException>(() => LoraAdapter.Open(dir.Path));

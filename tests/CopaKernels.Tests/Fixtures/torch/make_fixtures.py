@@ -78,6 +78,16 @@ def main():
     with open(os.path.join(HERE, f"noncontiguous-{VERSION}.bin"), "wb") as f:
         f.write(buffer.getvalue())
 
+    # A PEFT adapter's weights as save_pretrained(safe_serialization=False) writes them (the LoRA
+    # factors of state_dict(), nothing else), and LLaVA's non_lora_trainables.bin beside it: the
+    # projector's tensors under the PEFT model's parameter names.
+    torch.save({k: v for k, v in sd.items() if ".lora_" in k}, os.path.join(HERE, f"adapter-{VERSION}.bin"))
+    trainables = {
+        "base_model.model.model.mm_projector.0.weight": values(13, (16, 8), torch.bfloat16),
+        "base_model.model.model.mm_projector.0.bias": values(14, (16,), torch.bfloat16),
+    }
+    torch.save(trainables, os.path.join(HERE, f"non-lora-trainables-{VERSION}.bin"))
+
     # The legacy format (before torch 1.6), which the reader refuses with advice.
     torch.save({"w": values(12, (2, 2), torch.float32)}, os.path.join(HERE, f"legacy-{VERSION}.pt"),
                _use_new_zipfile_serialization=False)
@@ -88,6 +98,7 @@ def main():
         print("safetensors is not installed: reference.safetensors not written", file=sys.stderr)
         return
     save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, os.path.join(HERE, "reference.safetensors"))
+    save_file(trainables, os.path.join(HERE, "non-lora-trainables.safetensors"))
 
 
 if __name__ == "__main__":
