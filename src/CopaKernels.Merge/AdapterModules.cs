@@ -25,31 +25,38 @@ public static class AdapterModules
     public static IReadOnlyList<AdapterModule> Plan(IReadOnlyList<LoraAdapter> adapters)
     {
         if (adapters.Count == 0) throw new CopaInputException(null, null, "at least one adapter is needed");
-        var first = new Dictionary<string, (LoraModule Module, int Adapter)>(StringComparer.Ordinal);
+        // Reference types and plain loops only: this runs once per merge, where generic code over value
+        // types (tuples, LINQ over int) would be compiled at start for this one use.
+        var first = new Dictionary<string, LoraModule>(StringComparer.Ordinal);
         var holders = new Dictionary<string, List<int>>(StringComparer.Ordinal);
         for (int n = 0; n < adapters.Count; n++)
             foreach (var m in adapters[n].Modules)
             {
                 if (first.TryGetValue(m.Path, out var f))
                 {
-                    if (m.DOut != f.Module.DOut || m.DIn != f.Module.DIn)
+                    var firstFolder = adapters[holders[m.Path][0]].Folder;
+                    if (m.DOut != f.DOut || m.DIn != f.DIn)
                         throw new CopaInputException(adapters[n].Folder, m.Path,
-                            $"module is {m.DOut} × {m.DIn} here but {f.Module.DOut} × {f.Module.DIn} in {adapters[f.Adapter].Folder}");
-                    if (m.Embedding != f.Module.Embedding)
+                            $"module is {m.DOut} × {m.DIn} here but {f.DOut} × {f.DIn} in {firstFolder}");
+                    if (m.Embedding != f.Embedding)
                         throw new CopaInputException(adapters[n].Folder, m.Path,
-                            $"module has {(m.Embedding ? "embedding" : "linear")} LoRA here but {(f.Module.Embedding ? "embedding" : "linear")} LoRA in {adapters[f.Adapter].Folder}");
+                            $"module has {(m.Embedding ? "embedding" : "linear")} LoRA here but {(f.Embedding ? "embedding" : "linear")} LoRA in {firstFolder}");
                     holders[m.Path].Add(n);
                 }
                 else
                 {
-                    first[m.Path] = (m, n);
+                    first[m.Path] = m;
                     holders[m.Path] = [n];
                 }
             }
-        var paths = holders.Keys.ToArray();
+        var paths = new string[holders.Count];
+        holders.Keys.CopyTo(paths, 0);
         Array.Sort(paths, StringComparer.Ordinal);
-        var all = Enumerable.Range(0, adapters.Count).ToArray();
-        return paths.Select(p => new AdapterModule(p, holders[p].Count == adapters.Count ? all : holders[p].ToArray())).ToList();
+        var all = new int[adapters.Count];
+        for (int n = 0; n < all.Length; n++) all[n] = n;
+        var result = new List<AdapterModule>(paths.Length);
+        foreach (var p in paths) result.Add(new AdapterModule(p, holders[p].Count == adapters.Count ? all : holders[p].ToArray()));
+        return result;
     }
 
     /// <summary>Reads one module of every adapter as F32, into arrays the caller owns (a merge leaves them as they are).</summary>

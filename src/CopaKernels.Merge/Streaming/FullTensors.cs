@@ -48,6 +48,8 @@ internal static class FullTensors
     public static List<PlannedFullTensor> Plan(MergePlan plan, IReadOnlyDictionary<string, PlannedModule> modules)
     {
         var adapters = plan.Adapters;
+        var result = new List<PlannedFullTensor>();
+        if (!adapters.Any(a => a.FullTensors.Count > 0)) return result;
         var byKey = new Dictionary<string, List<(int Adapter, FullTensor Tensor)>>(StringComparer.Ordinal);
         for (int n = 0; n < adapters.Count; n++)
             foreach (var f in adapters[n].FullTensors)
@@ -56,7 +58,6 @@ internal static class FullTensors
                 list.Add((n, f));
             }
         var loraTargets = modules.Values.ToDictionary(m => m.TensorName, StringComparer.Ordinal);
-        var result = new List<PlannedFullTensor>();
         foreach (var key in byKey.Keys.Order(StringComparer.Ordinal))
         {
             var list = byKey[key];

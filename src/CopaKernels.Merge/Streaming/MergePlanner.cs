@@ -84,8 +84,13 @@ public static class MergePlanner
         foreach (var source in sources)
         {
             var path = source.Path;
-            var per = source.Adapters.Select(n => adapters[n].TryGetModule(path, out var m) ? m
-                : throw new InvalidOperationException($"{path} was planned but is not in {adapters[n].Folder}")).ToList();
+            var per = new List<LoraModule>(source.Adapters.Count);
+            for (int i = 0; i < source.Adapters.Count; i++)
+            {
+                int holder = source.Adapters[i];
+                per.Add(adapters[holder].TryGetModule(path, out var lm) ? lm
+                    : throw new InvalidOperationException($"{path} was planned but is not in {adapters[holder].Folder}"));
+            }
             ResultForm form;
             try { form = plan.Method.Plan(path, per.Select(m => (m.Rank, m.Alpha)).ToList(), request.Options); }
             catch (TaskInputException e) { throw plan.Named(e, source.Adapters); }
@@ -200,20 +205,32 @@ public static class MergePlanner
                     common ??= d;
                 }
         plan.OutDType = plan.Request.OutDType ?? (mixed || common is null ? DType.F32 : common.Value);
-        var byKey = new Dictionary<string, PlannedModule>(StringComparer.Ordinal);
+        // Plain loops, each key built once: the LINQ chain this replaced cost more at start than the whole
+        // layout (bench/RESULTS.md, issue #15).
+        var byKey = new Dictionary<string, PlannedModule>(2 * modules.Count, StringComparer.Ordinal);
+        var specs = new List<TensorSpec>(2 * modules.Count + plan.FullTensors.Count);
         foreach (var m in modules.Values)
         {
-            byKey[LoraAdapter.KeyA(m.Path, m.Embedding)] = m;
-            byKey[LoraAdapter.KeyB(m.Path, m.Embedding)] = m;
+            var a = LoraAdapter.KeyA(m.Path, m.Embedding);
+            var b = LoraAdapter.KeyB(m.Path, m.Embedding);
+            byKey[a] = m;
+            byKey[b] = m;
+            specs.Add(new TensorSpec(a, plan.OutDType.Value, [m.OutRank, m.DIn]));
+            specs.Add(new TensorSpec(b, plan.OutDType.Value, [m.DOut, m.OutRank]));
         }
-        var layout = SafetensorsWriter.PlanLayout(modules.Values.SelectMany(m => new[]
+        if (plan.FullTensors.Count > 0) specs.AddRange(FullTensors.AdapterSpecs(plan, inTrainablesFile: false));
+        var layout = SafetensorsWriter.PlanLayout(specs);
+        // A module's two factors are next to each other in the layout: each module once, in layout order.
+        var order = new List<PlannedModule>(modules.Count);
+        foreach (var t in layout)
+            if (byKey.TryGetValue(t.Name, out var m) && (order.Count == 0 || !ReferenceEquals(order[^1], m))) order.Add(m);
+        plan.Modules = order;
+        plan.OutputBytes = layout.Count == 0 ? 0 : layout[^1].End;
+        if (plan.FullTensors.Any(f => f.InTrainablesFile))
         {
-            new TensorSpec(LoraAdapter.KeyA(m.Path, m.Embedding), plan.OutDType.Value, [m.OutRank, m.DIn]),
-            new TensorSpec(LoraAdapter.KeyB(m.Path, m.Embedding), plan.OutDType.Value, [m.DOut, m.OutRank]),
-        }).Concat(FullTensors.AdapterSpecs(plan, inTrainablesFile: false)));
-        plan.Modules = layout.Where(t => byKey.ContainsKey(t.Name)).Select(t => byKey[t.Name]).Distinct().ToList();
-        var trainables = SafetensorsWriter.PlanLayout(FullTensors.AdapterSpecs(plan, inTrainablesFile: true));
-        plan.OutputBytes = (layout.Count == 0 ? 0 : layout[^1].End) + (trainables.Count == 0 ? 0 : trainables[^1].End);
+            var trainables = SafetensorsWriter.PlanLayout(FullTensors.AdapterSpecs(plan, inTrainablesFile: true));
+            plan.OutputBytes += trainables[^1].End;
+        }
     }
 
     private static void PlanModel(MergePlan plan, Dictionary<string, PlannedModule> modules)
