@@ -29,6 +29,40 @@ public class InspectCommandTests
     }
 
     [Fact]
+    public void Adapter_ShowsEmbeddingModules_FullTensors_AndAPickleWeightsFile()
+    {
+        using var dir = new TempDir();
+        var config = AdapterWriter.MakeConfig(4, 8, ["q_proj", "embed_tokens"], null);
+        config["modules_to_save"] = new System.Text.Json.Nodes.JsonArray("lm_head");
+        TestAdapters.WriteRaw(dir.Path, config,
+        [
+            new("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", DType.F32, [4, 16]),
+            new("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", DType.F32, [24, 4]),
+            new("base_model.model.model.embed_tokens.lora_embedding_A", DType.F32, [4, 50]),
+            new("base_model.model.model.embed_tokens.lora_embedding_B", DType.F32, [16, 4]),
+            new("base_model.model.model.embed_tokens.base_layer.weight", DType.F32, [50, 16]),
+            new("base_model.model.lm_head.weight", DType.BF16, [50, 16]),
+        ]);
+        var (code, output, err) = CliRunner.Run("inspect", dir.Path);
+        Assert.True(code == 0, err);
+        Assert.Contains("adapter_model.safetensors", output);
+        Assert.Contains("16 × 50", output);
+        Assert.Contains("2 modules (1 of them embeddings)", output);
+        Assert.Contains("modules_to_save (merged as the mean)", output);
+        Assert.Contains("base-layer copy (must agree across adapters)", output);
+        Assert.Contains("2 full tensors", output);
+
+        // The same adapter's factors as a torch.save checkpoint (a real one, torch 2.6).
+        using var bin = new TempDir();
+        File.WriteAllText(Path.Combine(bin.Path, AdapterConfig.FileName), AdapterWriter.MakeConfig(4, 8, ["q_proj", "v_proj", "up_proj"], null).ToJsonString());
+        File.Copy(Path.Combine(AppContext.BaseDirectory, "Fixtures", "torch", "adapter-2.6.bin"), Path.Combine(bin.Path, LoraAdapter.PickleWeightsFileName));
+        (code, output, err) = CliRunner.Run("inspect", bin.Path);
+        Assert.True(code == 0, err);
+        Assert.Contains("adapter_model.bin (PyTorch checkpoint, zip)", output);
+        Assert.Contains("3 modules", output);
+    }
+
+    [Fact]
     public void Adapter_WithoutLoraAlpha_ShowsPeftsDefault()
     {
         using var dir = new TempDir();

@@ -116,6 +116,37 @@ public sealed class TargetSetTests(StreamingFixture fx) : IClassFixture<Streamin
     }
 
     [Fact]
+    public void AdapterOutput_OfPartialModules_HasTheirRank_AndAppliesAsTheDeltaOutput()
+    {
+        using var dir = new TempDir();
+        var (_, adapters) = fx.CopyInputs(dir);
+        KeepAttentionOnly(adapters[1]);
+        var adapterOut = Path.Combine(dir.Path, "adapter");
+        Merge(adapterOut, adapters, "--method", "copa", "--out-dtype", "f32");
+        var deltaOut = Path.Combine(dir.Path, "delta");
+        Merge(deltaOut, adapters, "--method", "copa", "--output", "delta");
+        var deltas = Tensors(deltaOut);
+        using var merged = LoraAdapter.Open(adapterOut);
+        Assert.Equal(deltas.Count, merged.Modules.Count);
+        foreach (var m in merged.Modules)
+        {
+            // Rank Σ r_n over the adapters that have the module: 3 × 4 where all do, 2 × 4 elsewhere.
+            Assert.Equal(m.Path.Contains(".self_attn.") ? 12 : 8, m.Rank);
+            var a = merged.Weights.ReadSingles(m.A);
+            var b = merged.Weights.ReadSingles(m.B);
+            var d = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(deltas[m.BaseTensor]);
+            for (int i = 0; i < m.DOut; i++)
+                for (int j = 0; j < m.DIn; j++)
+                {
+                    double s = 0;
+                    for (int k = 0; k < m.Rank; k++) s += (double)b[i * m.Rank + k] * a[k * m.DIn + j];
+                    s *= m.Scale;
+                    Assert.True(Math.Abs(d[(int)(i * m.DIn + j)] - s) <= 1e-5 * (1 + Math.Abs(s)), $"{m.Path} ({i}, {j})");
+                }
+        }
+    }
+
+    [Fact]
     public void DareDrops_FollowTheAdapter_NotItsPlaceAmongThoseThatHaveTheModule()
     {
         using var dir = new TempDir();
