@@ -184,6 +184,50 @@ public sealed class FullTensorTests
     }
 
     [Fact]
+    public void TrainedCopyInOneAdapter_AndLoraOnTheSameWeightInAnother_IsAnError()
+    {
+        using var dir = new TempDir();
+        var copy = Random(Vocab * Hidden, 4);
+        var a0 = WriteAdapter(Path.Combine(dir.Path, "a0"), 90, copy, lmHead: true, projector: false);
+        // Adapter 1 puts LoRA on lm_head instead of saving it.
+        var a1 = Path.Combine(dir.Path, "a1");
+        Directory.CreateDirectory(a1);
+        File.WriteAllText(Path.Combine(a1, AdapterConfig.FileName), AdapterWriter.MakeConfig(Rank, 8, ["lm_head"], null).ToJsonString());
+        using (var w = new SafetensorsWriter(Path.Combine(a1, LoraAdapter.WeightsFileName),
+                   [new TensorSpec(LoraAdapter.KeyA("lm_head"), DType.F32, [Rank, Hidden]), new TensorSpec(LoraAdapter.KeyB("lm_head"), DType.F32, [Vocab, Rank])]))
+        {
+            foreach (var t in w.Layout) w.AppendSingles(t.Name, Random((int)t.ElementCount, 3));
+            w.Commit();
+        }
+        var output = Path.Combine(dir.Path, "out");
+        var (code, _, err) = CliRunner.Run("merge", "--method", "copa", "--adapter", a0, "--adapter", a1, "--out", output);
+        Assert.Equal(2, code);
+        Assert.StartsWith($"error: {Weights(a0)}: {LmKey}: is a full modules_to_save tensor here but lm_head.weight has LoRA factors in {a1}", err.Trim());
+        Assert.False(Directory.Exists(output));
+    }
+
+    [Fact]
+    public void ModelOutput_FullTensorWithoutItsBaseTensor_IsAnError()
+    {
+        using var dir = new TempDir();
+        var baseDir = WriteBase(Path.Combine(dir.Path, "base"));
+        var copy = Random(Vocab * Hidden, 5);
+        var a0 = WriteAdapter(Path.Combine(dir.Path, "a0"), 91, copy);
+        // A projector key the base does not have.
+        using (var w = new SafetensorsWriter(Trainables(a0) + ".tmp", [new TensorSpec("base_model.model.model.mm_projector.2.weight", DType.F32, [Hidden, Hidden])]))
+        {
+            w.AppendSingles("base_model.model.model.mm_projector.2.weight", Random(Hidden * Hidden, 6));
+            w.Commit();
+        }
+        File.Move(Trainables(a0) + ".tmp", Trainables(a0), overwrite: true);
+        var output = Path.Combine(dir.Path, "out");
+        var (code, _, err) = CliRunner.Run("merge", "--method", "copa", "--adapter", a0, "--base", baseDir, "--output", "model", "--out", output);
+        Assert.Equal(2, code);
+        Assert.Contains("base_model.model.model.mm_projector.2.weight: stands for base tensor 'model.mm_projector.2.weight', which is not in the base model", err);
+        Assert.False(Directory.Exists(output));
+    }
+
+    [Fact]
     public void CopiesThatDiffer_AndFullTensorsInDeltaOutput_AreErrors_WithNoOutput()
     {
         using var dir = new TempDir();
