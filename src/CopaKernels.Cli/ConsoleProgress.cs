@@ -44,7 +44,7 @@ internal static class ConsoleProgress
         public void Advance(long bytes, string? tensorDone)
         {
             if (bytes > 0) task.Increment(bytes);
-            if (tensorDone != null) task.Description = Markup.Escape($"{title} {++_done}/{_tensors} tensors");
+            if (tensorDone != null) task.Description = Markup.Escape($"{title} {++_done}/{Terminal.Count(_tensors, "tensor")}");
         }
     }
 
@@ -60,7 +60,7 @@ internal static class ConsoleProgress
         {
             _total = Math.Max(1, totalBytes);
             _tensors = tensors;
-            log.WriteLine($"{title}: {tensors} tensors, {Terminal.Bytes(totalBytes)} to write");
+            log.WriteLine($"{title}: {Terminal.Count(tensors, "tensor")}, {Terminal.Bytes(totalBytes)} to write");
         }
 
         public void Advance(long bytes, string? tensorDone)
@@ -77,7 +77,7 @@ internal static class ConsoleProgress
             _lastLine = t;
             double rate = t > 0 ? _bytes / t : 0;
             string eta = rate > 0 ? $"{(_total - _bytes) / rate:0} s" : "?";
-            log.WriteLine($"{title}: {100.0 * _bytes / _total,5:0}%  {Terminal.Bytes(_bytes)} of {Terminal.Bytes(_total)}, {_done} of {_tensors} tensors, {rate / 1e6:0.0} MB/s, ETA {eta}");
+            log.WriteLine($"{title}: {100.0 * _bytes / _total,5:0}%  {Terminal.Bytes(_bytes)} of {Terminal.Bytes(_total)}, {_done} of {Terminal.Count(_tensors, "tensor")}, {rate / 1e6:0.0} MB/s, ETA {eta}");
         }
     }
 }

@@ -53,6 +53,11 @@ internal sealed class MergeConfigFile
         if (yaml.Documents.Count > 1) throw new CopaInputException(path, null, "config file holds several YAML documents; give one");
         if (yaml.Documents[0].RootNode is not YamlMappingNode root)
             throw new CopaInputException(path, null, "config must be a mapping of settings (method: copa, adapters: [...], ...)");
+        // mergekit's own keys: a config written for mergekit, given here, deserves more than "unknown setting".
+        foreach (var (k, _) in root.Children)
+            if ((k as YamlScalarNode)?.Value is "models" or "merge_method" or "slices" or "base_model" or "parameters" && !root.Children.ContainsKey(new YamlScalarNode("adapters")))
+                throw new CopaInputException(path, null, $"line {k.Start.Line}: this looks like a mergekit config ('{((YamlScalarNode)k).Value}'); copa's config names its inputs "
+                    + "'adapters:' (PEFT LoRA folders) and its method 'method:' (e.g. ties, dare_ties, task_arithmetic): see the README's config file section");
         foreach (var (k, v) in root.Children)
         {
             var key = (k as YamlScalarNode)?.Value?.Replace('_', '-') ?? "";

@@ -22,4 +22,7 @@ internal static class Terminal
 
     /// <summary>Human-readable byte count (binary units).</summary>
     public static string Bytes(long n) => CopaKernels.Formats.MemorySize.Format(n);
+
+    /// <summary>"1 tensor", "2 tensors": a count and its noun, plural unless the count is one.</summary>
+    public static string Count(long n, string noun) => n == 1 ? $"1 {noun}" : $"{n} {noun}s";
 }

@@ -91,8 +91,7 @@ public sealed record MergeOptions
     /// </summary>
     public void Validate(int tasks)
     {
-        if (!MergeMethods.Names.Contains(Method))
-            throw new ParameterException("method", $"unknown method '{Method}' (expected {string.Join(", ", MergeMethods.Names)})");
+        MergeMethods.Get(Method); // an unknown name is refused there, listing the names and aliases
         if (tasks < 1) throw new CopaInputException(null, null, "at least one adapter is needed");
         var declared = Declared;
         Read(MergeParameter.Density, Density != null);

@@ -77,7 +77,7 @@ internal static class InspectCommand
                 m.A.DType == m.B.DType ? m.A.DType.ToString() : $"{m.A.DType}/{m.B.DType}", Terminal.Bytes(size));
         }
         table.Write(stdout);
-        console.MarkupLine($"{a.Modules.Count} modules ({a.Modules.Count(m => m.Embedding)} of them embeddings), {parameters:N0} parameters, {Terminal.Bytes(bytes)}"
+        console.MarkupLine($"{Terminal.Count(a.Modules.Count, "module")} ({a.Modules.Count(m => m.Embedding)} of them embeddings), {parameters:N0} parameters, {Terminal.Bytes(bytes)}"
             .Replace(" (0 of them embeddings)", ""));
         if (a.FullTensors.Count == 0) return;
         var full = new TextTable(("full tensor", false), ("what", false), ("shape", false), ("dtype", false), ("size", true), ("file", false));
@@ -89,7 +89,7 @@ internal static class InspectCommand
                 _ => "base-layer copy (must agree across adapters)",
             }, f.Info.ShapeText, f.Info.DType.ToString(), Terminal.Bytes(f.Info.ByteLength), Path.GetFileName(f.File.Path));
         full.Write(stdout);
-        console.MarkupLine($"{a.FullTensors.Count} full tensors, {Terminal.Bytes(a.FullTensors.Sum(f => f.Info.ByteLength))}");
+        console.MarkupLine($"{Terminal.Count(a.FullTensors.Count, "full tensor")}, {Terminal.Bytes(a.FullTensors.Sum(f => f.Info.ByteLength))}");
     }
 
     private static void ShowModel(ShardedModel model, IAnsiConsole console, TextWriter stdout)
@@ -135,7 +135,7 @@ internal static class InspectCommand
         int count = byType.Values.Sum(v => v.Count);
         long total = byType.Values.Sum(v => v.Bytes);
         long elements = byType.Values.Sum(v => v.Elements);
-        console.MarkupLine($"{count} tensors, {elements:N0} elements, {Terminal.Bytes(total)} of data"
+        console.MarkupLine($"{Terminal.Count(count, "tensor")}, {elements:N0} elements, {Terminal.Bytes(total)} of data"
             + (byType.Count > 0 ? " (" + string.Join(", ", byType.Select(kv => $"{kv.Key}: {kv.Value.Count}")) + ")" : ""));
     }
 }

@@ -36,14 +36,25 @@ internal static class MergeCommand
         var shardSize = new Option<string?>("--shard-size") { Description = "max shard size, e.g. 5GB (default: mirror the base; 5GB for delta)" };
         var quiet = new Option<bool>("--quiet") { Description = "no plan, progress or summary; errors only" };
         var noSync = new Option<bool>("--no-sync") { Description = "do not wait for the output to reach the disk (still complete and atomic against failures)" };
+        // mergekit's habit: `copa merge CONFIG.yml OUT`, the same as --config CONFIG.yml --out OUT.
+        var configArg = new Argument<string?>("CONFIG") { Description = "YAML config (as --config), optional", Arity = ArgumentArity.ZeroOrOne };
+        var outArg = new Argument<string?>("OUT") { Description = "output folder (as --out), optional", Arity = ArgumentArity.ZeroOrOne };
         var cmd = new Command("merge", "Merge LoRA adapters into an adapter, a full model or dense deltas, streaming with bounded memory")
         {
+            configArg, outArg,
             config, method, adapter, weight, output, mode, baseModel, rank, space, density, lambda, clamp, normalize, pcbRatio,
             seed, device, threads, maxMemory, outDtype, shardSize, quiet, noSync,
         };
         cmd.SetAction(parse =>
         {
-            var file = parse.GetValue(config) is { } c ? MergeConfigFile.Load(c) : null;
+            var positionalConfig = parse.GetValue(configArg);
+            var positionalOut = parse.GetValue(outArg);
+            if (positionalConfig != null && parse.GetResult(config) != null)
+                throw Usage($"the config is given twice ({positionalConfig} and --config {parse.GetValue(config)}); give one");
+            if (positionalOut != null && parse.GetResult(output) != null)
+                throw Usage($"the output is given twice ({positionalOut} and --out {parse.GetValue(output)}); give one");
+            var configPath = parse.GetValue(config) ?? positionalConfig;
+            var file = configPath is { } c ? MergeConfigFile.Load(c) : null;
             // A value taken from the config file (its flag not given): its errors name the file and line.
             bool FromFile(Option o, string key) => file != null && parse.GetResult(o) == null && file.LineOf(key) != null;
             T Checked<T>(Option o, string key, Func<T> read)
@@ -58,7 +69,7 @@ internal static class MergeCommand
             var adapters = parse.GetResult(adapter) != null ? parse.GetValue(adapter)!.ToList() : file?.Adapters ?? [];
             var weights = parse.GetResult(weight) != null ? parse.GetValue(weight)!.ToList() : file?.Weights;
             var methodName = Text(method, "method") ?? throw Usage("--method is required (" + string.Join(", ", MergeMethods.Names) + ")");
-            var outPath = (parse.GetResult(output) != null ? parse.GetValue(output) : file?.PathValue("out"))
+            var outPath = (parse.GetResult(output) != null ? parse.GetValue(output) : positionalOut ?? file?.PathValue("out"))
                 ?? throw Usage("--out is required (the output folder)");
             bool isQuiet = parse.GetValue(quiet) || (file?.Bool("quiet") ?? false);
 
@@ -150,7 +161,7 @@ internal static class MergeCommand
     private static void PrintPlan(MergePlan plan, string device, TextWriter o)
     {
         var r = plan.Request;
-        o.WriteLine($"plan: {r.Options.Method} over {plan.Adapters.Count} adapters, {plan.Modules.Count} modules");
+        o.WriteLine($"plan: {plan.Method.Name} over {Terminal.Count(plan.Adapters.Count, "adapter")}, {Terminal.Count(plan.Modules.Count, "module")}");
         o.WriteLine($"  output:  {r.Mode.ToString().ToLowerInvariant()} → {Path.GetFullPath(r.Output)} ({Terminal.Bytes(plan.OutputBytes)}{(plan.OutDType is { } d ? ", " + d : "")})");
         int partial = plan.Modules.Count(m => m.Adapters.Count < plan.Adapters.Count);
         if (partial > 0)
@@ -163,7 +174,7 @@ internal static class MergeCommand
                         (mean < plan.FullTensors.Count ? $", {plan.FullTensors.Count - mean} base-layer {(plan.FullTensors.Count - mean == 1 ? "copy" : "copies")} carried through" : "") +
                         (partialFull > 0 ? $"; {partialFull} in only some adapters (over those)" : ""));
         }
-        if (plan.Base != null) o.WriteLine($"  base:    {plan.Base.Path} ({plan.Base.Shards.Count} shards, {plan.Base.Names.Count} tensors)");
+        if (plan.Base != null) o.WriteLine($"  base:    {plan.Base.Path} ({Terminal.Count(plan.Base.Shards.Count, "shard")}, {Terminal.Count(plan.Base.Names.Count, "tensor")})");
         var ranks = plan.Modules.Select(m => m.OutRank).Distinct().Order().ToList();
         if (ranks.Count > 0 && ranks[0] > 0) o.WriteLine($"  rank:    {string.Join(", ", ranks)}{(r.Rank == null ? " (exact)" : " (re-ranked)")}");
         o.WriteLine($"  memory:  about {Terminal.Bytes(plan.EstimatedPeakBytes)} of working memory, budget {Terminal.Bytes(r.MaxMemory)}{(plan.Prefetch ? ", reading ahead" : "")}");
@@ -173,7 +184,7 @@ internal static class MergeCommand
     private static void PrintSummary(MergeReport report, TextWriter o)
     {
         double total = report.TimingsSeconds["stream_total"];
-        o.WriteLine($"merged {report.Summary.Modules} modules into {report.Output.Path} ({Terminal.Bytes(report.Output.DataBytes)}) in {total:0.00} s, " +
+        o.WriteLine($"merged {Terminal.Count(report.Summary.Modules, "module")} into {report.Output.Path} ({Terminal.Bytes(report.Output.DataBytes)}) in {total:0.00} s, " +
                     $"{report.Output.DataBytes / Math.Max(total, 1e-9) / 1e6:0.0} MB/s, peak RSS {Terminal.Bytes(report.Memory.PeakRss)}");
         if (report.Summary.Considered > 0)
             o.WriteLine($"  kept {100.0 * report.Summary.Kept / report.Summary.Considered:0.00}% of {report.Summary.Considered:N0} factor entries" +

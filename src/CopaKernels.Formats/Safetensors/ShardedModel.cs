@@ -86,7 +86,9 @@ public sealed class ShardedModel : IDisposable
     {
         var (weightMap, metadata) = ReadIndex(indexPath);
         var folder = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(indexPath))!;
-        var shardNames = weightMap.Values.Distinct(StringComparer.Ordinal).ToList();
+        // In file-name order (model-00001-of-00003 first), not in the order the weight map first names them:
+        // Hugging Face sorts the map by tensor name, which would list the shards in any order.
+        var shardNames = weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
         var shards = new List<SafetensorsFile>();
         try
         {

@@ -400,7 +400,7 @@ public sealed class MergeRunner
         {
             w.WriteStartObject();
             w.WriteString("tool", ToolName);
-            w.WriteString("method", _plan.Request.Options.Method);
+            w.WriteString("method", _plan.Method.Name);
             MergeReport.WriteParameters(w, Parameters());
             w.WriteStartArray("adapters");
             foreach (var a in _plan.Adapters)
@@ -447,7 +447,7 @@ public sealed class MergeRunner
         {
             Tool = ToolName,
             FinishedUtc = DateTime.UtcNow,
-            Method = r.Options.Method,
+            Method = _plan.Method.Name,
             Parameters = Parameters(),
             Adapters = _plan.Adapters.Select(a => new MergeReport.InputFile(Path.GetFullPath(a.Weights.Path), a.Weights.FileLength)).ToList(),
             Base = _plan.Base?.Shards.Select(s => new MergeReport.InputFile(Path.GetFullPath(s.Path), s.FileLength)).ToList(),

@@ -187,6 +187,21 @@ public class InspectCommandTests
         Assert.Contains("Sharded safetensors model", output);
         Assert.Contains("model-00003-of-00003.safetensors", output);
         Assert.Contains("6 tensors", output);
+
+        // An index whose weight map names the last shard first still lists the shards in file order.
+        var indexPath = Path.Combine(dir.Path, ShardedModel.IndexFileName);
+        var index = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(indexPath))!.AsObject();
+        var map = index["weight_map"]!.AsObject().Select(kv => (kv.Key, (string)kv.Value!)).Reverse().ToList();
+        var reversed = new System.Text.Json.Nodes.JsonObject();
+        foreach (var (k, v) in map) reversed[k] = v;
+        index["weight_map"] = reversed;
+        File.WriteAllText(indexPath, index.ToJsonString());
+        (code, output, _) = CliRunner.Run("inspect", dir.Path);
+        Assert.Equal(0, code);
+        int first = output.IndexOf("model-00001-of-00003", StringComparison.Ordinal);
+        int second = output.IndexOf("model-00002-of-00003", StringComparison.Ordinal);
+        int third = output.IndexOf("model-00003-of-00003", StringComparison.Ordinal);
+        Assert.True(first >= 0 && first < second && second < third, output);
     }
 
     [Fact]

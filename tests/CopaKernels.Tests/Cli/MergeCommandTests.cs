@@ -283,6 +283,7 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
         { "method: copa\nadapters: {a: 1}\n", ["adapters must be a list"] },
         { "method: copa\nmethod: ties\n", ["Duplicate key", "line 2"] },
         { "", ["empty"] },
+        { "models:\n  - model: a\nmerge_method: ties\n", ["line 1: this looks like a mergekit config ('models')", "'adapters:'"] },
     };
 
     [Theory]
@@ -305,6 +306,49 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
         var output = fx.NewOutput("nocfg");
         var yaml = Path.Combine(fx.Root, "absent.yaml");
         AssertInvalid(CliRunner.Run("merge", "--config", yaml, "--out", output), output, yaml, "config file not found");
+    }
+
+    [Theory]
+    [InlineData("TIES", "ties")]
+    [InlineData("linear", "task-arithmetic")]
+    [InlineData("task_arithmetic", "task-arithmetic")]
+    [InlineData("Dare_Ties", "dare-ties")]
+    [InlineData("dare_linear", "dare")]
+    [InlineData("COPA_OFFICIAL", "copa-official")]
+    public void MethodNames_AreCaseInsensitive_WithPeftAndMergekitAliases(string given, string canonical)
+    {
+        var viaAlias = fx.NewOutput("alias");
+        var viaName = fx.NewOutput("name");
+        var (code, _, err) = CliRunner.Run(Args(viaAlias, "--method", given));
+        Assert.True(code == 0, err);
+        (code, _, err) = CliRunner.Run(Args(viaName, "--method", canonical));
+        Assert.True(code == 0, err);
+        var file = Path.Combine(viaAlias, LoraAdapter.WeightsFileName);
+        using (var a = SafetensorsFile.Open(file))
+        using (var b = SafetensorsFile.Open(Path.Combine(viaName, LoraAdapter.WeightsFileName)))
+            foreach (var t in a.Tensors)
+            {
+                var x = new byte[t.ByteLength];
+                var y = new byte[t.ByteLength];
+                a.ReadBytes(t, 0, x);
+                b.ReadBytes(b.Get(t.Name), 0, y);
+                Assert.Equal(x, y);
+            }
+        Assert.Equal(canonical, CopaKernels.Merge.Streaming.MergeReport.FromJson(File.ReadAllText(Path.Combine(viaAlias, "merge_report.json"))).Method);
+    }
+
+    [Fact]
+    public void MergekitStyle_ConfigAndOutAsArguments()
+    {
+        using var dir = new TempDir();
+        var yaml = Path.Combine(dir.Path, "merge.yml");
+        File.WriteAllText(yaml, "method: ties\nadapters:\n" + string.Concat(fx.Adapters.Select(a => $"  - {a}\n")));
+        var output = Path.Combine(dir.Path, "merged");
+        var (code, _, err) = CliRunner.Run("merge", yaml, output, "--quiet");
+        Assert.True(code == 0, err);
+        Assert.True(File.Exists(Path.Combine(output, LoraAdapter.WeightsFileName)));
+        AssertInvalid(CliRunner.Run("merge", yaml, Path.Combine(dir.Path, "again"), "--config", yaml), Path.Combine(dir.Path, "again"), "the config is given twice");
+        AssertInvalid(CliRunner.Run("merge", yaml, Path.Combine(dir.Path, "again"), "--out", Path.Combine(dir.Path, "x")), Path.Combine(dir.Path, "again"), "the output is given twice");
     }
 
     [Fact]
