@@ -127,14 +127,12 @@ internal static class MergeCommand
     /// </summary>
     public static int Run(MergeRequest request, string deviceSpec, int threads, bool quiet, TextWriter stdout, TextWriter stderr)
     {
-        var clock = Stopwatch.StartNew();
-        using var plan = MergePlanner.Plan(request);
-        double planSeconds = clock.Elapsed.TotalSeconds;
+        using var job = MergeJob.Plan(request);
         // Ctrl-C, SIGTERM, SIGHUP: stop at the next tensor, remove the temporary folder, exit 128 + signal.
         // Registered before the device is opened: see Interruption on the handlers native libraries install.
         using var interruption = new Interruption();
         using var backend = Backends.Create(deviceSpec, threads);
-        return Run(plan, planSeconds, backend, quiet, stdout, stderr, interruption);
+        return Run(job, backend, quiet, stdout, stderr, interruption);
     }
 
     /// <summary>
@@ -143,17 +141,14 @@ internal static class MergeCommand
     /// </summary>
     public static int Run(MergeRequest request, IMergeBackend backend, Interruption interruption, bool quiet, TextWriter stdout, TextWriter stderr)
     {
-        var clock = Stopwatch.StartNew();
-        using var plan = MergePlanner.Plan(request);
-        return Run(plan, clock.Elapsed.TotalSeconds, backend, quiet, stdout, stderr, interruption);
+        using var job = MergeJob.Plan(request);
+        return Run(job, backend, quiet, stdout, stderr, interruption);
     }
 
-    private static int Run(MergePlan plan, double planSeconds, IMergeBackend backend, bool quiet, TextWriter stdout, TextWriter stderr,
-        Interruption interruption)
+    private static int Run(MergeJob job, IMergeBackend backend, bool quiet, TextWriter stdout, TextWriter stderr, Interruption interruption)
     {
-        if (!quiet) PrintPlan(plan, backend.Name, stdout);
-        var report = interruption.Run(ct => ConsoleProgress.Run(stderr, quiet, "merging",
-            progress => MergeRunner.Run(plan, backend, progress, planSeconds, ct)));
+        if (!quiet) PrintPlan(job.Planned, backend.Name, stdout);
+        var report = interruption.Run(ct => ConsoleProgress.Run(stderr, quiet, "merging", progress => job.Run(backend, progress, ct)));
         if (!quiet) PrintSummary(report, stdout);
         return Program.ExitOk;
     }

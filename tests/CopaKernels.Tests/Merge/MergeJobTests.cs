@@ -1,0 +1,106 @@
+using CopaKernels.Formats;
+using CopaKernels.Formats.Peft;
+using CopaKernels.Formats.Safetensors;
+using CopaKernels.Gpu;
+using CopaKernels.Kernels.Cpu;
+using CopaKernels.Merge;
+using CopaKernels.Merge.Streaming;
+using CopaKernels.Tests.Cli;
+
+namespace CopaKernels.Tests.Merge;
+
+/// <summary>The one-call merge of the library (<see cref="MergeJob"/>) and device selection by name (<see cref="MergeDevices"/>).</summary>
+public sealed class MergeJobTests(StreamingFixture fx) : IClassFixture<StreamingFixture>
+{
+    private sealed class Counting : IMergeProgress
+    {
+        public long Total, Bytes;
+        public int Tensors, Done;
+
+        public void Start(long totalBytes, int tensors) => (Total, Tensors) = (totalBytes, tensors);
+
+        public void Advance(long bytes, string? tensorDone)
+        {
+            Bytes += bytes;
+            if (tensorDone != null) Done++;
+        }
+    }
+
+    private MergeRequest Request(string output) => new()
+    {
+        Options = new MergeOptions { Method = "ties", Weights = [1, 0.5, 2] },
+        Adapters = fx.Adapters,
+        Output = output,
+        Mode = OutputMode.Model,
+        Base = fx.Base,
+    };
+
+    [Fact]
+    public void PlanThenRun_WritesWhatTheCliWrites_AndReportsProgress()
+    {
+        var viaJob = fx.NewOutput("job");
+        var progress = new Counting();
+        MergeReport report;
+        using (var job = MergeJob.Plan(Request(viaJob)))
+        {
+            Assert.True(job.PlanTime > TimeSpan.Zero);
+            Assert.Equal(14, job.Planned.Modules.Count);
+            using var backend = MergeDevices.Open("CPU", threads: 2);
+            report = job.Run(backend, progress);
+            Assert.Throws<InvalidOperationException>(() => job.Run(backend));
+        }
+        Assert.Equal(progress.Total, progress.Bytes);
+        Assert.Equal(progress.Tensors, progress.Done);
+        Assert.Equal("ties", report.Method);
+        Assert.True(report.TimingsSeconds["plan"] > 0);
+
+        var viaCli = fx.NewOutput("cli");
+        var args = new List<string> { "merge", "--method", "ties", "--weight", "1", "--weight", "0.5", "--weight", "2", "--output", "model",
+            "--base", fx.Base, "--out", viaCli, "--quiet", "--device", "cpu" };
+        foreach (var a in fx.Adapters) args.AddRange(["--adapter", a]);
+        var (code, _, err) = CliRunner.Run(args.ToArray());
+        Assert.True(code == 0, err);
+        foreach (var f in Directory.GetFiles(viaCli, "*.safetensors"))
+        {
+            using var a = SafetensorsFile.Open(f);
+            using var b = SafetensorsFile.Open(Path.Combine(viaJob, Path.GetFileName(f)));
+            foreach (var t in a.Tensors)
+            {
+                var x = new byte[t.ByteLength];
+                var y = new byte[t.ByteLength];
+                a.ReadBytes(t, 0, x);
+                b.ReadBytes(b.Get(t.Name), 0, y);
+                Assert.True(x.AsSpan().SequenceEqual(y), t.Name);
+            }
+        }
+    }
+
+    [Fact]
+    public void Cancelled_LeavesNoOutput()
+    {
+        var output = fx.NewOutput("job-cancelled");
+        using var job = MergeJob.Plan(Request(output));
+        using var backend = new CpuBackend();
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        Assert.ThrowsAny<OperationCanceledException>(() => job.Run(backend, null, cts.Token));
+        Assert.False(Directory.Exists(output));
+    }
+
+    [Theory]
+    [InlineData("gpu", "unknown device 'gpu'")]
+    [InlineData("cuda:x", "unknown device 'cuda:x'")]
+    public void UnknownDevice_IsAnInputError(string name, string reason)
+    {
+        var e = Assert.Throws<CopaInputException>(() => MergeDevices.Open(name));
+        Assert.Contains(reason, e.Message);
+        Assert.Contains(MergeDevices.Names, e.Message);
+    }
+
+    [Fact]
+    public void Auto_AlwaysGivesABackend()
+    {
+        using var backend = MergeDevices.Open("auto", threads: 1);
+        Assert.False(string.IsNullOrEmpty(backend.Name));
+    }
+}
