@@ -12,15 +12,11 @@ namespace CopaKernels.Cli;
 /// </summary>
 internal static class Numbers
 {
-    private const NumberStyles Style = NumberStyles.Float;
-
-    /// <summary>Parses a decimal number (sign, digits, '.', exponent); false on anything else.</summary>
-    public static bool TryParse(string text, out double value) =>
-        double.TryParse(text, Style, CultureInfo.InvariantCulture, out value);
+    /// <summary>Parses a decimal number as the config file does (<see cref="Merge.MergeSettings.TryParseNumber"/>).</summary>
+    public static bool TryParse(string text, out double value) => Merge.MergeSettings.TryParseNumber(text, out value);
 
     /// <summary>What a number that does not parse is told.</summary>
-    public static string NotANumber(string name, string text) =>
-        $"{name} '{text}' is not a number" + (text.Contains(',') ? " (use '.' for decimals and no thousands separators)" : "");
+    public static string NotANumber(string name, string text) => Merge.MergeSettings.NotANumber(name, text);
 
     /// <summary>An optional number flag.</summary>
     public static Option<double?> Option(string name, string description) => new(name)

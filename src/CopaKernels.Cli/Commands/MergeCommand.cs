@@ -54,7 +54,7 @@ internal static class MergeCommand
             if (positionalOut != null && parse.GetResult(output) != null)
                 throw Usage($"the output is given twice ({positionalOut} and --out {parse.GetValue(output)}); give one");
             var configPath = parse.GetValue(config) ?? positionalConfig;
-            var file = configPath is { } c ? MergeConfigFile.Load(c) : null;
+            var file = configPath is { } c ? MergeConfig.Load(c) : null;
             // A value taken from the config file (its flag not given): its errors name the file and line.
             bool FromFile(Option o, string key) => file != null && parse.GetResult(o) == null && file.LineOf(key) != null;
             T Checked<T>(Option o, string key, Func<T> read)
@@ -63,7 +63,7 @@ internal static class MergeCommand
                 catch (CopaInputException e) when (e.FilePath == null && FromFile(o, key)) { throw InFile(file!, key, e.Reason); }
             }
             string? Text(Option<string?> o, string key) => parse.GetResult(o) != null ? parse.GetValue(o) : file?.Text(key);
-            T? Value<T>(Option<T?> o, Func<MergeConfigFile, T?> fromFile) where T : struct =>
+            T? Value<T>(Option<T?> o, Func<MergeConfig, T?> fromFile) where T : struct =>
                 parse.GetResult(o) != null ? parse.GetValue(o) : file != null ? fromFile(file) : null;
 
             var adapters = parse.GetResult(adapter) != null ? parse.GetValue(adapter)!.ToList() : file?.Adapters ?? [];
@@ -84,15 +84,15 @@ internal static class MergeCommand
                     Normalize = Value(normalize, f => f.Bool("normalize")),
                     PcbRatio = Value(pcbRatio, f => f.Double("pcb-ratio")),
                     Seed = Value(seed, f => f.Long("seed") is { } s ? (s >= 0 ? (ulong)s : throw InFile(f, "seed", "seed must be 0 or more")) : null),
-                    Space = Checked(space, "space", () => ParseSpace(Text(space, "space"))),
+                    Space = Checked(space, "space", () => MergeSettings.ParseSpace(Text(space, "space"))),
                     Weights = weights,
                 },
                 Adapters = adapters,
                 Output = outPath,
-                Mode = Checked(mode, "output", () => ParseMode(Text(mode, "output"))),
+                Mode = Checked(mode, "output", () => MergeSettings.ParseMode(Text(mode, "output"))),
                 Base = parse.GetResult(baseModel) != null ? parse.GetValue(baseModel) : file?.PathValue("base"),
-                Rank = Checked(rank, "rank", () => ParseRank(Text(rank, "rank"))),
-                OutDType = Checked(outDtype, "out-dtype", () => Text(outDtype, "out-dtype") is { } d ? ParseDType(d) : (DType?)null),
+                Rank = Checked(rank, "rank", () => MergeSettings.ParseRank(Text(rank, "rank"))),
+                OutDType = Checked(outDtype, "out-dtype", () => Text(outDtype, "out-dtype") is { } d ? MergeSettings.ParseOutDType(d) : (DType?)null),
                 ShardSize = Checked(shardSize, "shard-size", () => Text(shardSize, "shard-size") is { } ss ? MemorySize.Parse(ss, "shard-size") : (long?)null),
                 MaxMemory = Checked(maxMemory, "max-memory", () => Text(maxMemory, "max-memory") is { } mm ? MemorySize.Parse(mm, "max-memory") : MergeRequest.DefaultMaxMemory),
                 Sync = !(parse.GetValue(noSync) || (file?.Bool("no-sync") ?? false)),
@@ -118,8 +118,7 @@ internal static class MergeCommand
     }
 
     /// <summary>An error in a value read from the config file: names the file and the setting's line.</summary>
-    private static CopaInputException InFile(MergeConfigFile file, string key, string reason) =>
-        new(file.FilePath, null, $"line {file.LineOf(key)}: {reason}");
+    private static CopaInputException InFile(MergeConfig file, string key, string reason) => file.InFile(key, reason);
 
     /// <summary>
     /// Plans a merge (so input errors come before any device is opened), opens the device, and runs it,
@@ -188,30 +187,4 @@ internal static class MergeCommand
     }
 
     private static CopaInputException Usage(string message) => new(null, null, message);
-
-    private static MergeSpace? ParseSpace(string? s) => s?.ToLowerInvariant() switch
-    {
-        null => null,
-        "factors" => MergeSpace.Factors,
-        "delta" => MergeSpace.Delta,
-        _ => throw Usage($"space '{s}' must be factors or delta"),
-    };
-
-    private static OutputMode ParseMode(string? s) => s?.ToLowerInvariant() switch
-    {
-        null or "adapter" => OutputMode.Adapter,
-        "model" => OutputMode.Model,
-        "delta" => OutputMode.Delta,
-        _ => throw Usage($"output '{s}' must be adapter, model or delta"),
-    };
-
-    private static int? ParseRank(string? s)
-    {
-        if (s == null || s.Equals("sum", StringComparison.OrdinalIgnoreCase)) return null;
-        if (int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0) return n;
-        throw Usage($"rank '{s}' must be 'sum' or a positive integer");
-    }
-
-    private static DType ParseDType(string s) =>
-        DTypes.TryParseUser(s, out var d) && d.IsMergeFloat() ? d : throw Usage($"out-dtype '{s}' must be bf16, f16 or f32");
 }

@@ -76,6 +76,45 @@ public sealed class MergeJobTests(StreamingFixture fx) : IClassFixture<Streaming
     }
 
     [Fact]
+    public void ConfigFile_GivesTheRequestTheCliReadsFromIt()
+    {
+        using var dir = new TempDir();
+        var yaml = Path.Combine(dir.Path, "merge.yaml");
+        File.WriteAllText(yaml, "method: dare_ties\nseed: 3\ndensity: 0.3\noutput: delta\nout: from-config\nadapters:\n"
+            + string.Concat(fx.Adapters.Select((a, i) => $"  - path: {a}\n    weight: {1 + i}\n")));
+        var config = MergeConfig.Load(yaml);
+        var request = config.ToRequest();
+        Assert.Equal(Path.Combine(dir.Path, "from-config"), request.Output);
+        Assert.Equal(OutputMode.Delta, request.Mode);
+        Assert.Equal([1.0, 2.0, 3.0], request.Options.Weights);
+        using (var job = MergeJob.Plan(request))
+        using (var backend = new CpuBackend())
+            job.Run(backend);
+
+        var viaCli = Path.Combine(dir.Path, "via-cli");
+        var (code, _, err) = CliRunner.Run("merge", yaml, viaCli, "--quiet");
+        Assert.True(code == 0, err);
+        foreach (var f in Directory.GetFiles(viaCli, "*.safetensors"))
+        {
+            using var a = SafetensorsFile.Open(f);
+            using var b = SafetensorsFile.Open(Path.Combine(dir.Path, "from-config", Path.GetFileName(f)));
+            foreach (var t in a.Tensors)
+            {
+                var x = new byte[t.ByteLength];
+                var y = new byte[t.ByteLength];
+                a.ReadBytes(t, 0, x);
+                b.ReadBytes(b.Get(t.Name), 0, y);
+                Assert.True(x.AsSpan().SequenceEqual(y), t.Name);
+            }
+        }
+
+        File.WriteAllText(yaml, "method: ties\nspace: dense\nout: x\n");
+        var e = Assert.Throws<CopaInputException>(() => MergeConfig.Load(yaml).ToRequest());
+        Assert.Equal(yaml, e.FilePath);
+        Assert.Contains("line 2: space 'dense' must be factors or delta", e.Message);
+    }
+
+    [Fact]
     public void Cancelled_LeavesNoOutput()
     {
         var output = fx.NewOutput("job-cancelled");

@@ -1,17 +1,20 @@
 using System.Globalization;
 using CopaKernels.Formats;
+using CopaKernels.Formats.Safetensors;
+using CopaKernels.Merge.Streaming;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
 
-namespace CopaKernels.Cli;
+namespace CopaKernels.Merge;
 
 /// <summary>
-/// A <c>merge.yaml</c> for <c>copa merge --config</c>: the same settings as the flags, with the flag
-/// names (<c>pcb-ratio</c> or <c>pcb_ratio</c>). Adapters are a list of paths or of
+/// A <c>merge.yaml</c>, as <c>copa merge --config</c> reads it: the same settings as the command's flags,
+/// with their names (<c>pcb-ratio</c> or <c>pcb_ratio</c>). Adapters are a list of paths or of
 /// <c>{path, weight}</c> maps. Relative paths are taken relative to the YAML file's folder, so a
-/// config works from any working directory. Unknown keys are errors (a typo must not be ignored).
+/// config works from any working directory. Unknown keys are errors (a typo must not be ignored), and
+/// every error names the file and the setting's line. <see cref="ToRequest"/> gives the merge it describes.
 /// </summary>
-internal sealed class MergeConfigFile
+public sealed class MergeConfig
 {
     /// <summary>Every key a config may hold, in the flags' spelling.</summary>
     public static readonly string[] Keys =
@@ -22,7 +25,7 @@ internal sealed class MergeConfigFile
 
     private readonly Dictionary<string, (YamlNode Node, string Text)> _values = new(StringComparer.Ordinal);
 
-    private MergeConfigFile(string path) => FilePath = path;
+    private MergeConfig(string path) => FilePath = path;
 
     /// <summary>The config file.</summary>
     public string FilePath { get; }
@@ -34,10 +37,10 @@ internal sealed class MergeConfigFile
     public List<double>? Weights { get; private set; }
 
     /// <summary>Reads and checks the file.</summary>
-    public static MergeConfigFile Load(string path)
+    public static MergeConfig Load(string path)
     {
         if (!File.Exists(path)) throw new CopaInputException(path, null, "config file not found");
-        var config = new MergeConfigFile(path);
+        var config = new MergeConfig(path);
         var yaml = new YamlStream();
         try
         {
@@ -154,9 +157,9 @@ internal sealed class MergeConfigFile
 
     private double Number(string key, YamlNode node)
     {
-        if (node is YamlScalarNode { Value: { } s } && Numbers.TryParse(s, out var x)) return x;
+        if (node is YamlScalarNode { Value: { } s } && MergeSettings.TryParseNumber(s, out var x)) return x;
         throw new CopaInputException(FilePath, null, $"line {node.Start.Line}: " +
-            (node is YamlScalarNode { Value: { } t } ? Numbers.NotANumber(key, t) : $"{key} must be a number"));
+            (node is YamlScalarNode { Value: { } t } ? MergeSettings.NotANumber(key, t) : $"{key} must be a number"));
     }
 
     /// <summary>
@@ -174,4 +177,53 @@ internal sealed class MergeConfigFile
 
     private CopaInputException Bad(string key, YamlNode node, string why) =>
         new(FilePath, null, $"line {node.Start.Line}: {key} {why}");
+
+    /// <summary>The device setting (<c>auto</c>, <c>cpu</c>, <c>cuda:0</c>, ...), or null.</summary>
+    public string? Device => Text("device");
+
+    /// <summary>The threads setting (0 = every core), or null.</summary>
+    public int? Threads => Long("threads") is { } t ? t is >= 0 and <= int.MaxValue ? (int)t : throw InFile("threads", "threads must be 0 or more") : null;
+
+    /// <summary>
+    /// The merge the file describes. Settings it lacks take the request's defaults; a method, adapters and an
+    /// output are required. A bad value is an error naming this file and the setting's line.
+    /// </summary>
+    public MergeRequest ToRequest()
+    {
+        var method = Text("method") ?? throw new CopaInputException(FilePath, null, "no method given (method: copa, ties, ...)");
+        var output = PathValue("out") ?? throw new CopaInputException(FilePath, null, "no output folder given (out: FOLDER)");
+        T At<T>(string key, Func<T> read)
+        {
+            try { return read(); }
+            catch (CopaInputException e) when (e.FilePath == null) { throw InFile(key, e.Reason); }
+        }
+        var request = new MergeRequest
+        {
+            Options = new MergeOptions
+            {
+                Method = method,
+                Density = Double("density"),
+                Lambda = Double("lambda"),
+                Clamp = Double("clamp"),
+                Normalize = Bool("normalize"),
+                PcbRatio = Double("pcb-ratio"),
+                Seed = Long("seed") is { } s ? (s >= 0 ? (ulong)s : throw InFile("seed", "seed must be 0 or more")) : null,
+                Space = At("space", () => MergeSettings.ParseSpace(Text("space"))),
+                Weights = Weights,
+            },
+            Adapters = Adapters ?? [],
+            Output = output,
+            Mode = At("output", () => MergeSettings.ParseMode(Text("output"))),
+            Base = PathValue("base"),
+            Rank = At("rank", () => MergeSettings.ParseRank(Text("rank"))),
+            OutDType = At("out-dtype", () => Text("out-dtype") is { } d ? MergeSettings.ParseOutDType(d) : (DType?)null),
+            ShardSize = At("shard-size", () => Text("shard-size") is { } ss ? MemorySize.Parse(ss, "shard-size") : (long?)null),
+            MaxMemory = At("max-memory", () => Text("max-memory") is { } mm ? MemorySize.Parse(mm, "max-memory") : MergeRequest.DefaultMaxMemory),
+            Sync = !(Bool("no-sync") ?? false),
+        };
+        return request;
+    }
+
+    /// <summary>An error in a setting's value, naming this file and the setting's line.</summary>
+    public CopaInputException InFile(string key, string reason) => new(FilePath, null, $"line {LineOf(key)}: {reason}");
 }
