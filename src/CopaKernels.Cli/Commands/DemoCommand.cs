@@ -106,13 +106,12 @@ internal static class DemoCommand
                 long total = shape.Tensors.Sum(t => t.Shape.Aggregate(1L, (a, b) => a * b)) * 2;
                 ConsoleProgress.Run(stderr, quiet, "writing base", p =>
                 {
-                    p?.Start(total, 1);
-                    SyntheticModel.WriteBase(basePath, shape, 1, b =>
+                    p?.Start(total, shape.Tensors.Count());
+                    SyntheticModel.WriteBase(basePath, shape, 1, (b, tensor) =>
                     {
                         ct.ThrowIfCancellationRequested();
-                        p?.Advance(b, null);
+                        p?.Advance(b, tensor);
                     });
-                    p?.Advance(0, "base");
                     return 0;
                 });
                 stdout.WriteLine($"base model:  {basePath} ({shape.Name}, {shape.Layers} layers, BF16, {Terminal.Bytes(DirSize(basePath))})");

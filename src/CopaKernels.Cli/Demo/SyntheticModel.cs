@@ -65,7 +65,7 @@ internal sealed record LlamaShape(string Name, int Hidden, int Intermediate, int
 internal static class SyntheticModel
 {
     /// <summary>Writes the base model into <paramref name="folder"/> (created).</summary>
-    public static void WriteBase(string folder, LlamaShape shape, ulong seed, Action<long>? progress = null)
+    public static void WriteBase(string folder, LlamaShape shape, ulong seed, Action<long, string?>? progress = null)
     {
         Directory.CreateDirectory(folder);
         var specs = shape.Tensors.Select(t => new TensorSpec(t.Name, DType.BF16, t.Shape)).ToList();
@@ -92,8 +92,9 @@ internal static class SyntheticModel
                         pool.AsSpan(start, n).CopyTo(buf);
                     }
                     w.AppendSingles(t.Name, buf.AsSpan(0, n));
-                    progress?.Invoke(n * 2L);
+                    progress?.Invoke(n * 2L, null);
                 }
+                progress?.Invoke(0, t.Name);
             }
             writer.Commit();
         }
