@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Reflection;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using CopaKernels.Formats;
@@ -437,8 +438,22 @@ public sealed class MergeRunner
         return p;
     }
 
-    private static string ToolName =>
-        "copa " + (typeof(MergeRunner).Assembly.GetName().Version?.ToString(3) ?? "0.0.0");
+    /// <summary>
+    /// "copa VERSION", VERSION the package version (MinVer, from the git tag: 1.2.3, or 1.2.4-alpha.0.5
+    /// between tags), without the +commit build metadata that <c>copa --version</c> also shows. Not the
+    /// assembly version: MinVer keeps that at MAJOR.0.0.0.
+    /// </summary>
+    private static readonly string ToolName = "copa " + PackageVersion();
+
+    private static string PackageVersion()
+    {
+        var informational = typeof(MergeRunner).Assembly
+            .GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion;
+        if (string.IsNullOrEmpty(informational))
+            return typeof(MergeRunner).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
+        int plus = informational.IndexOf('+');
+        return plus < 0 ? informational : informational[..plus];
+    }
 
     private MergeReport MakeReport(int tensors, double planSeconds, double totalSeconds)
     {
