@@ -438,21 +438,23 @@ public sealed class MergeRunner
         return p;
     }
 
-    /// <summary>
-    /// "copa VERSION", VERSION the package version (MinVer, from the git tag: 1.2.3, or 1.2.4-alpha.0.5
-    /// between tags), without the +commit build metadata that <c>copa --version</c> also shows. Not the
-    /// assembly version: MinVer keeps that at MAJOR.0.0.0.
-    /// </summary>
-    private static readonly string ToolName = "copa " + PackageVersion();
+    /// <summary>"copa MAJOR.MINOR.PATCH" (not the assembly version: MinVer keeps that at MAJOR.0.0.0).</summary>
+    private static readonly string ToolName = "copa " + ReleaseVersion();
 
-    private static string PackageVersion()
+    /// <summary>
+    /// The release this build belongs to, MAJOR.MINOR.PATCH of its package version (MinVer: 1.2.3 on the tag
+    /// v1.2.3, 1.2.4-alpha.0.N after it, 0.0.0-alpha.0.N before any tag): the provenance written into every
+    /// output names the release, not the commit, so two builds of one release that compute the same merge
+    /// write the same bytes (comparisons across a refactor rely on it). <c>copa --version</c> gives the commit.
+    /// </summary>
+    private static string ReleaseVersion()
     {
         var informational = typeof(MergeRunner).Assembly
             .GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion;
         if (string.IsNullOrEmpty(informational))
             return typeof(MergeRunner).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
-        int plus = informational.IndexOf('+');
-        return plus < 0 ? informational : informational[..plus];
+        int end = informational.IndexOfAny(['-', '+']);
+        return end < 0 ? informational : informational[..end];
     }
 
     private MergeReport MakeReport(int tensors, double planSeconds, double totalSeconds)
