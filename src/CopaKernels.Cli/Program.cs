@@ -5,7 +5,7 @@ using CopaKernels.Formats;
 namespace CopaKernels.Cli;
 
 /// <summary>Entry point of <c>copa</c>: parses the command line and maps failures to exit codes (SEMANTICS §7).</summary>
-public static class Program
+public static partial class Program
 {
     /// <summary>Success.</summary>
     public const int ExitOk = 0;
@@ -57,7 +57,7 @@ public static class Program
         switch (e)
         {
             case CopaInputException input:
-                stderr.WriteLine($"error: {OneLine(input.Message)}");
+                stderr.WriteLine($"error: {OneLine(AsFlags(input.Message))}");
                 return ExitInvalid;
             case InterruptedException signalled:
                 stderr.WriteLine($"error: {signalled.Message}");
@@ -68,10 +68,19 @@ public static class Program
             case AggregateException { InnerExceptions.Count: 1 } agg:
                 return Report(agg.InnerExceptions[0], stderr);
             default:
-                stderr.WriteLine($"error: {e.GetType().Name}: {OneLine(e.Message)}");
+                stderr.WriteLine($"error: {e.GetType().Name}: {OneLine(AsFlags(e.Message))}");
                 return ExitFailure;
         }
     }
 
     private static string OneLine(string s) => s.ReplaceLineEndings(" ");
+
+    /// <summary>
+    /// The library names a setting as <c>`rank`</c> (a config key, a request property); on the command line it
+    /// is the flag <c>--rank</c> (<c>`adapter`</c> is <c>--adapter</c>). Values are quoted with ' ', never with `.
+    /// </summary>
+    internal static string AsFlags(string message) => SettingName().Replace(message, "--$1");
+
+    [System.Text.RegularExpressions.GeneratedRegex("`([a-z][a-z-]*)`", System.Text.RegularExpressions.RegexOptions.CultureInvariant)]
+    private static partial System.Text.RegularExpressions.Regex SettingName();
 }

@@ -112,7 +112,7 @@ internal sealed class LowRankProduct : IDisposable
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>, int> LoadExact()
     {
         if (_backend.Accelerator.Capabilities is ILGPU.Runtime.OpenCL.CLCapabilityContext { Float64: false })
-            throw new NotSupportedException($"{_backend.Name}: the device has no fp64, which the bit-exact product (delta-space merges) needs; use --device cpu");
+            throw new NotSupportedException($"{_backend.Name}: the device has no fp64, which the bit-exact product (delta-space merges) needs; use `device` cpu");
         return _backend.Accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>, int>(ExactKernel);
     }
 

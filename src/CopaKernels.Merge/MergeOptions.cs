@@ -121,7 +121,7 @@ public sealed record MergeOptions
             if (!given || declared.Reads(p)) return;
             var name = MethodParameters.NameOf(p);
             var users = MergeMethods.All.Where(m => m.Parameters.Reads(p)).Select(m => m.Name).ToList();
-            throw new ParameterException(name, $"method {Method} does not use --{name}" +
+            throw new ParameterException(name, $"method {Method} does not use `{name}`" +
                 (users.Count > 0 ? $" (it applies to {string.Join(", ", users)})" : ""));
         }
     }

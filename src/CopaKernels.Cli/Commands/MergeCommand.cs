@@ -111,7 +111,7 @@ internal static class MergeCommand
             }
             catch (ParameterException e) when (OptionOf(e.Parameter) is { } o && FromFile(o, e.Parameter))
             {
-                throw InFile(file!, e.Parameter, e.Reason.Replace("--" + e.Parameter, e.Parameter, StringComparison.Ordinal));
+                throw InFile(file!, e.Parameter, e.Reason.Replace("`", "", StringComparison.Ordinal));
             }
         });
         return cmd;

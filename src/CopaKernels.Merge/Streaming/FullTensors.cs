@@ -173,7 +173,7 @@ internal static class FullTensors
                 var output = WriteQueue.Rent((long)n * outSize);
                 if (!ElementCodec.EncodeChecked(target.DType, v, output.AsSpan(0, n * outSize)))
                     throw new CopaInputException(plan.Request.Output, target.Name,
-                        $"the mean of the adapters' copies does not fit {target.DType} (a value beyond its range); choose another --out-dtype");
+                        $"the mean of the adapters' copies does not fit {target.DType} (a value beyond its range); choose another `out-dtype`");
                 queue.Append(target.Name, output, n * outSize);
                 progress?.Advance((long)n * outSize, null);
             }

@@ -24,7 +24,7 @@ public static class MergePlanner
     public static MergePlan Plan(MergeRequest request)
     {
         var o = request.Options;
-        if (request.Adapters.Count == 0) throw new CopaInputException(null, null, "no adapter given (--adapter DIR, repeatable)");
+        if (request.Adapters.Count == 0) throw new CopaInputException(null, null, "no adapters given (`adapter`: a PEFT folder, repeatable)");
         o.Validate(request.Adapters.Count);
         var method = MergeMethods.Get(o.Method);
         if (request.Rank is <= 0) throw new CopaInputException(null, null, $"rank {request.Rank} must be 'sum' or a positive integer");
@@ -33,9 +33,9 @@ public static class MergePlanner
             throw new CopaInputException(null, null, $"max-memory {MemorySize.Format(request.MaxMemory)} is below the minimum {MemorySize.Format(MinMaxMemory)}");
         if (request.ShardSize is <= 0) throw new CopaInputException(null, null, "shard-size must be positive");
         if (request.Mode == OutputMode.Model && request.Base == null)
-            throw new CopaInputException(null, null, "--output model needs --base (the base model folder, index or file)");
+            throw new CopaInputException(null, null, "model output needs `base` (the base model's folder, index or file)");
         if (request.Mode == OutputMode.Adapter && request.ShardSize != null)
-            throw new CopaInputException(null, null, "--shard-size applies to model and delta output; an adapter is one file");
+            throw new CopaInputException(null, null, "`shard-size` applies to model and delta output; an adapter is one file");
         var output = CheckOutputPath(request);
 
         var adapters = new List<LoraAdapter>();
@@ -101,15 +101,15 @@ public static class MergePlanner
             {
                 if (form.IsDense)
                     throw new CopaInputException(adapters[source.Adapters[0]].Folder, path,
-                        $"{plan.Method.Name} in {request.Options.EffectiveSpace.ToString().ToLowerInvariant()} space gives a dense ΔW; --rank needs a low-rank result (use --space factors, or drop --rank)");
+                        $"{plan.Method.Name} in {request.Options.EffectiveSpace.ToString().ToLowerInvariant()} space gives a dense ΔW; `rank` needs a low-rank result (use `space` factors, or leave `rank` out)");
                 if (n > form.Rank)
                     throw new CopaInputException(adapters[source.Adapters[0]].Folder, path,
-                        $"--rank {n} is above the merged rank {form.Rank} of this module; an exact re-rank cannot raise the rank (use --rank sum)");
+                        $"`rank` {n} is above the merged rank {form.Rank} of this module; an exact re-rank cannot raise the rank (use `rank` sum)");
                 outRank = n;
             }
             else if (form.IsDense && request.Mode == OutputMode.Adapter)
                 throw new CopaInputException(adapters[source.Adapters[0]].Folder, path,
-                    $"{plan.Method.Name} in delta space gives a dense ΔW, which an adapter cannot hold exactly; use --output model or delta, or --space factors");
+                    $"{plan.Method.Name} in delta space gives a dense ΔW, which an adapter cannot hold exactly; use `output` model or delta, or `space` factors");
             // An embedding's weight is num_embeddings × embedding_dim, ΔW = (B·A)ᵀ whatever fan_in_fan_out says (PEFT's
             // Embedding layer ignores it).
             modules[path] = new PlannedModule(path, dOut, dIn, per.Select(m => m.Rank).ToList(), form, outRank, first.BaseTensor,
@@ -301,7 +301,7 @@ public static class MergePlanner
             throw new CopaInputException(plan.Adapters[0].Folder, worst.Path,
                 $"merging this module needs about {MemorySize.Format(working + fixedBytes)} of working memory" +
                 (worst.Form.IsDense ? $" ({worst.Ranks.Count} dense {worst.DOut} × {worst.DIn} task deltas)" : "") +
-                $", above --max-memory {MemorySize.Format(budget)}; raise --max-memory" + (worst.Form.IsDense ? " or use --space factors" : ""));
+                $", above `max-memory` {MemorySize.Format(budget)}; raise `max-memory`" + (worst.Form.IsDense ? " or use `space` factors" : ""));
         plan.Prefetch = working + maxInput + fixedBytes <= budget;
         long rest = budget - working - (plan.Prefetch ? maxInput : 0) - CopyBufferBytes;
         plan.TileBytes = tiled ? Math.Clamp(rest, minTile, MaxTileBytes) : 0;
@@ -316,7 +316,7 @@ public static class MergePlanner
     /// </summary>
     private static string CheckOutputPath(MergeRequest request)
     {
-        if (string.IsNullOrEmpty(request.Output)) throw new CopaInputException(null, null, "--out is empty; give the output folder");
+        if (string.IsNullOrEmpty(request.Output)) throw new CopaInputException(null, null, "`out` is empty; give the output folder");
         var output = RealPath.OfInput(request.Output);
         if (Path.GetDirectoryName(output) == null)
             throw new CopaInputException(request.Output, null, "the output cannot be a root folder");

@@ -289,7 +289,7 @@ public sealed class MergeRunner
                     catch (NonFiniteResultException e)
                     {
                         throw new CopaInputException(file!.Path, t.Name,
-                            $"does not fit {e.DType}: a value{e.Where} is out of its range (--out-dtype {e.DType.ToLowerInvariant()}); keep the base's dtype");
+                            $"does not fit {e.DType}: a value{e.Where} is out of its range (`out-dtype` {e.DType.ToLowerInvariant()}); keep the base's dtype");
                     }
                 }
                 _progress?.Advance(0, t.Name);

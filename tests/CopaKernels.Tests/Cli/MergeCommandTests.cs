@@ -55,7 +55,7 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
         { ["--method", "copa", "--threads", "1,000"], ["--threads '1,000' is not a whole number"] },
         { ["--method", "dare", "--seed", "1,000"], ["--seed '1,000' is not a whole number"] },
         { ["--method", "pcb", "--pcb-ratio", "2"], ["pcb-ratio 2"] },
-        { ["--method", "copa", "--output", "model"], ["--output model needs --base"] },
+        { ["--method", "copa", "--output", "model"], ["model output needs --base"] },
         { ["--method", "copa", "--shard-size", "1GB"], ["--shard-size applies to model and delta"] },
         { ["--method", "ties", "--space", "delta"], ["dense ΔW", "use --output model or delta"] },
         { ["--method", "copa", "--rank", "100"], ["--rank 100 is above the merged rank 12"] },

@@ -126,6 +126,22 @@ public sealed class MergeJobTests(StreamingFixture fx) : IClassFixture<Streaming
         Assert.False(Directory.Exists(output));
     }
 
+    [Fact]
+    public void LibraryErrors_NameSettings_NotFlags_AndTheCliShowsTheFlags()
+    {
+        var output = fx.NewOutput("no-base");
+        var e = Assert.Throws<CopaInputException>(() => MergeJob.Plan(Request(output) with { Base = null }));
+        Assert.Equal("model output needs `base` (the base model's folder, index or file)", e.Message);
+        Assert.DoesNotContain("--", e.Message);
+        var p = Assert.Throws<ParameterException>(() => MergeJob.Plan(Request(output) with { Options = new MergeOptions { Method = "ties", Clamp = 0.1 } }));
+        Assert.StartsWith("method ties does not use `clamp`", p.Message);
+        var args = new List<string> { "merge", "--method", "ties", "--output", "model", "--out", output };
+        foreach (var a in fx.Adapters) args.AddRange(["--adapter", a]);
+        var (code, _, err) = CliRunner.Run(args.ToArray());
+        Assert.Equal(2, code);
+        Assert.Equal("error: model output needs --base (the base model's folder, index or file)", err.Trim());
+    }
+
     [Theory]
     [InlineData("gpu", "unknown device 'gpu'")]
     [InlineData("cuda:x", "unknown device 'cuda:x'")]

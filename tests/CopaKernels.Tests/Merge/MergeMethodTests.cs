@@ -238,14 +238,14 @@ public class MergeMethodTests
         Refused(new MergeOptions { Method = "ties", Weights = [1.0] }, "weight", "1 weights for 2 adapters");
         Refused(new MergeOptions { Method = "nope" }, "method", "unknown method 'nope'");
         // A parameter the method does not read would do nothing: refused, naming the method and the flag.
-        Refused(new MergeOptions { Method = "copa", Weights = [0.0, 0.0] }, "weight", "method copa does not use --weight");
-        Refused(new MergeOptions { Method = "ties", Clamp = 0.1 }, "clamp", "method ties does not use --clamp (it applies to copa, copa-official)");
-        Refused(new MergeOptions { Method = "ties", Seed = 1 }, "seed", "method ties does not use --seed (it applies to dare, dare-ties)");
-        Refused(new MergeOptions { Method = "task-arithmetic", Density = 0.5 }, "density", "method task-arithmetic does not use --density");
-        Refused(new MergeOptions { Method = "pcb", Density = 0.5 }, "density", "method pcb does not use --density");
-        Refused(new MergeOptions { Method = "copa", Space = MergeSpace.Factors }, "space", "method copa does not use --space");
-        Refused(new MergeOptions { Method = "dare", PcbRatio = 0.2 }, "pcb-ratio", "method dare does not use --pcb-ratio (it applies to pcb)");
-        Refused(new MergeOptions { Method = "ties", Normalize = true }, "normalize", "method ties does not use --normalize");
+        Refused(new MergeOptions { Method = "copa", Weights = [0.0, 0.0] }, "weight", "method copa does not use `weight`");
+        Refused(new MergeOptions { Method = "ties", Clamp = 0.1 }, "clamp", "method ties does not use `clamp` (it applies to copa, copa-official)");
+        Refused(new MergeOptions { Method = "ties", Seed = 1 }, "seed", "method ties does not use `seed` (it applies to dare, dare-ties)");
+        Refused(new MergeOptions { Method = "task-arithmetic", Density = 0.5 }, "density", "method task-arithmetic does not use `density`");
+        Refused(new MergeOptions { Method = "pcb", Density = 0.5 }, "density", "method pcb does not use `density`");
+        Refused(new MergeOptions { Method = "copa", Space = MergeSpace.Factors }, "space", "method copa does not use `space`");
+        Refused(new MergeOptions { Method = "dare", PcbRatio = 0.2 }, "pcb-ratio", "method dare does not use `pcb-ratio` (it applies to pcb)");
+        Refused(new MergeOptions { Method = "ties", Normalize = true }, "normalize", "method ties does not use `normalize`");
         new MergeOptions { Method = "copa", Density = 1, Clamp = 0.2, Normalize = false, Lambda = 3 }.Validate(2);
         new MergeOptions { Method = "copa-official", Clamp = 0.2, Normalize = true }.Validate(2);
         new MergeOptions { Method = "dare-ties", Density = 0.5, Seed = 4, Space = MergeSpace.Delta, Weights = [1.0, 2.0] }.Validate(2);
