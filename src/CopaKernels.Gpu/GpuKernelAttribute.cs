@@ -1,7 +1,7 @@
 namespace CopaKernels.Gpu;
 
 /// <summary>How a kernel is launched, which decides how it is compiled.</summary>
-public enum KernelGrouping
+internal enum KernelGrouping
 {
     /// <summary>An auto-grouped kernel (first parameter an <c>Index1D</c>/<c>Index2D</c>).</summary>
     Implicit,
@@ -15,7 +15,7 @@ public enum KernelGrouping
 /// kernel that CUDA would reject fails the build even on machines without a GPU.
 /// </summary>
 [AttributeUsage(AttributeTargets.Method, AllowMultiple = false, Inherited = false)]
-public sealed class GpuKernelAttribute(KernelGrouping grouping) : Attribute
+internal sealed class GpuKernelAttribute(KernelGrouping grouping) : Attribute
 {
     /// <summary>How the kernel is launched.</summary>
     public KernelGrouping Grouping { get; } = grouping;

@@ -8,7 +8,7 @@ namespace CopaKernels.Gpu;
 /// parentheses when the type has several kernels of that name.</param>
 /// <param name="Method">The kernel method.</param>
 /// <param name="Grouping">How the kernel is launched, from its <see cref="GpuKernelAttribute"/>.</param>
-public sealed record CatalogedKernel(string Name, MethodInfo Method, KernelGrouping Grouping)
+internal sealed record CatalogedKernel(string Name, MethodInfo Method, KernelGrouping Grouping)
 {
     /// <inheritdoc/>
     public override string ToString() => Name;
@@ -41,7 +41,7 @@ public sealed record CatalogedKernel(string Name, MethodInfo Method, KernelGroup
 /// minimum, a one-line helper. The runtime contexts therefore do not enable ILGPU.Algorithms; only
 /// <see cref="PtxCompiler"/> does (see there).</para>
 /// </remarks>
-public static class KernelCatalog
+internal static class KernelCatalog
 {
     private static readonly Lazy<IReadOnlyList<CatalogedKernel>> all =
         new(() => Scan(typeof(KernelCatalog).Assembly));

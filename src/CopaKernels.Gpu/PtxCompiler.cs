@@ -27,7 +27,7 @@ namespace CopaKernels.Gpu;
 /// (<see cref="DriverVersion"/>, ISA 7.8 for sm_80 and sm_90), the newest that Debian 12's ptxas 11.8
 /// reads; a newer driver makes ILGPU write a newer <c>.version</c> with the same instructions.
 /// </remarks>
-public sealed class PtxCompiler : IDisposable
+internal sealed class PtxCompiler : IDisposable
 {
     /// <summary>The CUDA driver version whose PTX ISA is targeted (11.8, that of the ptxas used in CI).</summary>
     public static CudaDriverVersion DriverVersion { get; } = CudaDriverVersion.FromMajorMinor(11, 8);

@@ -12,6 +12,9 @@ namespace CopaKernels.Kernels.Cpu;
 /// identical bit for bit to the backend's (and to the scalar reference), and the row sums add in the
 /// same order. Only the threading differs: these never start threads.
 /// </remarks>
+// RS0026 (no two overloads with optional parameters) guards against ambiguous calls after an overload is
+// added; SelectByMagnitude's overloads take spans of different element types, so no call can be ambiguous.
+#pragma warning disable RS0026
 public static unsafe class HostKernels
 {
     /// <summary>
@@ -162,3 +165,4 @@ public static unsafe class HostKernels
         return below ? -KthSmallestMagnitude(part, negatives - k + 1) : KthSmallestMagnitude(part, k - negatives);
     }
 }
+#pragma warning restore RS0026

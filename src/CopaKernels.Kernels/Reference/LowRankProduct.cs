@@ -4,7 +4,7 @@ namespace CopaKernels.Kernels.Reference;
 /// Scalar reference of families 3 and 4: rows of Σ_n B_n · diag(Factor_n · Scale_n) · A_n (+ base), with the
 /// coefficients, the products and the sum over all Σ r_n inner indices in double, rounded once to F32.
 /// </summary>
-public static class ReferenceLowRankProduct
+internal static class ReferenceLowRankProduct
 {
     /// <summary>
     /// Returns the rowCount × dIn tile starting at row <paramref name="rowStart"/>:

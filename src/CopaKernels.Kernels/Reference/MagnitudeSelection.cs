@@ -4,7 +4,7 @@ namespace CopaKernels.Kernels.Reference;
 /// Scalar reference of family 1 (SEMANTICS §1), written for obviousness: sort |x|, take the k-th
 /// smallest, keep |x| ≥ t. Every backend's threshold, kept count and mask must equal this bit for bit.
 /// </summary>
-public static class ReferenceMagnitudeSelection
+internal static class ReferenceMagnitudeSelection
 {
     /// <summary>Selects in place and returns (k, t, kept). Throws <see cref="NonFiniteInputException"/> on NaN/Inf.</summary>
     public static SelectionResult Select(Span<float> x, double density)

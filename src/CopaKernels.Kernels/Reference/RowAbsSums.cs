@@ -1,7 +1,7 @@
 namespace CopaKernels.Kernels.Reference;
 
 /// <summary>Scalar reference of family 2: row sums of |x| (and of the entries with |x| ≥ t), accumulated in double.</summary>
-public static class ReferenceRowAbsSums
+internal static class ReferenceRowAbsSums
 {
     /// <summary>Returns (Σ_j |x[i,j]|, Σ_j |x[i,j]|·[|x[i,j]| ≥ threshold]) per row, each rounded once to F32.</summary>
     public static (float[] Sums, float[] Masked) Compute(ReadOnlySpan<float> x, int rows, int cols, float threshold)

@@ -12,7 +12,7 @@ namespace CopaKernels.Tests.Kernels;
 public sealed class PtxCompilerFixture : IDisposable
 {
     /// <summary>The shared compiler.</summary>
-    public PtxCompiler Compiler { get; } = new();
+    internal PtxCompiler Compiler { get; } = new();
 
     /// <inheritdoc/>
     public void Dispose() => Compiler.Dispose();
