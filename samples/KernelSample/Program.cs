@@ -40,6 +40,11 @@ Check("selection threshold", sel.Threshold == t);
 Check("selection kept count", sel.Kept == kept);
 Check("selection mask", maskOk);
 
+// The same selection on a span, as TensorPrimitives takes them (HostKernels: the CPU kernels without buffers).
+float[] inPlace = (float[])values.Clone();
+SelectionResult onSpan = HostKernels.SelectByMagnitude(inPlace, density: 0.2);
+Check("span selection = backend selection", onSpan.Threshold == sel.Threshold && onSpan.Kept == sel.Kept && inPlace.AsSpan().SequenceEqual(masked));
+
 // 2. Low-rank product W = B·diag(Factor·s)·A (dOut × r times r × dIn), written into a managed array
 //    with no copy: on the CPU backend, Wrap gives a buffer over the array itself.
 const int dOut = 96, dIn = 80, r = 8;
