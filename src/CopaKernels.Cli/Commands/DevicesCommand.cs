@@ -18,7 +18,7 @@ internal static class DevicesCommand
             var table = new TextTable(("device", false), ("kind", false), ("name", false), ("details", false));
             var memory = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
             table.Add("cpu", "SIMD CPU", System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture.ToString(),
-                $"{CpuBackend.SimdWidth}, {Environment.ProcessorCount} threads, {Terminal.Bytes(memory)} memory");
+                $"{CpuBackend.MachineSimdWidth}, {Environment.ProcessorCount} threads, {Terminal.Bytes(memory)} memory");
             var report = IlgpuDevices.Report;
             foreach (var d in report.Devices)
             {

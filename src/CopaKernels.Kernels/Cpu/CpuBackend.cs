@@ -23,8 +23,14 @@ public sealed class CpuBackend : IMergeBackend, IHostMemory
 
     internal ParallelOptions Parallel { get; }
 
-    /// <summary>The widest SIMD the kernels use here: "AVX-512", "AVX2" or "scalar".</summary>
-    public static string SimdWidth =>
+    /// <summary>The widest SIMD the kernels use: "Vector512 (AVX-512)", "Vector256 (AVX2)", "Vector128" or "scalar".</summary>
+    public string SimdWidth => MachineSimdWidth;
+
+    /// <summary>
+    /// <see cref="SimdWidth"/> without a backend: it is the machine's, the same for every instance (the
+    /// widths .NET accelerates here), so a device list can show it before any backend is created.
+    /// </summary>
+    public static string MachineSimdWidth =>
         Vector512.IsHardwareAccelerated ? "Vector512 (AVX-512)" :
         Vector256.IsHardwareAccelerated ? "Vector256 (AVX2)" :
         Vector128.IsHardwareAccelerated ? "Vector128" : "scalar";

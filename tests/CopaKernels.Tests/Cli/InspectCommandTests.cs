@@ -289,7 +289,7 @@ public class DevicesAndBenchCommandTests
         var (code, output, err) = CliRunner.Run("devices");
         Assert.True(code == 0, err);
         Assert.Contains("cpu", output);
-        Assert.Contains(CopaKernels.Kernels.Cpu.CpuBackend.SimdWidth, output);
+        Assert.Contains(CopaKernels.Kernels.Cpu.CpuBackend.MachineSimdWidth, output);
         Assert.Contains("threads", output);
     }
 
