@@ -1,6 +1,3 @@
-using System.Buffers;
-using System.Runtime.InteropServices;
-using CopaKernels.Formats.Numerics;
 using Microsoft.Win32.SafeHandles;
 using K = CopaKernels.Formats.Safetensors.SafetensorsErrorKind;
 
@@ -99,8 +96,7 @@ public sealed class SafetensorsFile : ITensorFile
     /// <summary>Reads raw bytes of a tensor, starting <paramref name="byteOffset"/> bytes into it.</summary>
     public void ReadBytes(TensorInfo tensor, long byteOffset, Span<byte> destination)
     {
-        if (byteOffset < 0 || byteOffset + destination.Length > tensor.ByteLength)
-            throw new ArgumentOutOfRangeException(nameof(byteOffset), $"{tensor.Name}: range [{byteOffset}, {byteOffset + destination.Length}) outside {tensor.ByteLength} bytes");
+        TensorReads.CheckRange(tensor, byteOffset, destination.Length);
         ReadFully(_handle, destination, DataStart + tensor.Begin + byteOffset, Path);
     }
 
@@ -108,56 +104,14 @@ public sealed class SafetensorsFile : ITensorFile
     /// Reads <paramref name="destination"/>.Length elements of a float tensor starting at element
     /// <paramref name="elementOffset"/>, converted to F32.
     /// </summary>
-    public void ReadSingles(TensorInfo tensor, long elementOffset, Span<float> destination)
-    {
-        int size = tensor.DType.Bits() / 8;
-        if (tensor.DType == DType.F32)
-        {
-            ReadBytes(tensor, elementOffset * 4, MemoryMarshal.AsBytes(destination));
-            return;
-        }
-        if (!ElementCodec.CanDecode(tensor.DType))
-            throw new SafetensorsException(K.UnknownDType, Path, tensor.Name, $"dtype {tensor.DType} is not a float type (F32, F16, BF16, F64)");
-        const int chunk = 1 << 16;
-        var scratch = ArrayPool<byte>.Shared.Rent(chunk * size);
-        try
-        {
-            for (int done = 0; done < destination.Length; done += chunk)
-            {
-                int m = Math.Min(chunk, destination.Length - done);
-                var bytes = scratch.AsSpan(0, m * size);
-                ReadBytes(tensor, (elementOffset + done) * size, bytes);
-                ElementCodec.Decode(tensor.DType, bytes, destination.Slice(done, m));
-            }
-        }
-        finally { ArrayPool<byte>.Shared.Return(scratch); }
-    }
+    public void ReadSingles(TensorInfo tensor, long elementOffset, Span<float> destination) =>
+        TensorReads.ReadSingles(this, tensor, elementOffset, destination, why => new SafetensorsException(K.UnknownDType, Path, tensor.Name, why));
 
     /// <summary>Reads a whole float tensor as F32 (use only for tensors known to be small).</summary>
-    public float[] ReadSingles(TensorInfo tensor)
-    {
-        var a = GC.AllocateUninitializedArray<float>(checked((int)tensor.ElementCount));
-        ReadSingles(tensor, 0, a);
-        return a;
-    }
+    public float[] ReadSingles(TensorInfo tensor) => TensorReads.ReadSingles(this, tensor);
 
     /// <summary>Copies a tensor's bytes to a stream in bounded chunks.</summary>
-    public void CopyTo(TensorInfo tensor, Stream destination)
-    {
-        const int chunk = 4 << 20;
-        var buffer = ArrayPool<byte>.Shared.Rent((int)Math.Min(chunk, Math.Max(1, tensor.ByteLength)));
-        try
-        {
-            for (long done = 0; done < tensor.ByteLength;)
-            {
-                int m = (int)Math.Min(buffer.Length, tensor.ByteLength - done);
-                ReadBytes(tensor, done, buffer.AsSpan(0, m));
-                destination.Write(buffer, 0, m);
-                done += m;
-            }
-        }
-        finally { ArrayPool<byte>.Shared.Return(buffer); }
-    }
+    public void CopyTo(TensorInfo tensor, Stream destination) => TensorReads.CopyTo(this, tensor, destination);
 
     /// <inheritdoc/>
     public void Dispose() => _handle.Dispose();

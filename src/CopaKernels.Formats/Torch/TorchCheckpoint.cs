@@ -1,7 +1,4 @@
-using System.Buffers;
-using System.Runtime.InteropServices;
 using System.Text;
-using CopaKernels.Formats.Numerics;
 using CopaKernels.Formats.Safetensors;
 using Microsoft.Win32.SafeHandles;
 
@@ -187,61 +184,19 @@ public sealed class TorchCheckpoint : ITensorFile
     /// <inheritdoc/>
     public void ReadBytes(TensorInfo tensor, long byteOffset, Span<byte> destination)
     {
-        if (byteOffset < 0 || byteOffset + destination.Length > tensor.ByteLength)
-            throw new ArgumentOutOfRangeException(nameof(byteOffset), $"{tensor.Name}: range [{byteOffset}, {byteOffset + destination.Length}) outside {tensor.ByteLength} bytes");
+        TensorReads.CheckRange(tensor, byteOffset, destination.Length);
         ZipDirectory.ReadAt(_handle, destination, tensor.Begin + byteOffset, Path);
     }
 
     /// <inheritdoc/>
-    public void ReadSingles(TensorInfo tensor, long elementOffset, Span<float> destination)
-    {
-        if (tensor.DType == DType.F32)
-        {
-            ReadBytes(tensor, elementOffset * 4, MemoryMarshal.AsBytes(destination));
-            return;
-        }
-        if (!ElementCodec.CanDecode(tensor.DType))
-            throw new TorchCheckpointException(Path, tensor.Name, $"dtype {tensor.DType} is not a float type (F32, F16, BF16, F64)");
-        int size = tensor.DType.Bits() / 8;
-        const int chunk = 1 << 16;
-        var scratch = ArrayPool<byte>.Shared.Rent(chunk * size);
-        try
-        {
-            for (int done = 0; done < destination.Length; done += chunk)
-            {
-                int m = Math.Min(chunk, destination.Length - done);
-                var bytes = scratch.AsSpan(0, m * size);
-                ReadBytes(tensor, (elementOffset + done) * size, bytes);
-                ElementCodec.Decode(tensor.DType, bytes, destination.Slice(done, m));
-            }
-        }
-        finally { ArrayPool<byte>.Shared.Return(scratch); }
-    }
+    public void ReadSingles(TensorInfo tensor, long elementOffset, Span<float> destination) =>
+        TensorReads.ReadSingles(this, tensor, elementOffset, destination, why => new TorchCheckpointException(Path, tensor.Name, why));
 
     /// <inheritdoc/>
-    public float[] ReadSingles(TensorInfo tensor)
-    {
-        var a = GC.AllocateUninitializedArray<float>(checked((int)tensor.ElementCount));
-        ReadSingles(tensor, 0, a);
-        return a;
-    }
+    public float[] ReadSingles(TensorInfo tensor) => TensorReads.ReadSingles(this, tensor);
 
     /// <inheritdoc/>
-    public void CopyTo(TensorInfo tensor, Stream destination)
-    {
-        var buffer = ArrayPool<byte>.Shared.Rent((int)Math.Clamp(tensor.ByteLength, 1, 4 << 20));
-        try
-        {
-            for (long done = 0; done < tensor.ByteLength;)
-            {
-                int m = (int)Math.Min(buffer.Length, tensor.ByteLength - done);
-                ReadBytes(tensor, done, buffer.AsSpan(0, m));
-                destination.Write(buffer, 0, m);
-                done += m;
-            }
-        }
-        finally { ArrayPool<byte>.Shared.Return(buffer); }
-    }
+    public void CopyTo(TensorInfo tensor, Stream destination) => TensorReads.CopyTo(this, tensor, destination);
 
     /// <inheritdoc/>
     public void CheckUnchanged()
