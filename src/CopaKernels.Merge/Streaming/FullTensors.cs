@@ -108,22 +108,24 @@ internal static class FullTensors
         plan.Request.Options.Declared.Reads(MergeParameter.Weights) ? plan.Request.Options.WeightOf(adapter) : 1.0;
 
     /// <summary>A base-layer copy is what PEFT loads in place of the base's weight: the adapters must agree on it, byte for byte.</summary>
+    /// <remarks>Chunk by chunk, the first copy read once for all the others.</remarks>
     private static void RequireIdentical(PlannedFullTensor t)
     {
         var first = t.Sources[0];
+        foreach (var other in t.Sources.Skip(1))
+            if (other.Info.DType != first.Info.DType)
+                throw new CopaInputException(other.File.Path, t.Key, $"is {other.Info.DType} here but {first.Info.DType} in {first.File.Path}; the adapters' copies of the base weight must be the same");
         const int chunk = 4 << 20;
         var a = ArrayPool<byte>.Shared.Rent(chunk);
         var b = ArrayPool<byte>.Shared.Rent(chunk);
         try
         {
-            foreach (var other in t.Sources.Skip(1))
+            for (long done = 0; done < first.Info.ByteLength; done += chunk)
             {
-                if (other.Info.DType != first.Info.DType)
-                    throw new CopaInputException(other.File.Path, t.Key, $"is {other.Info.DType} here but {first.Info.DType} in {first.File.Path}; the adapters' copies of the base weight must be the same");
-                for (long done = 0; done < first.Info.ByteLength; done += chunk)
+                int n = (int)Math.Min(chunk, first.Info.ByteLength - done);
+                first.File.ReadBytes(first.Info, done, a.AsSpan(0, n));
+                foreach (var other in t.Sources.Skip(1))
                 {
-                    int n = (int)Math.Min(chunk, first.Info.ByteLength - done);
-                    first.File.ReadBytes(first.Info, done, a.AsSpan(0, n));
                     other.File.ReadBytes(other.Info, done, b.AsSpan(0, n));
                     if (!a.AsSpan(0, n).SequenceEqual(b.AsSpan(0, n)))
                         throw new CopaInputException(other.File.Path, t.Key,
