@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
+using CopaKernels.Gpu;
 using CopaKernels.Cli.Benchmarking;
 using CopaKernels.Formats;
 using Spectre.Console;
@@ -30,7 +31,7 @@ internal static class BenchCommand
             var devices = parse.GetValue(device)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .OrderBy(d => d.Equals("cpu", StringComparison.OrdinalIgnoreCase) ? 0 : 1).ToArray();
             var cpuMs = new Dictionary<(string, string), double>();
-            var backends = devices.Select(d => Backends.Create(d, parse.GetValue(threads))).ToList();
+            var backends = devices.Select(d => MergeDevices.Open(d, parse.GetValue(threads))).ToList();
             try
             {
                 foreach (var backend in backends)

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using CopaKernels.Gpu;
 using CopaKernels.Cli.Demo;
 using CopaKernels.Formats;
 using CopaKernels.Merge;
@@ -68,7 +69,7 @@ internal static class DemoCommand
 
             var options = new MergeOptions { Method = "copa" };
             // One backend for both merges: a device backend compiles its kernels when it is opened.
-            using var backend = Backends.Create(device, threads);
+            using var backend = MergeDevices.Open(device, threads);
             stdout.WriteLine();
             MergeCommand.Run(new MergeRequest { Options = options, Adapters = adapterDirs, Output = Path.Combine(dir, "merged-adapter") },
                 backend, interruption, quiet, stdout, stderr);

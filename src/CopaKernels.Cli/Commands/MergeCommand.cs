@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using CopaKernels.Gpu;
 using CopaKernels.Formats;
 using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels;
@@ -130,7 +131,7 @@ internal static class MergeCommand
         // Ctrl-C, SIGTERM, SIGHUP: stop at the next tensor, remove the temporary folder, exit 128 + signal.
         // Registered before the device is opened: see Interruption on the handlers native libraries install.
         using var interruption = new Interruption();
-        using var backend = Backends.Create(deviceSpec, threads);
+        using var backend = MergeDevices.Open(deviceSpec, threads);
         return Run(job, backend, quiet, stdout, stderr, interruption);
     }
 

@@ -313,7 +313,7 @@ public class DevicesAndBenchCommandTests
     [InlineData("opencl:97")]
     public void Device_Absent_IsAnInputError_NamingWhatWasFound(string device)
     {
-        var e = Assert.Throws<CopaKernels.Formats.CopaInputException>(() => CopaKernels.Cli.Backends.Create(device, 1));
+        var e = Assert.Throws<CopaKernels.Formats.CopaInputException>(() => CopaKernels.Gpu.MergeDevices.Open(device, 1));
         Assert.Contains($"device '{device}'", e.Message);
         Assert.Contains("found", e.Message);
         Assert.DoesNotContain("\n", e.Message);
@@ -324,7 +324,7 @@ public class DevicesAndBenchCommandTests
     {
         var devices = CopaKernels.Gpu.IlgpuDevices.Report.Devices;
         bool gpu = devices.Any(d => d.Usable && (d.Kind == CopaKernels.Kernels.BackendKind.Cuda || d.IsGpu));
-        using var backend = CopaKernels.Cli.Backends.Create("auto", 1);
+        using var backend = CopaKernels.Gpu.MergeDevices.Open("auto", 1);
         Assert.Equal(gpu, backend.Kind != CopaKernels.Kernels.BackendKind.Cpu);
     }
 
