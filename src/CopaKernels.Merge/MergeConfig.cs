@@ -181,6 +181,9 @@ public sealed class MergeConfig
     /// <summary>The device setting (<c>auto</c>, <c>cpu</c>, <c>cuda:0</c>, ...), or null.</summary>
     public string? Device => Text("device");
 
+    /// <summary>DARE's seed setting (0 or more), or null.</summary>
+    public ulong? Seed => Long("seed") is { } s ? s >= 0 ? (ulong)s : throw InFile("seed", "seed must be 0 or more") : null;
+
     /// <summary>The threads setting (0 = every core), or null.</summary>
     public int? Threads => Long("threads") is { } t ? t is >= 0 and <= int.MaxValue ? (int)t : throw InFile("threads", "threads must be 0 or more") : null;
 
@@ -207,7 +210,7 @@ public sealed class MergeConfig
                 Clamp = Double("clamp"),
                 Normalize = Bool("normalize"),
                 PcbRatio = Double("pcb-ratio"),
-                Seed = Long("seed") is { } s ? (s >= 0 ? (ulong)s : throw InFile("seed", "seed must be 0 or more")) : null,
+                Seed = Seed,
                 Space = At("space", () => MergeSettings.ParseSpace(Text("space"))),
                 Weights = Weights,
             },

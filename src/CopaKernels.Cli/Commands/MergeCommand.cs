@@ -61,7 +61,7 @@ internal static class MergeCommand
             T Checked<T>(Option o, string key, Func<T> read)
             {
                 try { return read(); }
-                catch (CopaInputException e) when (e.FilePath == null && FromFile(o, key)) { throw InFile(file!, key, e.Reason); }
+                catch (CopaInputException e) when (e.FilePath == null && FromFile(o, key)) { throw file!.InFile(key, e.Reason); }
             }
             string? Text(Option<string?> o, string key) => parse.GetResult(o) != null ? parse.GetValue(o) : file?.Text(key);
             T? Value<T>(Option<T?> o, Func<MergeConfig, T?> fromFile) where T : struct =>
@@ -84,7 +84,7 @@ internal static class MergeCommand
                     Clamp = Value(clamp, f => f.Double("clamp")),
                     Normalize = Value(normalize, f => f.Bool("normalize")),
                     PcbRatio = Value(pcbRatio, f => f.Double("pcb-ratio")),
-                    Seed = Value(seed, f => f.Long("seed") is { } s ? (s >= 0 ? (ulong)s : throw InFile(f, "seed", "seed must be 0 or more")) : null),
+                    Seed = Value(seed, f => f.Seed),
                     Space = Checked(space, "space", () => MergeSettings.ParseSpace(Text(space, "space"))),
                     Weights = weights,
                 },
@@ -98,7 +98,7 @@ internal static class MergeCommand
                 MaxMemory = Checked(maxMemory, "max-memory", () => Text(maxMemory, "max-memory") is { } mm ? MemorySize.Parse(mm, "max-memory") : MergeRequest.DefaultMaxMemory),
                 Sync = !(parse.GetValue(noSync) || (file?.Bool("no-sync") ?? false)),
             };
-            int threadCount = Value(threads, f => f.Long("threads") is { } t ? (t is >= 0 and <= int.MaxValue ? (int)t : throw InFile(f, "threads", "threads must be 0 or more")) : null) ?? 0;
+            int threadCount = Value(threads, f => f.Threads) ?? 0;
             if (threadCount < 0) throw Usage("--threads must be 0 or more");
             var deviceSpec = Text(device, "device") ?? "auto";
             Option? OptionOf(string parameter) => parameter switch
@@ -112,14 +112,11 @@ internal static class MergeCommand
             }
             catch (ParameterException e) when (OptionOf(e.Parameter) is { } o && FromFile(o, e.Parameter))
             {
-                throw InFile(file!, e.Parameter, e.Reason.Replace("`", "", StringComparison.Ordinal));
+                throw file!.InFile(e.Parameter, e.Reason.Replace("`", "", StringComparison.Ordinal));
             }
         });
         return cmd;
     }
-
-    /// <summary>An error in a value read from the config file: names the file and the setting's line.</summary>
-    private static CopaInputException InFile(MergeConfig file, string key, string reason) => file.InFile(key, reason);
 
     /// <summary>
     /// Plans a merge (so input errors come before any device is opened), opens the device, and runs it,
