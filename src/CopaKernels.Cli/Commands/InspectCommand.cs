@@ -26,8 +26,7 @@ internal static class InspectCommand
     {
         if (!File.Exists(path) && !Directory.Exists(path))
             throw new CopaInputException(path, null, "no such file or folder");
-        if (Directory.Exists(path) && (File.Exists(Path.Combine(path, AdapterConfig.FileName))
-            || Directory.EnumerateDirectories(path).Any(d => File.Exists(Path.Combine(d, AdapterConfig.FileName)))))
+        if (LoraAdapter.IsAdapterFolder(path))
         {
             using var adapter = LoraAdapter.Open(path);
             ShowAdapter(adapter, console, stdout);

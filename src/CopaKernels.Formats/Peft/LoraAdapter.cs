@@ -140,17 +140,7 @@ public sealed partial class LoraAdapter : IDisposable
         if (!Directory.Exists(folder))
             throw new AdapterException(folder, null, File.Exists(folder) ? "not a folder (an adapter is a folder with adapter_config.json)" : "adapter folder not found");
         if (File.Exists(System.IO.Path.Combine(folder, AdapterConfig.FileName))) return folder;
-        string[] named;
-        try
-        {
-            named = Directory.EnumerateDirectories(folder)
-                .Where(d => File.Exists(System.IO.Path.Combine(d, AdapterConfig.FileName)))
-                .Order(StringComparer.Ordinal).ToArray();
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new AdapterException(folder, null, e.Message.TrimEnd('.'), e);
-        }
+        var named = NamedAdapterFolders(folder);
         return named.Length switch
         {
             1 => named[0],
@@ -158,6 +148,25 @@ public sealed partial class LoraAdapter : IDisposable
             _ => throw new AdapterException(folder, null, $"no {AdapterConfig.FileName} here, but {named.Length} named adapters in subfolders ("
                 + string.Join(", ", named.Select(System.IO.Path.GetFileName)) + "); give the one to merge"),
         };
+    }
+
+    /// <summary>Whether <paramref name="folder"/> holds an adapter, itself or as PEFT's named subfolders (see <see cref="ResolveFolder"/>).</summary>
+    public static bool IsAdapterFolder(string folder) =>
+        Directory.Exists(folder) && (File.Exists(System.IO.Path.Combine(folder, AdapterConfig.FileName)) || NamedAdapterFolders(folder).Length > 0);
+
+    /// <summary>The subfolders of <paramref name="folder"/> that hold an adapter config, in ordinal order.</summary>
+    private static string[] NamedAdapterFolders(string folder)
+    {
+        try
+        {
+            return Directory.EnumerateDirectories(folder)
+                .Where(d => File.Exists(System.IO.Path.Combine(d, AdapterConfig.FileName)))
+                .Order(StringComparer.Ordinal).ToArray();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new AdapterException(folder, null, e.Message.TrimEnd('.'), e);
+        }
     }
 
     /// <summary>Opens an adapter folder (or the folder PEFT saved a named adapter under: see <see cref="ResolveFolder"/>).</summary>
