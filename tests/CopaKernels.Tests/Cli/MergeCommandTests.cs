@@ -323,17 +323,7 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
         Assert.True(code == 0, err);
         (code, _, err) = CliRunner.Run(Args(viaName, "--method", canonical));
         Assert.True(code == 0, err);
-        var file = Path.Combine(viaAlias, LoraAdapter.WeightsFileName);
-        using (var a = SafetensorsFile.Open(file))
-        using (var b = SafetensorsFile.Open(Path.Combine(viaName, LoraAdapter.WeightsFileName)))
-            foreach (var t in a.Tensors)
-            {
-                var x = new byte[t.ByteLength];
-                var y = new byte[t.ByteLength];
-                a.ReadBytes(t, 0, x);
-                b.ReadBytes(b.Get(t.Name), 0, y);
-                Assert.Equal(x, y);
-            }
+        StreamingFixture.AssertSameTensorBytes(Path.Combine(viaAlias, LoraAdapter.WeightsFileName), Path.Combine(viaName, LoraAdapter.WeightsFileName));
         Assert.Equal(canonical, CopaKernels.Merge.Streaming.MergeReport.FromJson(File.ReadAllText(Path.Combine(viaAlias, "merge_report.json"))).Method);
     }
 

@@ -61,18 +61,7 @@ public sealed class MergeJobTests(StreamingFixture fx) : IClassFixture<Streaming
         var (code, _, err) = CliRunner.Run(args.ToArray());
         Assert.True(code == 0, err);
         foreach (var f in Directory.GetFiles(viaCli, "*.safetensors"))
-        {
-            using var a = SafetensorsFile.Open(f);
-            using var b = SafetensorsFile.Open(Path.Combine(viaJob, Path.GetFileName(f)));
-            foreach (var t in a.Tensors)
-            {
-                var x = new byte[t.ByteLength];
-                var y = new byte[t.ByteLength];
-                a.ReadBytes(t, 0, x);
-                b.ReadBytes(b.Get(t.Name), 0, y);
-                Assert.True(x.AsSpan().SequenceEqual(y), t.Name);
-            }
-        }
+            StreamingFixture.AssertSameTensorBytes(f, Path.Combine(viaJob, Path.GetFileName(f)));
     }
 
     [Fact]
@@ -95,18 +84,7 @@ public sealed class MergeJobTests(StreamingFixture fx) : IClassFixture<Streaming
         var (code, _, err) = CliRunner.Run("merge", yaml, viaCli, "--quiet");
         Assert.True(code == 0, err);
         foreach (var f in Directory.GetFiles(viaCli, "*.safetensors"))
-        {
-            using var a = SafetensorsFile.Open(f);
-            using var b = SafetensorsFile.Open(Path.Combine(dir.Path, "from-config", Path.GetFileName(f)));
-            foreach (var t in a.Tensors)
-            {
-                var x = new byte[t.ByteLength];
-                var y = new byte[t.ByteLength];
-                a.ReadBytes(t, 0, x);
-                b.ReadBytes(b.Get(t.Name), 0, y);
-                Assert.True(x.AsSpan().SequenceEqual(y), t.Name);
-            }
-        }
+            StreamingFixture.AssertSameTensorBytes(f, Path.Combine(dir.Path, "from-config", Path.GetFileName(f)));
 
         File.WriteAllText(yaml, "method: ties\nspace: dense\nout: x\n");
         var e = Assert.Throws<CopaInputException>(() => MergeConfig.Load(yaml).ToRequest());

@@ -78,6 +78,21 @@ public sealed class StreamingFixture : IDisposable
         return d;
     }
 
+    /// <summary>Asserts that every tensor of safetensors file <paramref name="a"/> has the same bytes in <paramref name="b"/> (headers may differ: provenance).</summary>
+    internal static void AssertSameTensorBytes(string a, string b, string label = "")
+    {
+        using var fa = SafetensorsFile.Open(a);
+        using var fb = SafetensorsFile.Open(b);
+        foreach (var t in fa.Tensors)
+        {
+            var x = new byte[t.ByteLength];
+            var y = new byte[t.ByteLength];
+            fa.ReadBytes(t, 0, x);
+            fb.ReadBytes(fb.Get(t.Name), 0, y);
+            Assert.True(x.AsSpan().SequenceEqual(y), $"{label}{t.Name} differs");
+        }
+    }
+
     /// <summary>Hashes every file under <paramref name="dir"/> (name, size, content) to prove inputs were not touched.</summary>
     internal static string Fingerprint(string dir)
     {
