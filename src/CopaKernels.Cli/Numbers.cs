@@ -1,23 +1,18 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
 using System.Globalization;
+using CopaKernels.Merge;
 
 namespace CopaKernels.Cli;
 
 /// <summary>
-/// Numbers from flags, read the one way the config file reads them: the invariant culture, a '.' for
+/// Numbers from flags, read the one way the config file reads them (<see cref="MergeSettings.TryParseNumber"/>): the invariant culture, a '.' for
 /// decimals, no group separators. System.CommandLine's own parser allows thousands separators, so
 /// <c>--weight 1,000</c> became 1000 and <c>--weight 0,5</c> became 5; here a comma is an error naming
 /// the flag.
 /// </summary>
 internal static class Numbers
 {
-    /// <summary>Parses a decimal number as the config file does (<see cref="Merge.MergeSettings.TryParseNumber"/>).</summary>
-    public static bool TryParse(string text, out double value) => Merge.MergeSettings.TryParseNumber(text, out value);
-
-    /// <summary>What a number that does not parse is told.</summary>
-    public static string NotANumber(string name, string text) => Merge.MergeSettings.NotANumber(name, text);
-
     /// <summary>An optional number flag.</summary>
     public static Option<double?> Option(string name, string description) => new(name)
     {
@@ -25,8 +20,8 @@ internal static class Numbers
         CustomParser = result =>
         {
             var text = string.Join(" ", result.Tokens.Select(t => t.Value));
-            if (TryParse(text, out var v)) return v;
-            result.AddError(NotANumber(name, text));
+            if (MergeSettings.TryParseNumber(text, out var v)) return v;
+            result.AddError(MergeSettings.NotANumber(name, text));
             return null;
         },
     };
@@ -55,9 +50,9 @@ internal static class Numbers
             for (int i = 0; i < values.Length; i++)
             {
                 var text = result.Tokens[i].Value;
-                if (!TryParse(text, out values[i]))
+                if (!MergeSettings.TryParseNumber(text, out values[i]))
                 {
-                    result.AddError(NotANumber(name, text));
+                    result.AddError(MergeSettings.NotANumber(name, text));
                     return [];
                 }
             }

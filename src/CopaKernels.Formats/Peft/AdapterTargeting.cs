@@ -86,9 +86,6 @@ public sealed class AdapterTargeting
         _targetText = targetText;
     }
 
-    /// <summary><c>modules_to_save</c> as written (empty when absent).</summary>
-    public IReadOnlyList<string> ModulesToSave => _modulesToSave.Select(m => m.Name).ToList();
-
     /// <summary>
     /// The <c>modules_to_save</c> entry whose module holds the tensor at <paramref name="tensorPath"/>
     /// (e.g. <c>lm_head.weight</c> for <c>lm_head</c>), or null: PEFT saves such a module's trained copy
