@@ -298,8 +298,7 @@ public sealed partial class LoraAdapter : IDisposable
             {
                 if (t.Shape.Length != 2)
                     throw new AdapterException(weightsPath, t.Name, $"shape {t.ShapeText} is not 2-D" + (emb ? "" : " (convolution LoRA is not supported)"));
-                if (!t.DType.IsMergeFloat())
-                    throw new AdapterException(weightsPath, t.Name, $"dtype {t.DType} is not F32, F16 or BF16");
+                RequireFloat(weightsPath, t);
             }
             long r = ta.Shape[0];
             if (tb.Shape[1] != r)
