@@ -47,7 +47,7 @@ public class RowAbsSumsBenchmarks : IBytesPerOp
         _sums = _backend.Allocate(_rows * 4L);
         _masked = _backend.Allocate(_rows * 4L);
         // Check once against the reference.
-        _backend.RowAbsSums(_x, 0, _rows, _cols, _sums, 0, 0.01f, _masked, 0);
+        _backend.RowAbsSums(new MatrixView(_x, 0, _rows, _cols), new BufferView(_sums, 0), new RowThreshold(0.01f, new BufferView(_masked, 0)));
         var (want, wantMasked) = ReferenceRowAbsSums.Compute(_data.AsSpan(0, _rows * _cols), _rows, _cols, 0.01f);
         var got = new float[_rows];
         _backend.Download(_masked, 0, MemoryMarshal.AsBytes(got.AsSpan()));
@@ -69,14 +69,14 @@ public class RowAbsSumsBenchmarks : IBytesPerOp
     public void Plain()
     {
         for (int f = 0; f < Factors; f++)
-            _backend.RowAbsSums(_x!, (long)f * _rows * _cols, _rows, _cols, _sums!, 0);
+            _backend.RowAbsSums(new MatrixView(_x!, (long)f * _rows * _cols, _rows, _cols), new BufferView(_sums!, 0));
     }
 
     [Benchmark]
     public void FusedMasked()
     {
         for (int f = 0; f < Factors; f++)
-            _backend.RowAbsSums(_x!, (long)f * _rows * _cols, _rows, _cols, _sums!, 0, 0.01f, _masked, 0);
+            _backend.RowAbsSums(new MatrixView(_x!, (long)f * _rows * _cols, _rows, _cols), new BufferView(_sums!, 0), new RowThreshold(0.01f, new BufferView(_masked!, 0)));
     }
 
     public long BytesPerOp(BenchmarkCase benchmark)

@@ -127,20 +127,20 @@ public sealed class IlgpuBackend : IMergeBackend
     public HostBuffer AllocateHost(long byteLength, bool pageLocked = true) => new(this, byteLength, pageLocked ? PageLock : null);
 
     /// <inheritdoc/>
-    public unsafe TransferFence UploadAsync(HostBuffer source, long sourceOffset, KernelBuffer destination, long destinationOffset, long byteLength)
+    public unsafe TransferFence UploadAsync(HostBuffer source, long sourceByteOffset, KernelBuffer destination, long destinationByteOffset, long byteLength)
     {
-        BackendChecks.HostTransfer(this, source, sourceOffset, destination, destinationOffset, byteLength);
+        BackendChecks.HostTransfer(this, source, sourceByteOffset, destination, destinationByteOffset, byteLength);
         if (byteLength == 0) return default;
-        Own(destination).Bytes(destinationOffset, byteLength).CopyFromCPUUnsafeAsync(Stream, ref *(source.Pointer + sourceOffset), byteLength);
+        Own(destination).Bytes(destinationByteOffset, byteLength).CopyFromCPUUnsafeAsync(Stream, ref *(source.Pointer + sourceByteOffset), byteLength);
         return source.Pending = Queued();
     }
 
     /// <inheritdoc/>
-    public unsafe TransferFence DownloadAsync(KernelBuffer source, long sourceOffset, HostBuffer destination, long destinationOffset, long byteLength)
+    public unsafe TransferFence DownloadAsync(KernelBuffer source, long sourceByteOffset, HostBuffer destination, long destinationByteOffset, long byteLength)
     {
-        BackendChecks.HostTransfer(this, destination, destinationOffset, source, sourceOffset, byteLength);
+        BackendChecks.HostTransfer(this, destination, destinationByteOffset, source, sourceByteOffset, byteLength);
         if (byteLength == 0) return default;
-        Own(source).Bytes(sourceOffset, byteLength).CopyToCPUUnsafeAsync(Stream, ref *(destination.Pointer + destinationOffset), byteLength);
+        Own(source).Bytes(sourceByteOffset, byteLength).CopyToCPUUnsafeAsync(Stream, ref *(destination.Pointer + destinationByteOffset), byteLength);
         return destination.Pending = Queued();
     }
 
@@ -183,12 +183,13 @@ public sealed class IlgpuBackend : IMergeBackend
     }
 
     /// <inheritdoc/>
-    public void RowAbsSums(KernelBuffer x, long offset, int rows, int cols, KernelBuffer sums, long sumsOffset,
-        float threshold = 0f, KernelBuffer? maskedSums = null, long maskedOffset = 0, bool applyMask = false)
+    public void RowAbsSums(MatrixView x, BufferView sums, RowThreshold? threshold = null)
     {
-        BackendChecks.RowAbsSums(this, x, offset, rows, cols, sums, sumsOffset, maskedSums, maskedOffset);
-        _rowSums.Run(Own(x), offset, rows, cols, Own(sums), sumsOffset, threshold,
-            maskedSums == null ? null : Own(maskedSums), maskedOffset, applyMask);
+        BackendChecks.RowAbsSums(this, x, sums, threshold);
+        var t = threshold.GetValueOrDefault();
+        var masked = t.MaskedSums;
+        _rowSums.Run(Own(x.Buffer), x.Offset, x.Rows, x.Cols, Own(sums.Buffer), sums.Offset, t.Value,
+            masked is { } m ? Own(m.Buffer) : null, masked?.Offset ?? 0, t.ZeroBelow);
     }
 
     /// <inheritdoc/>

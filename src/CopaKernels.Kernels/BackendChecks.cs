@@ -11,6 +11,7 @@ internal static class BackendChecks
     /// <summary>Throws unless <paramref name="buffer"/> was allocated by <paramref name="backend"/>.</summary>
     public static void Own(IMergeBackend backend, KernelBuffer buffer)
     {
+        ArgumentNullException.ThrowIfNull(buffer);
         if (!ReferenceEquals(buffer.Owner, backend))
             throw new ArgumentException("buffer belongs to another backend", nameof(buffer));
     }
@@ -69,19 +70,18 @@ internal static class BackendChecks
     }
 
     /// <summary>Checks <see cref="IMergeBackend.RowAbsSums"/>.</summary>
-    public static void RowAbsSums(IMergeBackend backend, KernelBuffer x, long offset, int rows, int cols, KernelBuffer sums, long sumsOffset,
-        KernelBuffer? maskedSums, long maskedOffset)
+    public static void RowAbsSums(IMergeBackend backend, MatrixView x, BufferView sums, RowThreshold? threshold)
     {
-        ArgumentOutOfRangeException.ThrowIfNegative(rows);
-        ArgumentOutOfRangeException.ThrowIfNegative(cols);
-        Own(backend, x);
-        Floats(x, offset, (long)rows * cols);
-        Own(backend, sums);
-        Floats(sums, sumsOffset, rows);
-        if (maskedSums != null)
+        ArgumentOutOfRangeException.ThrowIfNegative(x.Rows, "x.Rows");
+        ArgumentOutOfRangeException.ThrowIfNegative(x.Cols, "x.Cols");
+        Own(backend, x.Buffer);
+        Floats(x.Buffer, x.Offset, x.Length);
+        Own(backend, sums.Buffer);
+        Floats(sums.Buffer, sums.Offset, x.Rows);
+        if (threshold?.MaskedSums is { } masked)
         {
-            Own(backend, maskedSums);
-            Floats(maskedSums, maskedOffset, rows);
+            Own(backend, masked.Buffer);
+            Floats(masked.Buffer, masked.Offset, x.Rows);
         }
     }
 

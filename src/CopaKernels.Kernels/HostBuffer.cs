@@ -79,14 +79,15 @@ public sealed unsafe class HostBuffer : IDisposable
     internal TransferFence Pending { get; set; }
 
     /// <summary>
-    /// <paramref name="length"/> elements of type <typeparamref name="T"/> from element <paramref name="offset"/>.
+    /// <paramref name="length"/> elements of type <typeparamref name="T"/> from element <paramref name="elementOffset"/>
+    /// (in elements of <typeparamref name="T"/>, not bytes).
     /// The span is only as safe as the fences: see <see cref="IMergeBackend.UploadAsync"/> and <see cref="IMergeBackend.DownloadAsync"/>.
     /// </summary>
-    public Span<T> Span<T>(long offset, int length) where T : unmanaged
+    public Span<T> Span<T>(long elementOffset, int length) where T : unmanaged
     {
-        if (offset < 0 || length < 0 || (offset + length) * sizeof(T) > ByteLength)
-            throw new ArgumentOutOfRangeException(nameof(offset), $"[{offset}, {offset + length}) of {typeof(T).Name} outside a host buffer of {ByteLength} bytes");
-        return new Span<T>((T*)Pointer + offset, length);
+        if (elementOffset < 0 || length < 0 || elementOffset > ByteLength / sizeof(T) - length)
+            throw new ArgumentOutOfRangeException(nameof(elementOffset), $"[{elementOffset}, {elementOffset + length}) of {typeof(T).Name} outside a host buffer of {ByteLength} bytes");
+        return new Span<T>((T*)Pointer + elementOffset, length);
     }
 
     /// <summary>Waits for the transfers still queued on the buffer, then unlocks and frees it.</summary>

@@ -33,7 +33,11 @@ public interface IMergeBackend : IDisposable
     /// </summary>
     IHostMemory? HostMemory => null;
 
-    /// <summary>Allocates a zero-filled buffer of <paramref name="byteLength"/> bytes.</summary>
+    /// <summary>
+    /// Allocates a zero-filled buffer of <paramref name="byteLength"/> bytes. The transfers count bytes (a buffer
+    /// may hold F32, BF16 or F16); the kernels address F32 elements. <see cref="KernelTransfers"/> has the
+    /// element-typed forms (<c>Allocate&lt;float&gt;(n)</c>, <c>Upload(ReadOnlySpan&lt;float&gt;, …)</c>).
+    /// </summary>
     KernelBuffer Allocate(long byteLength);
 
     /// <summary>
@@ -61,23 +65,23 @@ public interface IMergeBackend : IDisposable
     HostBuffer AllocateHost(long byteLength, bool pageLocked = true);
 
     /// <summary>
-    /// Queues a copy of host bytes [<paramref name="sourceOffset"/>, + <paramref name="byteLength"/>) into
-    /// <paramref name="destination"/> at <paramref name="destinationOffset"/>, after all work queued before it,
+    /// Queues a copy of host bytes [<paramref name="sourceByteOffset"/>, + <paramref name="byteLength"/>) into
+    /// <paramref name="destination"/> at <paramref name="destinationByteOffset"/>, after all work queued before it,
     /// and returns without waiting where the backend has a queue (the CPU backend copies at once). Ordering:
     /// work queued after it (kernels, transfers, the blocking calls) sees the copied bytes; no wait is needed
     /// for that. Fence: the host must not write the source range until <see cref="Wait"/> has returned for the
     /// returned fence (or a later one, or <see cref="Synchronize"/>).
     /// </summary>
-    TransferFence UploadAsync(HostBuffer source, long sourceOffset, KernelBuffer destination, long destinationOffset, long byteLength);
+    TransferFence UploadAsync(HostBuffer source, long sourceByteOffset, KernelBuffer destination, long destinationByteOffset, long byteLength);
 
     /// <summary>
-    /// Queues a copy of buffer bytes [<paramref name="sourceOffset"/>, + <paramref name="byteLength"/>) into
-    /// host memory at <paramref name="destinationOffset"/>, after all work queued before it (so it sees every
+    /// Queues a copy of buffer bytes [<paramref name="sourceByteOffset"/>, + <paramref name="byteLength"/>) into
+    /// host memory at <paramref name="destinationByteOffset"/>, after all work queued before it (so it sees every
     /// kernel queued before it), and returns without waiting where the backend has a queue. Fence: the host must
     /// neither read nor write the destination range until <see cref="Wait"/> has returned for the returned fence
     /// (or a later one, or <see cref="Synchronize"/>); then it holds the bytes.
     /// </summary>
-    TransferFence DownloadAsync(KernelBuffer source, long sourceOffset, HostBuffer destination, long destinationOffset, long byteLength);
+    TransferFence DownloadAsync(KernelBuffer source, long sourceByteOffset, HostBuffer destination, long destinationByteOffset, long byteLength);
 
     /// <summary>
     /// Blocks until the transfer that returned <paramref name="fence"/> and all work queued before it are
@@ -99,12 +103,12 @@ public interface IMergeBackend : IDisposable
     void SelectByMagnitudeBatched(KernelBuffer x, ReadOnlySpan<TensorRange> ranges, double density, Span<SelectionResult> results, bool applyMask = true);
 
     /// <summary>
-    /// Family 2: for the rows × cols row-major matrix at <paramref name="offset"/>, sums[i] = Σ_j |x[i,j]|
-    /// and, when <paramref name="maskedSums"/> is given, maskedSums[i] = Σ_j |x[i,j]|·[|x[i,j]| ≥ threshold]
-    /// in the same pass. When <paramref name="applyMask"/> the entries below the threshold are also zeroed.
+    /// Family 2: for the row-major matrix <paramref name="x"/>, sums[i] = Σ_j |x[i,j]| (one F32 per row at
+    /// <paramref name="sums"/>). With a <paramref name="threshold"/>, in the same pass:
+    /// maskedSums[i] = Σ_j |x[i,j]|·[|x[i,j]| ≥ t] where <see cref="RowThreshold.MaskedSums"/> is given, and
+    /// the entries below t are zeroed where <see cref="RowThreshold.ZeroBelow"/> is set.
     /// </summary>
-    void RowAbsSums(KernelBuffer x, long offset, int rows, int cols, KernelBuffer sums, long sumsOffset,
-        float threshold = 0f, KernelBuffer? maskedSums = null, long maskedOffset = 0, bool applyMask = false);
+    void RowAbsSums(MatrixView x, BufferView sums, RowThreshold? threshold = null);
 
     /// <summary>
     /// Families 3 and 4: rows of Σ_n B_n · diag(Factor_n · Scale_n) · A_n (inner dimension Σ r_n, one

@@ -256,7 +256,7 @@ public sealed class KernelBench(IMergeBackend backend, bool quick, Action<BenchR
             double ms = Time(() =>
             {
                 for (int i = 0; i < count; i++)
-                    backend.RowAbsSums(buf, (long)i * rows * cols, rows, cols, sums, 0, 0.01f, masked, 0);
+                    backend.RowAbsSums(new MatrixView(buf, (long)i * rows * cols, rows, cols), new BufferView(sums, 0), new RowThreshold(0.01f, new BufferView(masked, 0)));
             });
             Report(new BenchResult(backend.Name, "rowsums", $"{count}× {rows}×{cols} masked", ms, data.Length * 4.0 / ms / 1e6, "GB/s", null, null),
                 Transfer(data.Length * 4L, 2L * rows * 4));

@@ -81,19 +81,19 @@ public sealed class CpuBackend : IMergeBackend, IHostMemory
 
     /// <inheritdoc/>
     /// <remarks>Copies at once and returns a complete fence: the kernels run on the calling thread, so there is no queue to overlap with.</remarks>
-    public unsafe TransferFence UploadAsync(HostBuffer source, long sourceOffset, KernelBuffer destination, long destinationOffset, long byteLength)
+    public unsafe TransferFence UploadAsync(HostBuffer source, long sourceByteOffset, KernelBuffer destination, long destinationByteOffset, long byteLength)
     {
-        BackendChecks.HostTransfer(this, source, sourceOffset, destination, destinationOffset, byteLength);
-        Buffer.MemoryCopy(source.Pointer + sourceOffset, Own(destination).Pointer + destinationOffset, byteLength, byteLength);
+        BackendChecks.HostTransfer(this, source, sourceByteOffset, destination, destinationByteOffset, byteLength);
+        Buffer.MemoryCopy(source.Pointer + sourceByteOffset, Own(destination).Pointer + destinationByteOffset, byteLength, byteLength);
         return default;
     }
 
     /// <inheritdoc/>
     /// <remarks>Copies at once and returns a complete fence.</remarks>
-    public unsafe TransferFence DownloadAsync(KernelBuffer source, long sourceOffset, HostBuffer destination, long destinationOffset, long byteLength)
+    public unsafe TransferFence DownloadAsync(KernelBuffer source, long sourceByteOffset, HostBuffer destination, long destinationByteOffset, long byteLength)
     {
-        BackendChecks.HostTransfer(this, destination, destinationOffset, source, sourceOffset, byteLength);
-        Buffer.MemoryCopy(Own(source).Pointer + sourceOffset, destination.Pointer + destinationOffset, byteLength, byteLength);
+        BackendChecks.HostTransfer(this, destination, destinationByteOffset, source, sourceByteOffset, byteLength);
+        Buffer.MemoryCopy(Own(source).Pointer + sourceByteOffset, destination.Pointer + destinationByteOffset, byteLength, byteLength);
         return default;
     }
 
@@ -115,12 +115,13 @@ public sealed class CpuBackend : IMergeBackend, IHostMemory
     }
 
     /// <inheritdoc/>
-    public void RowAbsSums(KernelBuffer x, long offset, int rows, int cols, KernelBuffer sums, long sumsOffset,
-        float threshold = 0f, KernelBuffer? maskedSums = null, long maskedOffset = 0, bool applyMask = false)
+    public void RowAbsSums(MatrixView x, BufferView sums, RowThreshold? threshold = null)
     {
-        BackendChecks.RowAbsSums(this, x, offset, rows, cols, sums, sumsOffset, maskedSums, maskedOffset);
-        Cpu.RowAbsSums.Run(this, Own(x), offset, rows, cols, Own(sums), sumsOffset, threshold,
-            maskedSums == null ? null : Own(maskedSums), maskedOffset, applyMask);
+        BackendChecks.RowAbsSums(this, x, sums, threshold);
+        var t = threshold.GetValueOrDefault();
+        var masked = t.MaskedSums;
+        Cpu.RowAbsSums.Run(this, Own(x.Buffer), x.Offset, x.Rows, x.Cols, Own(sums.Buffer), sums.Offset, t.Value,
+            masked is { } m ? Own(m.Buffer) : null, masked?.Offset ?? 0, t.ZeroBelow);
     }
 
     /// <inheritdoc/>

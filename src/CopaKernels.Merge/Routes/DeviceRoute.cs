@@ -45,7 +45,8 @@ internal sealed class DeviceRoute(IMergeBackend backend, ResultSink results)
         {
             int r = m.Tasks[task].Rank;
             // Plain sums at [0, r), masked sums at [r, 2r) of the task's slot, Ã in place.
-            Backend.RowAbsSums(a.Buffer, a.Ranges[task].Offset, r, m.DIn, sums, at, selA[task].Threshold, sums, at + r, applyMask: true);
+            Backend.RowAbsSums(new MatrixView(a.Buffer, a.Ranges[task].Offset, r, m.DIn), new BufferView(sums, at),
+                new RowThreshold(selA[task].Threshold, new BufferView(sums, at + r), ZeroBelow: true));
             at += 2L * r;
         }
         Backend.Download(sums, 0, MemoryMarshal.AsBytes(all.AsSpan()));

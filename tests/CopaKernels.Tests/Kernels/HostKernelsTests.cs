@@ -53,7 +53,7 @@ public class HostKernelsTests
         using var x = backend.Allocate(Math.Max(1, data.Length) * 4L);
         using var sums = backend.Allocate(2L * rows * 4);
         backend.Upload(MemoryMarshal.AsBytes(data.AsSpan()), x, 0);
-        backend.RowAbsSums(x, 0, rows, cols, sums, 0, t, sums, rows, applyMask: true);
+        backend.RowAbsSums(new MatrixView(x, 0, rows, cols), new BufferView(sums, 0), new RowThreshold(t, new BufferView(sums, rows), ZeroBelow: true));
         var wantSums = new float[2 * rows];
         backend.Download(sums, 0, MemoryMarshal.AsBytes(wantSums.AsSpan()));
         var wantX = new float[data.Length];

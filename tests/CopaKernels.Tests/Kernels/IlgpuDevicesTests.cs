@@ -66,7 +66,7 @@ public sealed class IlgpuDevicesTests
         // No columns: zero sums, even with the matrix offset at the very end of the buffer.
         using var edge = gpu.Allocate(12);
         gpu.Upload(new byte[] { 1, 1, 1, 1, 1, 1, 1, 1 }, edge, 0);
-        gpu.RowAbsSums(edge, 3, 2, 0, edge, 0);
+        gpu.RowAbsSums(new MatrixView(edge, 3, 2, 0), new BufferView(edge, 0));
         var sums = new byte[8];
         gpu.Download(edge, 0, sums);
         Assert.All(sums, b => Assert.Equal(0, b));
@@ -79,7 +79,7 @@ public sealed class IlgpuDevicesTests
             Assert.Throws<ArgumentOutOfRangeException>(() => backend.SelectByMagnitude(own, new TensorRange(1, 4), 0.5));
             Assert.Throws<ArgumentOutOfRangeException>(() => backend.SelectByMagnitude(own, new TensorRange(0, 4), 0));
             Assert.Throws<ArgumentException>(() => backend.SelectByMagnitudeBatched(own, [new TensorRange(0, 1), new TensorRange(1, 1)], 0.5, new SelectionResult[1]));
-            Assert.Throws<ArgumentOutOfRangeException>(() => backend.RowAbsSums(own, 0, 2, 3, own, 0));
+            Assert.Throws<ArgumentOutOfRangeException>(() => backend.RowAbsSums(new MatrixView(own, 0, 2, 3), new BufferView(own, 0)));
             Assert.Throws<ArgumentOutOfRangeException>(() => backend.Upload(new byte[4], own, 13));
             Assert.Throws<ArgumentOutOfRangeException>(() =>
                 backend.LowRankProduct([new LowRankTerm(own, 0, own, 0, 1)], 2, 2, new ProductTile(1, 2, own)));

@@ -212,9 +212,9 @@ public abstract class SelectionSuite : IDisposable
             using var x = Upload(data);
             using var sums = Backend.Allocate(rows * 4 + 4);
             using var masked = Backend.Allocate(rows * 4 + 4);
-            Backend.RowAbsSums(x, 0, rows, cols, sums, 1);
+            Backend.RowAbsSums(new MatrixView(x, 0, rows, cols), new BufferView(sums, 1));
             var plain = Download(sums, 1, rows);
-            Backend.RowAbsSums(x, 0, rows, cols, sums, 1, t, masked, 0, applyMask: true);
+            Backend.RowAbsSums(new MatrixView(x, 0, rows, cols), new BufferView(sums, 1), new RowThreshold(t, new BufferView(masked, 0), ZeroBelow: true));
             var fusedSums = Download(sums, 1, rows);
             var fusedMasked = Download(masked, 0, rows);
             for (int i = 0; i < rows; i++)
