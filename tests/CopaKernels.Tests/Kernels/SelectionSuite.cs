@@ -229,6 +229,41 @@ public abstract class SelectionSuite : IDisposable
         }
     }
 
+    [BackendFact]
+    public void RowAbsSums_ZeroBelowWithoutMaskedSums_ZeroesAndWritesThePlainSums()
+    {
+        const int rows = 5, cols = 37;
+        var data = TestData.Make("gaussian", rows * cols, 11);
+        var sel = (float[])data.Clone();
+        float t = ReferenceMagnitudeSelection.Select(sel, 0.3).Threshold;
+        var (wantSums, _) = ReferenceRowAbsSums.Compute(data, rows, cols, t);
+        using var x = Upload(data, padBefore: 2);
+        using var sums = Backend.Allocate<float>(rows);
+        Backend.RowAbsSums(new MatrixView(x, 2, rows, cols), new BufferView(sums, 0), new RowThreshold(t, ZeroBelow: true));
+        var got = new float[rows];
+        Backend.Download<float>(sums, 0, got);
+        for (int i = 0; i < rows; i++) Near(wantSums[i], got[i], cols, $"row {i}");
+        Assert.Equal(sel.Select(BitConverter.SingleToUInt32Bits), Download(x, 2, rows * cols).Select(BitConverter.SingleToUInt32Bits));
+    }
+
+    [BackendFact]
+    public void ElementTypedTransfers_CountElementsOfTheSpansType()
+    {
+        var data = TestData.Make("gaussian", 10, 12);
+        using var buf = Backend.Allocate<float>(13);
+        Assert.Equal(52, buf.ByteLength);
+        Backend.Upload<float>(data, buf, elementOffset: 3);
+        Assert.Equal(data, Download(buf, 3, 10));                        // the byte-level download at 3·4 bytes
+        var halves = new ushort[4];
+        Backend.Download<ushort>(buf, elementOffset: 6, halves);           // ushort elements: bytes 12..19, floats 3 and 4
+        Assert.Equal(BitConverter.SingleToUInt32Bits(data[0]) & 0xFFFF, halves[0]);
+        Assert.Equal(BitConverter.SingleToUInt32Bits(data[1]) >> 16, halves[3]);
+        Assert.Throws<ArgumentOutOfRangeException>(() => Backend.Upload<float>(data, buf, elementOffset: 4));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Backend.Upload<float>(data, buf, elementOffset: -1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Backend.Allocate<double>(long.MaxValue / 4));
+        Assert.Throws<ArgumentNullException>(() => Backend.RowAbsSums(new MatrixView(null!, 0, 1, 1), new BufferView(buf, 0)));
+    }
+
     private static void Near(float want, float got, int terms, string label)
     {
         // fp32 accumulation of non-negative terms: relative error at most ~ terms·ε, typically far less.
