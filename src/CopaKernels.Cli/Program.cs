@@ -32,6 +32,7 @@ public static partial class Program
         root.Subcommands.Add(InspectCommand.Create(stdout));
         root.Subcommands.Add(DevicesCommand.Create(stdout));
         root.Subcommands.Add(BenchCommand.Create(stdout));
+        root.Subcommands.Add(ReportCommand.Create(stdout));
         root.Subcommands.Add(MergeCommand.Create(stdout, stderr));
         root.Subcommands.Add(DemoCommand.Create(stdout, stderr));
 

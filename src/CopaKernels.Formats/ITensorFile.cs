@@ -26,6 +26,15 @@ public interface ITensorFile : IDisposable
     /// <summary>Looks a tensor up by name.</summary>
     bool TryGet(string name, out TensorInfo info);
 
+    /// <summary>
+    /// Bytes read from the file so far, by every thread (the merge report's throughput over time). Counted
+    /// where the reads happen, so it includes the reads of every helper (<see cref="ReadSingles(TensorInfo)"/>, <see cref="CopyTo"/>).
+    /// </summary>
+    long BytesRead { get; }
+
+    /// <summary>Time spent in reads from the file so far, summed over the threads that read.</summary>
+    TimeSpan ReadTime { get; }
+
     /// <summary>Reads raw bytes (little-endian, row-major, contiguous) of a tensor, starting <paramref name="byteOffset"/> bytes into it.</summary>
     void ReadBytes(TensorInfo tensor, long byteOffset, Span<byte> destination);
 

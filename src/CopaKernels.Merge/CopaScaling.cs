@@ -24,22 +24,27 @@ internal static class CopaScaling
             int r = m.Tasks[task].Rank;
             var sums = trimmed.RowSums[task];
             s[task] = new double[r];
+            int fallback = 0;
             for (int i = 0; i < r; i++)
             {
                 double num = sums[i], den = sums[r + i];
                 if (den == 0)
                 {
                     s[task][i] = 1;
-                    stats.ZeroDenominatorRows++;
+                    fallback++;
                 }
                 else s[task][i] = num / den;
             }
+            stats.ZeroDenominatorRows += fallback;
             stats.ThresholdsA.Add(trimmed.SelA[task].Threshold);
             stats.ThresholdsB.Add(trimmed.SelB[task].Threshold);
             stats.Kept += trimmed.SelA[task].Kept + trimmed.SelB[task].Kept;
             stats.Total += m.Tasks[task].A.Length + m.Tasks[task].B.Length;
+            stats.KeptFractionA.Add(Fraction(trimmed.SelA[task].Kept, m.Tasks[task].A.Length));
+            stats.KeptFractionB.Add(Fraction(trimmed.SelB[task].Kept, m.Tasks[task].B.Length));
             // Step 3: raise everything below the floor(r·(1−c))-th smallest (0-based) to it.
             if (clamp > 0) Clamp(s[task], clamp);
+            stats.Scales.Add(ScaleSummary.Of(s[task], fallback));
         }
         // Step 4: S̃_n[i] = S_n[i] / Σ_m S_m[i].
         if (normalize)
@@ -54,6 +59,9 @@ internal static class CopaScaling
         }
         return s;
     }
+
+    /// <summary>kept / total, 1 for an empty tensor (nothing was dropped).</summary>
+    internal static double Fraction(long kept, long total) => total == 0 ? 1 : (double)kept / total;
 
     /// <summary>The released code's clamp: S_n raised to its floor(r·(1−c))-th smallest value (0-based).</summary>
     internal static void Clamp(double[] s, double c)

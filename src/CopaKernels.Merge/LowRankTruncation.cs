@@ -90,29 +90,10 @@ public static class LowRankTruncation
                 $"The new rank N = {newRank} must lie in [0, R] where R = {rank} is the inner dimension of the input pair; " +
                 "a re-rank cannot raise the rank of B·A.");
         if (!Enum.IsDefined(placement)) throw new ArgumentOutOfRangeException(nameof(placement), placement, "Unknown SigmaPlacement.");
-        long bLen = (long)dOut * rank, aLen = (long)rank * dIn;
-        if (bLen > Array.MaxLength || aLen > Array.MaxLength || (long)dOut * newRank > Array.MaxLength)
-            throw new ArgumentException("The factors are too large for one array.");
-        if (b.Length != bLen) throw new ArgumentException($"b holds {b.Length} values; d_out × R = {dOut} × {rank} = {bLen}.", nameof(b));
-        if (a.Length != aLen) throw new ArgumentException($"a holds {a.Length} values; R × d_in = {rank} × {dIn} = {aLen}.", nameof(a));
-
-        // Column-major copies: B's columns, and Aᵀ's columns (= A's rows, already contiguous).
-        var bCols = new double[bLen];
-        TransposeToDouble(b, dOut, rank, bCols, nameof(b));
-        var aCols = new double[aLen];
-        for (int i = 0; i < a.Length; i++)
-        {
-            float e = a[i];
-            if (!float.IsFinite(e)) throw new ArgumentException($"a has a non-finite value at index {i}.", nameof(a));
-            aCols[i] = e;
-        }
-
+        if ((long)dOut * newRank > Array.MaxLength) throw new ArgumentException("The factors are too large for one array.");
         parallel ??= new ParallelOptions();
-        var qrB = Householder.Factor(bCols, dOut, rank, parallel);
-        var qrA = Householder.Factor(aCols, dIn, rank, parallel);
+        var (qrB, qrA, svd) = Decompose(b, a, dOut, rank, dIn, parallel);
         int pB = qrB.Reflectors, pA = qrA.Reflectors;
-        var core = Core(qrB.UpperR(), qrA.UpperR(), pB, pA, rank, parallel);
-        var svd = JacobiSvd.Decompose(core, pB, pA, parallel: parallel);
         int k = svd.Count;
 
         var singular = new double[rank];
@@ -155,6 +136,53 @@ public static class LowRankTruncation
         for (long i = 0; i < outA.Length; i++) aPrime[i] = (float)outA[i];
 
         return new TruncationResult(bPrime, aPrime, newRank, singular, discarded, relative);
+    }
+
+    /// <summary>
+    /// All R singular values of <paramref name="b"/>·<paramref name="a"/>, descending (the trailing ones are 0
+    /// when min(d_out, d_in) &lt; R), by the same QR and core SVD as <see cref="Truncate"/>, without forming
+    /// the product: the exact spectrum of a LoRA update (multiply by |scale| for scale·B·A).
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">A dimension is not positive.</exception>
+    /// <exception cref="ArgumentException">A span has the wrong length or holds a NaN or infinity.</exception>
+    public static double[] SingularValues(ReadOnlySpan<float> b, ReadOnlySpan<float> a, int dOut, int rank, int dIn,
+        ParallelOptions? parallel = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(dOut);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rank);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(dIn);
+        var (_, _, svd) = Decompose(b, a, dOut, rank, dIn, parallel ?? new ParallelOptions());
+        var singular = new double[rank];
+        Array.Copy(svd.S, singular, svd.Count);
+        return singular;
+    }
+
+    /// <summary>Steps (1) and (2): the QR factorisations of B and Aᵀ and the SVD of their core.</summary>
+    private static (Householder.Factors QrB, Householder.Factors QrA, JacobiSvd.Result Svd) Decompose(
+        ReadOnlySpan<float> b, ReadOnlySpan<float> a, int dOut, int rank, int dIn, ParallelOptions parallel)
+    {
+        long bLen = (long)dOut * rank, aLen = (long)rank * dIn;
+        if (bLen > Array.MaxLength || aLen > Array.MaxLength) throw new ArgumentException("The factors are too large for one array.");
+        if (b.Length != bLen) throw new ArgumentException($"b holds {b.Length} values; d_out × R = {dOut} × {rank} = {bLen}.", nameof(b));
+        if (a.Length != aLen) throw new ArgumentException($"a holds {a.Length} values; R × d_in = {rank} × {dIn} = {aLen}.", nameof(a));
+
+        // Column-major copies: B's columns, and Aᵀ's columns (= A's rows, already contiguous).
+        var bCols = new double[bLen];
+        TransposeToDouble(b, dOut, rank, bCols, nameof(b));
+        var aCols = new double[aLen];
+        for (int i = 0; i < a.Length; i++)
+        {
+            float e = a[i];
+            if (!float.IsFinite(e)) throw new ArgumentException($"a has a non-finite value at index {i}.", nameof(a));
+            aCols[i] = e;
+        }
+
+        var qrB = Householder.Factor(bCols, dOut, rank, parallel);
+        var qrA = Householder.Factor(aCols, dIn, rank, parallel);
+        int pB = qrB.Reflectors, pA = qrA.Reflectors;
+        var core = Core(qrB.UpperR(), qrA.UpperR(), pB, pA, rank, parallel);
+        var svd = JacobiSvd.Decompose(core, pB, pA, parallel: parallel);
+        return (qrB, qrA, svd);
     }
 
     /// <summary>src (rows × cols, row-major F32) → dst column-major double, in tiles for cache reuse.</summary>

@@ -20,7 +20,7 @@ public sealed class MergeConfig
     public static readonly string[] Keys =
     [
         "method", "adapters", "weights", "out", "output", "base", "rank", "space", "density", "lambda", "clamp",
-        "normalize", "pcb-ratio", "seed", "device", "threads", "max-memory", "out-dtype", "shard-size", "quiet", "no-sync",
+        "normalize", "pcb-ratio", "seed", "device", "threads", "max-memory", "out-dtype", "shard-size", "quiet", "no-sync", "no-html-report", "report-spectra",
     ];
 
     private readonly Dictionary<string, (YamlNode Node, string Text)> _values = new(StringComparer.Ordinal);
@@ -223,6 +223,8 @@ public sealed class MergeConfig
             ShardSize = At("shard-size", () => Text("shard-size") is { } ss ? MemorySize.Parse(ss, "shard-size") : (long?)null),
             MaxMemory = At("max-memory", () => Text("max-memory") is { } mm ? MemorySize.Parse(mm, "max-memory") : MergeRequest.DefaultMaxMemory),
             Sync = !(Bool("no-sync") ?? false),
+            HtmlReport = !(Bool("no-html-report") ?? false),
+            ReportSpectra = At("report-spectra", () => MergeSettings.ParseSpectra(Text("report-spectra"))),
         };
         return request;
     }

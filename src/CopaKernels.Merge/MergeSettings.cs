@@ -46,6 +46,15 @@ public static class MergeSettings
         throw new CopaInputException(null, null, $"rank '{s}' must be 'sum' or a positive integer");
     }
 
+    /// <summary><c>few</c> (also for null), <c>all</c> or <c>none</c> (any case): the modules whose spectra the report gives.</summary>
+    public static SpectraSelection ParseSpectra(string? s) => s?.ToLowerInvariant() switch
+    {
+        null or "few" => SpectraSelection.Few,
+        "all" => SpectraSelection.All,
+        "none" => SpectraSelection.None,
+        _ => throw new CopaInputException(null, null, $"report-spectra '{s}' must be few, all or none"),
+    };
+
     /// <summary><c>bf16</c>, <c>f16</c> or <c>f32</c> (any case).</summary>
     public static DType ParseOutDType(string s) =>
         DTypes.TryParseUser(s, out var d) && d.IsMergeFloat() ? d : throw new CopaInputException(null, null, $"out-dtype '{s}' must be bf16, f16 or f32");

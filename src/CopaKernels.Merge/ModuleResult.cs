@@ -51,4 +51,43 @@ public sealed record ModuleStats
 
     /// <summary>CoPA rows whose trimmed |x| sum was 0 (S set to 1).</summary>
     public int ZeroDenominatorRows { get; set; }
+
+    /// <summary>Fraction of entries each task's trim or drop kept, per task (A side, or the only tensor: a task's ΔW in delta space).</summary>
+    public List<double> KeptFractionA { get; init; } = new();
+
+    /// <summary>Fraction of entries each task's trim or drop kept, per task (B side).</summary>
+    public List<double> KeptFractionB { get; init; } = new();
+
+    /// <summary>CoPA: each task's complementary scales S_n (after the clamp, before the cross-task normalisation), summarised.</summary>
+    public List<ScaleSummary> Scales { get; init; } = new();
+}
+
+/// <summary>
+/// One task's complementary scales S_n[i] = Σ_j|A_n[i,j]| / Σ_j|Ã_n[i,j]| over the rank rows i of a module
+/// (SEMANTICS §2 step 2): their spread, and the rows whose trimmed sum was 0, where S fell back to 1.
+/// </summary>
+/// <param name="Min">Smallest S_n[i].</param>
+/// <param name="Median">Median (the mean of the middle two for an even rank).</param>
+/// <param name="Max">Largest S_n[i].</param>
+/// <param name="FallbackRows">Rows set to 1 because their trimmed sum was 0.</param>
+public sealed record ScaleSummary(double Min, double Median, double Max, int FallbackRows)
+{
+    /// <summary>Summarises <paramref name="s"/> (not modified).</summary>
+    public static ScaleSummary Of(ReadOnlySpan<double> s, int fallbackRows)
+    {
+        if (s.Length == 0) return new ScaleSummary(double.NaN, double.NaN, double.NaN, fallbackRows);
+        // An insertion sort: s has a LoRA rank of values, and Array.Sort over doubles compiles its generic
+        // sorter in a process that runs once (CopaScaling.Clamp sorts the same way).
+        var sorted = s.ToArray();
+        for (int i = 1; i < sorted.Length; i++)
+        {
+            double v = sorted[i];
+            int j = i - 1;
+            for (; j >= 0 && sorted[j] > v; j--) sorted[j + 1] = sorted[j];
+            sorted[j + 1] = v;
+        }
+        int n = sorted.Length;
+        double median = n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+        return new ScaleSummary(sorted[0], median, sorted[^1], fallbackRows);
+    }
 }

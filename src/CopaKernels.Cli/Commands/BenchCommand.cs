@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Text.Json;
 using CopaKernels.Gpu;
 using CopaKernels.Cli.Benchmarking;
 using CopaKernels.Formats;
@@ -16,8 +15,9 @@ internal static class BenchCommand
         var ops = new Option<string>("--ops") { Description = $"comma-separated operations: {string.Join(", ", KernelBench.AllOps)}", DefaultValueFactory = _ => string.Join(",", KernelBench.AllOps) };
         var quick = new Option<bool>("--quick") { Description = "fewer shapes and runs (about half a minute on 2 cores)" };
         var json = new Option<string?>("--json") { Description = "also write the results as JSON to this file" };
+        var html = new Option<string?>("--html") { Description = "also draw the results as charts in this HTML file (copa report FILE.json draws a saved --json file)" };
         var threads = new Option<int>("--threads") { Description = "CPU threads (0 = all cores)", DefaultValueFactory = _ => 0 };
-        var cmd = new Command("bench", "Time the merge kernels (selection, row sums, products, conversions) on each device, median of several runs") { device, ops, quick, json, threads };
+        var cmd = new Command("bench", "Time the merge kernels (selection, row sums, products, conversions) on each device, median of several runs") { device, ops, quick, json, html, threads };
         cmd.SetAction(parse =>
         {
             var chosen = parse.GetValue(ops)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
@@ -55,13 +55,10 @@ internal static class BenchCommand
             {
                 foreach (var b in backends) b.Dispose();
             }
-            if (parse.GetValue(json) is { } path)
-                File.WriteAllText(path, JsonSerializer.Serialize(new
-                {
-                    date = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'"),
-                    machine = $"{Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
-                    results,
-                }, new JsonSerializerOptions { WriteIndented = true }));
+            var file = new BenchHtml.BenchFile(DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'"),
+                $"{Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}", results);
+            if (parse.GetValue(json) is { } path) BenchHtml.WriteAtomically(path, BenchHtml.ToJson(file));
+            if (parse.GetValue(html) is { } page) BenchHtml.WriteAtomically(page, BenchHtml.Render(file));
             return Program.ExitOk;
         });
         return cmd;

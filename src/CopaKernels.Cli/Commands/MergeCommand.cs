@@ -37,6 +37,8 @@ internal static class MergeCommand
         var shardSize = new Option<string?>("--shard-size") { Description = "max shard size, e.g. 5GB (default: mirror the base; 5GB for delta)" };
         var quiet = new Option<bool>("--quiet") { Description = "no plan, progress or summary; errors only" };
         var noSync = new Option<bool>("--no-sync") { Description = "do not wait for the output to reach the disk (still complete and atomic against failures)" };
+        var noHtml = new Option<bool>("--no-html-report") { Description = "write merge_report.json only, not merge_report.html" };
+        var spectra = new Option<string?>("--report-spectra") { Description = "few|all|none: modules whose singular-value spectra the report gives (default few: first, middle and last layer of each module type)" };
         // mergekit's habit: `copa merge CONFIG.yml OUT`, the same as --config CONFIG.yml --out OUT.
         var configArg = new Argument<string?>("CONFIG") { Description = "YAML config (as --config), optional", Arity = ArgumentArity.ZeroOrOne };
         var outArg = new Argument<string?>("OUT") { Description = "output folder (as --out), optional", Arity = ArgumentArity.ZeroOrOne };
@@ -44,7 +46,7 @@ internal static class MergeCommand
         {
             configArg, outArg,
             config, method, adapter, weight, output, mode, baseModel, rank, space, density, lambda, clamp, normalize, pcbRatio,
-            seed, device, threads, maxMemory, outDtype, shardSize, quiet, noSync,
+            seed, device, threads, maxMemory, outDtype, shardSize, quiet, noSync, noHtml, spectra,
         };
         cmd.SetAction(parse =>
         {
@@ -97,6 +99,8 @@ internal static class MergeCommand
                 ShardSize = Checked(shardSize, "shard-size", () => Text(shardSize, "shard-size") is { } ss ? MemorySize.Parse(ss, "shard-size") : (long?)null),
                 MaxMemory = Checked(maxMemory, "max-memory", () => Text(maxMemory, "max-memory") is { } mm ? MemorySize.Parse(mm, "max-memory") : MergeRequest.DefaultMaxMemory),
                 Sync = !(parse.GetValue(noSync) || (file?.Bool("no-sync") ?? false)),
+                HtmlReport = !(parse.GetValue(noHtml) || (file?.Bool("no-html-report") ?? false)),
+                ReportSpectra = Checked(spectra, "report-spectra", () => MergeSettings.ParseSpectra(Text(spectra, "report-spectra"))),
             };
             int threadCount = Value(threads, f => f.Threads) ?? 0;
             if (threadCount < 0) throw Usage("--threads must be 0 or more");
@@ -182,6 +186,8 @@ internal static class MergeCommand
             o.WriteLine($"  kept {100.0 * report.Summary.Kept / report.Summary.Considered:0.00}% of {report.Summary.Considered:N0} factor entries" +
                         (report.Summary.ZeroDenominatorRows > 0 ? $"; {report.Summary.ZeroDenominatorRows} rows had S set to 1 (empty after the trim)" : ""));
         o.WriteLine($"  report: {Path.Combine(report.Output.Path, MergeReport.FileName)}");
+        if (File.Exists(Path.Combine(report.Output.Path, CopaKernels.Merge.Reporting.MergeReportHtml.FileName)))
+            o.WriteLine($"          {Path.Combine(report.Output.Path, CopaKernels.Merge.Reporting.MergeReportHtml.FileName)}");
     }
 
     private static CopaInputException Usage(string message) => new(null, null, message);

@@ -93,11 +93,22 @@ public sealed class SafetensorsFile : ITensorFile
     /// <summary>Looks a tensor up by name.</summary>
     public bool TryGet(string name, out TensorInfo info) => Header.TryGet(name, out info);
 
+    private long _bytesRead, _readTicks;
+
+    /// <inheritdoc/>
+    public long BytesRead => Interlocked.Read(ref _bytesRead);
+
+    /// <inheritdoc/>
+    public TimeSpan ReadTime => System.Diagnostics.Stopwatch.GetElapsedTime(0, Interlocked.Read(ref _readTicks));
+
     /// <summary>Reads raw bytes of a tensor, starting <paramref name="byteOffset"/> bytes into it.</summary>
     public void ReadBytes(TensorInfo tensor, long byteOffset, Span<byte> destination)
     {
         TensorReads.CheckRange(tensor, byteOffset, destination.Length);
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
         ReadFully(_handle, destination, DataStart + tensor.Begin + byteOffset, Path);
+        Interlocked.Add(ref _bytesRead, destination.Length);
+        Interlocked.Add(ref _readTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
     }
 
     /// <summary>

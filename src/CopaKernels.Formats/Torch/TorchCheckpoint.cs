@@ -181,11 +181,22 @@ public sealed class TorchCheckpoint : ITensorFile
     /// <inheritdoc/>
     public bool TryGet(string name, out TensorInfo info) => _byName.TryGetValue(name, out info!);
 
+    private long _bytesRead, _readTicks;
+
+    /// <inheritdoc/>
+    public long BytesRead => Interlocked.Read(ref _bytesRead);
+
+    /// <inheritdoc/>
+    public TimeSpan ReadTime => System.Diagnostics.Stopwatch.GetElapsedTime(0, Interlocked.Read(ref _readTicks));
+
     /// <inheritdoc/>
     public void ReadBytes(TensorInfo tensor, long byteOffset, Span<byte> destination)
     {
         TensorReads.CheckRange(tensor, byteOffset, destination.Length);
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
         ZipDirectory.ReadAt(_handle, destination, tensor.Begin + byteOffset, Path);
+        Interlocked.Add(ref _bytesRead, destination.Length);
+        Interlocked.Add(ref _readTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
     }
 
     /// <inheritdoc/>

@@ -75,8 +75,8 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         // x^A_n = sign(w_n)·√|w_n·s_n|·A_n, x^B_n = √|w_n·s_n|·B_n: the weights are in the factors now.
         var (xa, xb, r) = FactorSpace.WeightedFactors(m, o);
         var stats = new ModuleStats();
-        Sparsify(route, m, xa, $"{m.Path}.lora_A", o, stats, stats.ThresholdsA, MergeErrors.WeightedOverflow(m, o, "lora_A"));
-        Sparsify(route, m, xb, $"{m.Path}.lora_B", o, stats, stats.ThresholdsB, MergeErrors.WeightedOverflow(m, o, "lora_B"));
+        Sparsify(route, m, xa, $"{m.Path}.lora_A", o, stats, stats.ThresholdsA, stats.KeptFractionA, MergeErrors.WeightedOverflow(m, o, "lora_A"));
+        Sparsify(route, m, xb, $"{m.Path}.lora_B", o, stats, stats.ThresholdsB, stats.KeptFractionB, MergeErrors.WeightedOverflow(m, o, "lora_B"));
         var unit = Enumerable.Repeat(1.0, n).ToArray();
         var a = Combine(xa, unit, 1.0, route.Parallel);
         var b = Combine(xb, unit, o.EffectiveLambda, route.Parallel);
@@ -94,13 +94,13 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
         var stats = new ModuleStats();
         var deltas = new List<float[]>(n);
         for (int task = 0; task < n; task++) deltas.Add(route.TaskDelta(m, task));
-        Sparsify(route, m, deltas, m.Path, o, stats, stats.ThresholdsA, MergeErrors.DeltaOverflow(m));
+        Sparsify(route, m, deltas, m.Path, o, stats, stats.ThresholdsA, stats.KeptFractionA, MergeErrors.DeltaOverflow(m));
         var w = Enumerable.Range(0, n).Select(task => o.WeightOf(m, task)).ToArray();
         return new DenseResult(Combine(deltas, w, o.EffectiveLambda, route.Parallel)) { Stats = stats };
     }
 
     private void Sparsify(MergeRoute route, ModuleInput m, List<float[]> xs, string streamName, MergeOptions o, ModuleStats stats, List<float> thresholds,
-        Func<int, TaskInputException> nonFinite)
+        List<double> keptFractions, Func<int, TaskInputException> nonFinite)
     {
         switch (Sparsifier)
         {
@@ -114,6 +114,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
                     thresholds.Add(sel[i].Threshold);
                     stats.Kept += sel[i].Kept;
                     stats.Total += xs[i].Length;
+                    keptFractions.Add(CopaScaling.Fraction(sel[i].Kept, xs[i].Length));
                 }
                 return;
             }
@@ -136,6 +137,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
                     }
                     stats.Kept += kept;
                     stats.Total += x.LongLength;
+                    keptFractions.Add(CopaScaling.Fraction(kept, x.LongLength));
                 }
                 return;
             }

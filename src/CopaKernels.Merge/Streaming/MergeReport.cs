@@ -52,6 +52,15 @@ public sealed record MergeReport
     public IReadOnlyList<FullTensorReport>? FullTensors { get; init; }
 
     /// <summary>
+    /// Exact singular values of each task's ΔW_n = s_n·B_n·A_n and of the merged ΔW, for the modules chosen
+    /// (<see cref="MergeRequest.ReportSpectra"/>); null (left out) when none was asked for.
+    /// </summary>
+    public IReadOnlyList<ModuleSpectrum>? Spectra { get; init; }
+
+    /// <summary>Bytes read, computed and written over the run's time; null (left out) in reports written before it existed.</summary>
+    public Timeline? Throughput { get; init; }
+
+    /// <summary>
     /// Serialises with snake_case names, indented, null members left out, NaN/±Inf as strings: exactly what
     /// <see cref="JsonSerializer"/> writes for this type with <see cref="MergeReportJson"/>'s options (a test
     /// holds the two equal), written by hand with a <see cref="Utf8JsonWriter"/> because the serializer, even
@@ -115,6 +124,23 @@ public sealed record MergeReport
                 if (m.TruncationRelativeError is { } e) WriteNumber(w, "truncation_relative_error", e);
                 WriteNumber(w, "seconds", m.Seconds);
                 if (m.Adapters != null) WriteInts(w, "adapters", m.Adapters);
+                if (m.KeptFractionA != null) WriteDoubles(w, "kept_fraction_a", m.KeptFractionA);
+                if (m.KeptFractionB != null) WriteDoubles(w, "kept_fraction_b", m.KeptFractionB);
+                if (m.Scales != null)
+                {
+                    w.WriteStartArray("scales");
+                    foreach (var sc in m.Scales)
+                    {
+                        w.WriteStartObject();
+                        WriteNumber(w, "min", sc.Min);
+                        WriteNumber(w, "median", sc.Median);
+                        WriteNumber(w, "max", sc.Max);
+                        w.WriteNumber("fallback_rows", sc.FallbackRows);
+                        w.WriteEndObject();
+                    }
+                    w.WriteEndArray();
+                }
+                if (m.EnergyKept is { } energy) WriteNumber(w, "energy_kept", energy);
                 w.WriteEndObject();
             }
             w.WriteEndArray();
@@ -131,6 +157,40 @@ public sealed record MergeReport
                     w.WriteEndObject();
                 }
                 w.WriteEndArray();
+            }
+            if (Spectra != null)
+            {
+                w.WriteStartArray("spectra");
+                foreach (var sp in Spectra)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("path", sp.Path);
+                    WriteInts(w, "adapters", sp.Adapters);
+                    w.WriteStartArray("tasks");
+                    foreach (var t in sp.Tasks) WriteDoubleArray(w, t);
+                    w.WriteEndArray();
+                    if (sp.Merged != null) WriteDoubles(w, "merged", sp.Merged);
+                    if (sp.Note != null) w.WriteString("note", sp.Note);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+            }
+            if (Throughput != null)
+            {
+                w.WriteStartObject("throughput");
+                WriteNumber(w, "interval_seconds", Throughput.IntervalSeconds);
+                w.WriteStartArray("samples");
+                foreach (var x in Throughput.Samples)
+                {
+                    w.WriteStartObject();
+                    WriteNumber(w, "seconds", x.Seconds);
+                    w.WriteNumber("read", x.Read);
+                    w.WriteNumber("computed", x.Computed);
+                    w.WriteNumber("written", x.Written);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
             }
             w.WriteEndObject();
         }
@@ -178,6 +238,19 @@ public sealed record MergeReport
         w.WriteEndArray();
     }
 
+    private static void WriteDoubles(Utf8JsonWriter w, string name, IReadOnlyList<double> values)
+    {
+        w.WritePropertyName(name);
+        WriteDoubleArray(w, values);
+    }
+
+    private static void WriteDoubleArray(Utf8JsonWriter w, IReadOnlyList<double> values)
+    {
+        w.WriteStartArray();
+        foreach (var v in values) WriteValue(w, v);
+        w.WriteEndArray();
+    }
+
     private static void WriteNumber(Utf8JsonWriter w, string name, double v)
     {
         w.WritePropertyName(name);
@@ -197,6 +270,7 @@ public sealed record MergeReport
             case ulong u: w.WriteNumberValue(u); break;
             case bool b: w.WriteBooleanValue(b); break;
             case string str: w.WriteStringValue(str); break;
+            case JsonElement e: e.WriteTo(w); break;   // a report read back (FromJson) writes its values as they were
             case double[] a:
                 w.WriteStartArray();
                 foreach (var x in a) WriteValue(w, x);
@@ -229,10 +303,35 @@ public sealed record MergeReport
     /// <c>Adapters</c>: where only some adapters have the module, their indices (0-based) in the report's
     /// <c>adapters</c> list, which <c>Ranks</c> and the thresholds follow; null (left out) when all have it.
     /// </remarks>
+    /// <remarks>
+    /// <c>KeptFractionA</c>/<c>KeptFractionB</c>: each task's kept fraction, A side (or the only tensor) and B
+    /// side, where the method trims or drops; <c>Scales</c>: CoPA's S_n per task; <c>EnergyKept</c>: with an
+    /// output rank N, Σ_{i&lt;N} σ_i² / Σ σ_i² of the merged ΔW (1 − the squared truncation error).
+    /// Each is null (left out) where it does not apply.
+    /// </remarks>
     public sealed record ModuleReport(
         string Path, int DOut, int DIn, IReadOnlyList<int> Ranks, int Rank, bool Dense,
         IReadOnlyList<float> ThresholdsA, IReadOnlyList<float> ThresholdsB, long Kept, long Considered,
-        int ZeroDenominatorRows, double? TruncationRelativeError, double Seconds, IReadOnlyList<int>? Adapters = null);
+        int ZeroDenominatorRows, double? TruncationRelativeError, double Seconds, IReadOnlyList<int>? Adapters = null,
+        IReadOnlyList<double>? KeptFractionA = null, IReadOnlyList<double>? KeptFractionB = null,
+        IReadOnlyList<ScaleSummary>? Scales = null, double? EnergyKept = null);
+
+    /// <summary>The singular values of one module's updates, each list descending.</summary>
+    /// <param name="Path">Module path.</param>
+    /// <param name="Adapters">The adapters (0-based) that have the module, in the order of <paramref name="Tasks"/>.</param>
+    /// <param name="Tasks">σ(ΔW_n) of each of those adapters' update s_n·B_n·A_n.</param>
+    /// <param name="Merged">σ of the merged update as written; null when the merge gave a dense ΔW (no low-rank form to take it from cheaply).</param>
+    /// <param name="Note">Why <paramref name="Merged"/> is missing, or null.</param>
+    public sealed record ModuleSpectrum(string Path, IReadOnlyList<int> Adapters, IReadOnlyList<IReadOnlyList<double>> Tasks,
+        IReadOnlyList<double>? Merged, string? Note = null);
+
+    /// <summary>Cumulative bytes at sampled times of the run.</summary>
+    /// <param name="IntervalSeconds">The sampling interval the samples ended with (it doubles to keep them few).</param>
+    /// <param name="Samples">The samples, in time order; the last is the end of the stream.</param>
+    public sealed record Timeline(double IntervalSeconds, IReadOnlyList<TimelineSample> Samples);
+
+    /// <summary>One sample: seconds since the stream started, and bytes read from the inputs, handed to the writer (computed), and written.</summary>
+    public sealed record TimelineSample(double Seconds, long Read, long Computed, long Written);
 }
 
 /// <summary>

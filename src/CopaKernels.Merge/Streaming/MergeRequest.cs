@@ -13,6 +13,17 @@ public enum OutputMode
     Delta,
 }
 
+/// <summary>For which modules the report gives the singular-value spectra (<see cref="MergeReport.Spectra"/>).</summary>
+public enum SpectraSelection
+{
+    /// <summary>A few per module type (the first, middle and last layer of each), the default.</summary>
+    Few,
+    /// <summary>Every module.</summary>
+    All,
+    /// <summary>None.</summary>
+    None,
+}
+
 /// <summary>
 /// Everything a merge job needs: inputs, method parameters, output, and resource limits. Built by the
 /// CLI from flags and YAML, or directly by library users; checked by <see cref="MergePlanner.Plan"/>.
@@ -63,4 +74,10 @@ public sealed record MergeRequest
     /// the page cache, as other tools leave theirs; the merge then does not wait for the disk.
     /// </summary>
     public bool Sync { get; init; } = true;
+
+    /// <summary>Whether <c>merge_report.html</c> is written beside <c>merge_report.json</c> (default).</summary>
+    public bool HtmlReport { get; init; } = true;
+
+    /// <summary>The modules whose singular-value spectra the report gives.</summary>
+    public SpectraSelection ReportSpectra { get; init; } = SpectraSelection.Few;
 }

@@ -27,6 +27,9 @@ public sealed class MergeRunner
     private readonly CancellationToken _ct;
     private readonly List<MergeReport.ModuleReport> _reports = new();
     private readonly Stopwatch _compute = new();
+    private readonly ModuleSpectra _spectra;
+    private readonly ITensorFile[] _inputs;
+    private MergeTimeline? _timeline;
     private double _maxTruncationError;
 
     private MergeRunner(MergePlan plan, IMergeBackend backend, IMergeProgress? progress, CancellationToken ct)
@@ -39,6 +42,32 @@ public sealed class MergeRunner
         // Adapter output of the method's exact result is written as it comes: a method may encode it itself.
         var encodeAs = plan.Request.Mode == OutputMode.Adapter && plan.Request.Rank is null ? plan.OutDType : null;
         _route = MergeRoute.For(backend, new ResultSink(_pool, encodeAs));
+        _spectra = new ModuleSpectra(plan);
+        // Every file the run reads from, for the bytes-read timeline.
+        var inputs = new HashSet<ITensorFile>(ReferenceEqualityComparer.Instance);
+        foreach (var a in plan.Adapters)
+        {
+            inputs.Add(a.Weights);
+            if (a.Trainables != null) inputs.Add(a.Trainables);
+        }
+        foreach (var f in plan.FullTensors)
+            foreach (var source in f.Sources) inputs.Add(source.File);
+        if (plan.Base != null) foreach (var shard in plan.Base.Shards) inputs.Add(shard);
+        _inputs = inputs.ToArray();
+    }
+
+    private TimeSpan ReadTime()
+    {
+        var total = TimeSpan.Zero;
+        foreach (var f in _inputs) total += f.ReadTime;
+        return total;
+    }
+
+    private long BytesRead()
+    {
+        long total = 0;
+        foreach (var f in _inputs) total += f.BytesRead;
+        return total;
     }
 
     private static readonly AsyncLocal<Action<string>?> s_beforeTensor = new();
@@ -70,20 +99,36 @@ public sealed class MergeRunner
     {
         var total = Stopwatch.StartNew();
         using var folder = AtomicFolder.Create(_plan.Request.Output);
+        long read0 = BytesRead();
+        TimeSpan readTime0 = ReadTime();
         int tensors;
-        switch (_plan.Request.Mode)
+        using (_timeline = new MergeTimeline(() => BytesRead() - read0))
         {
-            case OutputMode.Adapter:
-                tensors = WriteAdapter(folder.TempPath);
-                break;
-            default:
-                tensors = WriteSharded(folder.TempPath);
-                break;
+            switch (_plan.Request.Mode)
+            {
+                case OutputMode.Adapter:
+                    tensors = WriteAdapter(folder.TempPath);
+                    break;
+                default:
+                    tensors = WriteSharded(folder.TempPath);
+                    break;
+            }
         }
+        var throughput = _timeline.Finish();
         _ct.ThrowIfCancellationRequested();
         total.Stop();
-        var report = MakeReport(tensors, planSeconds, total.Elapsed.TotalSeconds);
+        var readSeconds = (ReadTime() - readTime0).TotalSeconds;
+        // After the output data is written: the spectra read the tasks' factors back and decompose them.
+        var spectraTime = Stopwatch.StartNew();
+        var spectra = _spectra.Compute(_route.Parallel, _ct);
+        spectraTime.Stop();
+        var report = MakeReport(tensors, planSeconds, total.Elapsed.TotalSeconds) with { Spectra = spectra, Throughput = throughput };
+        report.TimingsSeconds["read"] = Math.Round(readSeconds, 4);
+        report.TimingsSeconds["write"] = Math.Round(_timeline.WriteTime.TotalSeconds, 4);
+        if (spectra != null) report.TimingsSeconds["spectra"] = Math.Round(spectraTime.Elapsed.TotalSeconds, 4);
         File.WriteAllText(Path.Combine(folder.TempPath, MergeReport.FileName), report.ToJson() + "\n");
+        if (_plan.Request.HtmlReport)
+            File.WriteAllText(Path.Combine(folder.TempPath, Reporting.MergeReportHtml.FileName), Reporting.MergeReportHtml.Render(report));
         // Every byte was read: an input written to or replaced since it was opened may have given some of
         // them from each version, so the output is committed only if every input is still what was opened.
         _plan.CheckInputsUnchanged();
@@ -108,7 +153,7 @@ public sealed class MergeRunner
         var full = _plan.FullTensors.ToDictionary(f => f.Key, StringComparer.Ordinal);
         _progress?.Start(writer.Weights.DataLength + (trainables?.DataLength ?? 0), writer.Weights.Layout.Count + (trainables?.Layout.Count ?? 0));
         var written = new List<WrittenModule>(_plan.Modules.Count);
-        using (var queue = new WriteQueue(name => trainables != null && full.TryGetValue(name, out var f) && f.InTrainablesFile ? trainables : writer.Weights))
+        using (var queue = new WriteQueue(name => trainables != null && full.TryGetValue(name, out var f) && f.InTrainablesFile ? trainables : writer.Weights, _timeline))
         using (var feed = new ModuleFeed(_plan, _pool, DeferReads, _ct))
         {
             var tiles = new TileWriter(_backend, queue, null, _progress, _ct);
@@ -246,7 +291,7 @@ public sealed class MergeRunner
         _progress?.Start(writer.TotalSize, order.Count);
         // Outlives the queue: the writer thread writes from its result buffers until it has drained.
         using var staging = new TileStaging(_backend);
-        using (var queue = new WriteQueue(writer.For))
+        using (var queue = new WriteQueue(writer.For, _timeline))
         using (var feed = new ModuleFeed(_plan, _pool, DeferReads, _ct))
         {
             var tiles = new TileWriter(_backend, queue, staging, _progress, _ct);
@@ -356,11 +401,14 @@ public sealed class MergeRunner
             result = new LowRankResult(t.B, t.A, n, 1.0, n) { Stats = lr.Stats };
         }
         _compute.Stop();
+        _spectra.Capture(m, result);
         feed.Recycle(input, result);
         var s = result.Stats;
         _reports.Add(new MergeReport.ModuleReport(m.Path, m.DOut, m.DIn, m.Ranks,
             result is LowRankResult l ? l.Rank : 0, result is DenseResult, s.ThresholdsA, s.ThresholdsB, s.Kept, s.Total,
-            s.ZeroDenominatorRows, truncation, sw.Elapsed.TotalSeconds, m.Adapters.Count == _plan.Adapters.Count ? null : m.Adapters));
+            s.ZeroDenominatorRows, truncation, sw.Elapsed.TotalSeconds, m.Adapters.Count == _plan.Adapters.Count ? null : m.Adapters,
+            s.KeptFractionA.Count > 0 ? s.KeptFractionA : null, s.KeptFractionB.Count > 0 ? s.KeptFractionB : null,
+            s.Scales.Count > 0 ? s.Scales : null, truncation is { } err ? 1 - err * err : null));
         return result;
     }
 

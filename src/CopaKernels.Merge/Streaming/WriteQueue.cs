@@ -21,12 +21,15 @@ internal sealed class WriteQueue : IDisposable
     private readonly BlockingCollection<Item> _items = new(Depth);
     private readonly Func<string, SafetensorsWriter> _writerFor;
     private readonly Thread _thread;
+    private readonly MergeTimeline? _timeline;
     private ExceptionDispatchInfo? _failure;
 
     /// <param name="writerFor">The file that takes tensor data next (may open a new shard; called on the writer thread only).</param>
-    public WriteQueue(Func<string, SafetensorsWriter> writerFor)
+    /// <param name="timeline">Counts the bytes queued and written, or null.</param>
+    public WriteQueue(Func<string, SafetensorsWriter> writerFor, MergeTimeline? timeline = null)
     {
         _writerFor = writerFor;
+        _timeline = timeline;
         _thread = new Thread(Drain) { IsBackground = true, Name = "copa-writer" };
         _thread.Start();
     }
@@ -45,6 +48,7 @@ internal sealed class WriteQueue : IDisposable
     private void Add(Item item)
     {
         _failure?.Throw();
+        _timeline?.Computed(item.Length);
         try { _items.Add(item); }
         catch (InvalidOperationException) { _failure?.Throw(); throw; }
     }
@@ -67,7 +71,11 @@ internal sealed class WriteQueue : IDisposable
             try
             {
                 if (_failure == null)
+                {
+                    long start = System.Diagnostics.Stopwatch.GetTimestamp();
                     _writerFor(item.Tensor).Append(item.Tensor, item.Array != null ? item.Array.AsSpan(0, item.Length) : item.Host!.Span<byte>(0, item.Length));
+                    _timeline?.Written(item.Length, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+                }
             }
             catch (Exception e)
             {

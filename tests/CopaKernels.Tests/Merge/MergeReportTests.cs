@@ -1,4 +1,5 @@
 using System.Text.Json;
+using CopaKernels.Merge;
 using CopaKernels.Merge.Streaming;
 
 namespace CopaKernels.Tests.Merge;
@@ -18,6 +19,7 @@ public class MergeReportTests
         var back = MergeReport.FromJson(report.ToJson());
         Assert.Equal(report.Modules.Count, back.Modules.Count);
         Assert.Equal(report.Summary, back.Summary);
+        Assert.Equal(report.ToJson(), back.ToJson());   // every field reads back as it was written
     }
 
     private static MergeReport Sample(bool full) => new()
@@ -47,9 +49,15 @@ public class MergeReportTests
         [
             new MergeReport.ModuleReport("model.layers.0.mlp.down_proj", 4096, 11008, [16, 16], 128, false,
                 [0.0076293945f, float.NaN, -0f, float.Epsilon], full ? [0.012817383f, float.NegativeInfinity] : [], 389060, 1933312, 0,
-                full ? 0.25 : null, 0.0406257),
+                full ? 0.25 : null, 0.0406257, null, full ? [0.2, 1.0 / 3] : null, full ? [0.5] : null,
+                full ? [new ScaleSummary(1.25, 2.5, double.PositiveInfinity, 3), ScaleSummary.Of([], 0)] : null, full ? 0.9375 : null),
             new MergeReport.ModuleReport("m", 1, 1, [], 0, true, [], [], 0, 0, 0, null, 0, full ? [0, 2] : null),
         ],
+        Spectra = full
+            ? [new MergeReport.ModuleSpectrum("model.layers.0.mlp.down_proj", [0, 1], [[3.5, 1e-300, 0], [2]], [4, 0.5]),
+               new MergeReport.ModuleSpectrum("m", [0], [[]], null, "dense")]
+            : null,
+        Throughput = full ? new MergeReport.Timeline(0.04, [new(0, 0, 0, 0), new(0.125, 1L << 40, 3, 2)]) : null,
         FullTensors = full
             ? [new MergeReport.FullTensorReport("base_model.model.lm_head.weight", "modules_to_save", "weighted_mean", [1, 2])]
             : null,
