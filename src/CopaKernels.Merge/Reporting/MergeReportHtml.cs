@@ -56,7 +56,8 @@ public static class MergeReportHtml
         Add("merge_compute", "compute", Svg.Color(1));
         Add("write", "write (output files)", Svg.Color(2));
         Add("stream_total", "stream, wall", Svg.Color(7));
-        Add("spectra", "spectra (after)", Svg.Color(3));
+        Add("spectra", "spectra (CPU, all threads)", Svg.Color(3));
+        Add("spectra_wait", "spectra and sync, wall", Svg.Color(5));
         var m = r.Memory;
         var mem = new List<Svg.Bar>
         {
@@ -100,7 +101,7 @@ public static class MergeReportHtml
         }
     }
 
-    private static string Type(string path) => path[(path.LastIndexOf('.') + 1)..];
+    private static string Type(string path) => ModuleSpectra.TypeOf(path);
 
     private static void Trims(HtmlPage page, MergeReport r)
     {

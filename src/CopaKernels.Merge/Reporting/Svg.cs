@@ -101,8 +101,9 @@ internal static class Svg
         const int left = 58, right = 10, top = 24, bottom = 38;
         int plotW = width - left - right, plotH = height - top - bottom;
         var pts = series.SelectMany(s => s.Points).Where(p => double.IsFinite(p.X) && double.IsFinite(p.Y) && (!logY || p.Y > 0)).ToList();
+        // No point to draw (every σ zero on a log axis, say): an empty frame over a unit range.
         double x0 = pts.Count > 0 ? pts.Min(p => p.X) : 0, x1 = pts.Count > 0 ? pts.Max(p => p.X) : 1;
-        double y0 = pts.Count > 0 ? pts.Min(p => p.Y) : 0, y1 = pts.Count > 0 ? pts.Max(p => p.Y) : 1;
+        double y0 = pts.Count > 0 ? pts.Min(p => p.Y) : logY ? 0.1 : 0, y1 = pts.Count > 0 ? pts.Max(p => p.Y) : 1;
         if (!logY) y0 = Math.Min(0, y0);
         if (x1 <= x0) x1 = x0 + 1;
         if (logY)
@@ -121,7 +122,7 @@ internal static class Svg
         sb.Append($"<rect x=\"{left}\" y=\"{top}\" width=\"{plotW}\" height=\"{plotH}\" class=\"frame\"/>");
         // y ticks: decades on a log axis, 5 even steps otherwise.
         var yTicks = new List<double>();
-        if (logY) for (double d = y0; d <= y1 * 1.0001; d *= 10) yTicks.Add(d);
+        if (logY) for (double d = y0; d <= y1 * 1.0001 && yTicks.Count < 400; d *= 10) yTicks.Add(d);
         else for (int i = 0; i <= 4; i++) yTicks.Add(y0 + (y1 - y0) * i / 4);
         int skip = Math.Max(1, yTicks.Count / 6);
         for (int i = 0; i < yTicks.Count; i += skip)

@@ -118,14 +118,21 @@ public sealed class MergeRunner
         _ct.ThrowIfCancellationRequested();
         total.Stop();
         var readSeconds = (ReadTime() - readTime0).TotalSeconds;
-        // After the output data is written: the spectra read the tasks' factors back and decompose them.
-        var spectraTime = Stopwatch.StartNew();
-        var spectra = _spectra.Compute(_route.Parallel, _ct);
-        spectraTime.Stop();
+        // The data is written: the spectra are computed on every core while the files are synced to disk.
+        var spectraWait = Stopwatch.StartNew();
+        _spectra.Start(_plan.Request.Mode == OutputMode.Adapter ? Path.Combine(folder.TempPath, LoraAdapter.WeightsFileName) : null,
+            _route.Parallel.MaxDegreeOfParallelism > 0 ? _route.Parallel.MaxDegreeOfParallelism : Environment.ProcessorCount, _ct);
+        if (_plan.Request.Sync && _spectra.Any) folder.SyncFiles();
+        var spectra = _spectra.Finish();
+        spectraWait.Stop();
         var report = MakeReport(tensors, planSeconds, total.Elapsed.TotalSeconds) with { Spectra = spectra, Throughput = throughput };
         report.TimingsSeconds["read"] = Math.Round(readSeconds, 4);
         report.TimingsSeconds["write"] = Math.Round(_timeline.WriteTime.TotalSeconds, 4);
-        if (spectra != null) report.TimingsSeconds["spectra"] = Math.Round(spectraTime.Elapsed.TotalSeconds, 4);
+        if (spectra != null)
+        {
+            report.TimingsSeconds["spectra"] = Math.Round(_spectra.Busy.TotalSeconds, 4);
+            report.TimingsSeconds["spectra_wait"] = Math.Round(spectraWait.Elapsed.TotalSeconds, 4);
+        }
         File.WriteAllText(Path.Combine(folder.TempPath, MergeReport.FileName), report.ToJson() + "\n");
         if (_plan.Request.HtmlReport)
             File.WriteAllText(Path.Combine(folder.TempPath, Reporting.MergeReportHtml.FileName), Reporting.MergeReportHtml.Render(report));
@@ -401,7 +408,7 @@ public sealed class MergeRunner
             result = new LowRankResult(t.B, t.A, n, 1.0, n) { Stats = lr.Stats };
         }
         _compute.Stop();
-        _spectra.Capture(m, result);
+        _spectra.Capture(m, result, factorsWritten: _plan.Request.Mode == OutputMode.Adapter);
         feed.Recycle(input, result);
         var s = result.Stats;
         _reports.Add(new MergeReport.ModuleReport(m.Path, m.DOut, m.DIn, m.Ranks,

@@ -1,4 +1,6 @@
+using CopaKernels.Formats;
 using CopaKernels.Formats.Numerics;
+using CopaKernels.Formats.Peft;
 using CopaKernels.Formats.Safetensors;
 
 namespace CopaKernels.Merge.Streaming;
@@ -6,23 +8,30 @@ namespace CopaKernels.Merge.Streaming;
 /// <summary>
 /// The report's singular-value spectra (the view of the CoPA paper's Fig. 2b): for the chosen modules, σ of
 /// each task's update ΔW_n = s_n·B_n·A_n and of the merged update as written, each from its low-rank factors
-/// by <see cref="LowRankTruncation.SingularValues"/> (QR of both factors and an SVD of the R×R core, in
-/// double), never from the dense d_out × d_in matrix. An embedding's update is stored transposed, which
-/// leaves σ unchanged.
+/// by <see cref="LowRankTruncation.SingularValues"/>, never from the dense d_out × d_in matrix. An
+/// embedding's update is stored transposed, which leaves σ unchanged.
 /// </summary>
 /// <remarks>
-/// The merged factors of the chosen modules are copied as the merge produces them (a few modules, a few MB);
-/// the tasks' factors are read back from the adapters, and every decomposition runs after the output data is
-/// written, so the spectra add to the end of the run and never to the merge's own memory plan.
+/// Computed after the output data is written, while the written files are synced to disk: that wait leaves
+/// the cores idle, so on a merge that syncs its output (the default) the spectra mostly cost no wall time.
+/// Every core computes them (one module each). The tasks' factors are read back from the adapters; an adapter
+/// output's merged factors are read back from the file just written (no copy is held during the merge); for a
+/// model output, whose file holds W + ΔW, a copy of each chosen module's merged factors is kept as it is
+/// merged. A dense merged ΔW (delta space) gets a note instead of a spectrum.
 /// </remarks>
 internal sealed class ModuleSpectra
 {
     private readonly MergePlan _plan;
     private readonly HashSet<string> _chosen;
-    private readonly Dictionary<string, Merged> _merged = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Merged> _copies = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (int Rank, double Scale)> _written = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _notes = new(StringComparer.Ordinal);
+    private Task<MergeReport.ModuleSpectrum[]>? _running;
+    private long _busyTicks;
 
     private sealed record Merged(float[] B, float[] A, int Rank, double Scale);
+
+    private const string DenseNote = "the merge gave a dense ΔW (delta space): its spectrum would need a dense SVD";
 
     public ModuleSpectra(MergePlan plan)
     {
@@ -33,10 +42,17 @@ internal sealed class ModuleSpectra
     /// <summary>Whether the report gives this module's spectra.</summary>
     public bool Wants(string path) => _chosen.Contains(path);
 
+    /// <summary>Whether any module was chosen.</summary>
+    public bool Any => _chosen.Count > 0;
+
+    /// <summary>CPU time spent computing, summed over the threads.</summary>
+    public TimeSpan Busy => System.Diagnostics.Stopwatch.GetElapsedTime(0, Interlocked.Read(ref _busyTicks));
+
     /// <summary>
     /// The modules of <paramref name="paths"/> a selection takes, in their order. <see cref="SpectraSelection.Few"/>:
-    /// for each module type (the last part of the path, e.g. <c>q_proj</c>) the first, middle and last layer it
-    /// occurs in (the layer is the last number in the path); a type without layer numbers gives its first module.
+    /// one module of each type (<see cref="TypeOf"/>, e.g. <c>q_proj</c>), from the middle layer it occurs
+    /// in (the layer is the last number in the path), or its only module without a layer number. One per type
+    /// keeps the default report's cost under the output's sync to disk (bench/RESULTS.md, issue #17).
     /// </summary>
     public static IReadOnlyList<string> Choose(IReadOnlyList<string> paths, SpectraSelection selection)
     {
@@ -45,7 +61,7 @@ internal sealed class ModuleSpectra
         var byType = new Dictionary<string, List<(int Layer, string Path)>>(StringComparer.Ordinal);
         foreach (var p in paths)
         {
-            string type = p[(p.LastIndexOf('.') + 1)..];
+            string type = TypeOf(p);
             if (!byType.TryGetValue(type, out var list)) byType[type] = list = new();
             list.Add((LayerOf(p) ?? -1, p));
         }
@@ -53,10 +69,21 @@ internal sealed class ModuleSpectra
         foreach (var list in byType.Values)
         {
             var layers = list.Select(x => x.Layer).Distinct().Order().ToList();
-            foreach (int layer in new[] { layers[0], layers[layers.Count / 2], layers[^1] })
-                chosen.Add(list.First(x => x.Layer == layer).Path);
+            chosen.Add(list.First(x => x.Layer == layers[layers.Count / 2]).Path);
         }
         return paths.Where(chosen.Contains).ToList();
+    }
+
+    /// <summary>
+    /// The module type of a path: its last part that is not a number (<c>model.layers.7.mlp.up_proj</c> →
+    /// <c>up_proj</c>, <c>model.mm_projector.2</c> → <c>mm_projector</c>).
+    /// </summary>
+    public static string TypeOf(string path)
+    {
+        var parts = path.Split('.');
+        for (int i = parts.Length - 1; i >= 0; i--)
+            if (!(parts[i].Length > 0 && parts[i].All(char.IsAsciiDigit))) return parts[i];
+        return path;
     }
 
     /// <summary>The layer index of a module path: its last all-digit part (<c>model.layers.7.mlp.up_proj</c> → 7).</summary>
@@ -68,20 +95,26 @@ internal sealed class ModuleSpectra
         return null;
     }
 
-    /// <summary>Keeps a copy of a chosen module's merged result (the caller's arrays go back to the pool).</summary>
-    public void Capture(PlannedModule m, ModuleResult result)
+    /// <summary>
+    /// Notes a chosen module's merged result: its rank and scale where the output file will hold the factors
+    /// (<paramref name="factorsWritten"/>), else a copy of them; a dense result gets a note.
+    /// </summary>
+    public void Capture(PlannedModule m, ModuleResult result, bool factorsWritten)
     {
         if (!Wants(m.Path)) return;
         switch (result)
         {
+            case LowRankResult lr when factorsWritten:
+                _written[m.Path] = (lr.Rank, lr.Scale);
+                break;
             case LowRankResult { Encoded: { } e } lr:
-                _merged[m.Path] = new Merged(Decode(e.DType, e.B, e.BLength), Decode(e.DType, e.A, e.ALength), lr.Rank, lr.Scale);
+                _copies[m.Path] = new Merged(Decode(e.DType, e.B, e.BLength), Decode(e.DType, e.A, e.ALength), lr.Rank, lr.Scale);
                 break;
             case LowRankResult lr:
-                _merged[m.Path] = new Merged((float[])lr.B.Clone(), (float[])lr.A.Clone(), lr.Rank, lr.Scale);
+                _copies[m.Path] = new Merged((float[])lr.B.Clone(), (float[])lr.A.Clone(), lr.Rank, lr.Scale);
                 break;
             default:
-                _notes[m.Path] = "the merge gave a dense ΔW (delta space): its spectrum would need a dense SVD";
+                _notes[m.Path] = DenseNote;
                 break;
         }
     }
@@ -93,35 +126,78 @@ internal sealed class ModuleSpectra
         return values;
     }
 
-    /// <summary>The spectra of the chosen modules, in plan order (null when none was chosen).</summary>
-    public IReadOnlyList<MergeReport.ModuleSpectrum>? Compute(ParallelOptions parallel, CancellationToken ct)
+    /// <summary>
+    /// Starts computing on every core, in the background; <paramref name="writtenAdapter"/> is the adapter
+    /// weights file just written (adapter output), which the merged factors are read back from.
+    /// </summary>
+    public void Start(string? writtenAdapter, int threads, CancellationToken ct)
     {
-        if (_chosen.Count == 0) return null;
-        var result = new List<MergeReport.ModuleSpectrum>(_chosen.Count);
-        foreach (var m in _plan.Modules)
+        if (!Any) return;
+        var modules = _plan.Modules.Where(m => Wants(m.Path)).ToArray();
+        _running = Task.Run(() =>
         {
-            if (!_chosen.Contains(m.Path)) continue;
-            ct.ThrowIfCancellationRequested();
-            var tasks = new List<IReadOnlyList<double>>(m.Adapters.Count);
-            foreach (int n in m.Adapters)
+            using var output = writtenAdapter != null && _written.Count > 0 ? SafetensorsFile.Open(writtenAdapter) : null;
+            var result = new MergeReport.ModuleSpectrum[modules.Length];
+            var one = new ParallelOptions { MaxDegreeOfParallelism = 1 };
+            Parallel.For(0, modules.Length, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads), CancellationToken = ct }, i =>
             {
-                var adapter = _plan.Adapters[n];
-                if (!adapter.TryGetModule(m.Path, out var lm))
-                    throw new InvalidOperationException($"{m.Path} planned for adapter {n}, which lacks it");
-                tasks.Add(Spectrum(adapter.Weights.ReadSingles(lm.B), adapter.Weights.ReadSingles(lm.A), lm.Rank, lm.Scale, parallel));
-            }
-            IReadOnlyList<double>? merged = null;
-            if (_merged.TryGetValue(m.Path, out var r) && r.Rank > 0) merged = Spectrum(r.B, r.A, r.Rank, r.Scale, parallel);
-            result.Add(new MergeReport.ModuleSpectrum(m.Path, m.Adapters, tasks, merged, _notes.GetValueOrDefault(m.Path)));
+                long start = System.Diagnostics.Stopwatch.GetTimestamp();
+                result[i] = Compute(modules[i], output, one);
+                Interlocked.Add(ref _busyTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+            });
+            return result;
+        }, ct);
+    }
+
+    /// <summary>Waits for <see cref="Start"/>'s work; the spectra in plan order, or null when none was chosen.</summary>
+    public IReadOnlyList<MergeReport.ModuleSpectrum>? Finish()
+    {
+        if (_running == null) return null;
+        try { return _running.GetAwaiter().GetResult(); }
+        finally { _copies.Clear(); }
+    }
+
+    private MergeReport.ModuleSpectrum Compute(PlannedModule m, SafetensorsFile? output, ParallelOptions parallel)
+    {
+        var tasks = new List<IReadOnlyList<double>>(m.Adapters.Count);
+        foreach (int n in m.Adapters)
+        {
+            var adapter = _plan.Adapters[n];
+            if (!adapter.TryGetModule(m.Path, out var lm))
+                throw new InvalidOperationException($"{m.Path} planned for adapter {n}, which lacks it");
+            tasks.Add(FromFile(adapter.Weights, lm.B, lm.A, lm.Rank, lm.Scale, parallel));
         }
-        return result;
+        IReadOnlyList<double>? merged = null;
+        if (_copies.TryGetValue(m.Path, out var c) && c.Rank > 0) merged = Spectrum(c.B, c.A, c.Rank, c.Scale, parallel);
+        else if (output != null && _written.TryGetValue(m.Path, out var w) && w.Rank > 0)
+            merged = FromFile(output, output.Get(LoraAdapter.KeyB(m.Path, m.Embedding)), output.Get(LoraAdapter.KeyA(m.Path, m.Embedding)), w.Rank, w.Scale, parallel);
+        return new MergeReport.ModuleSpectrum(m.Path, m.Adapters, tasks, merged, _notes.GetValueOrDefault(m.Path));
+    }
+
+    /// <summary>The spectrum of factors read from a file into pooled arrays (no garbage the size of a factor).</summary>
+    private static double[] FromFile(ITensorFile file, TensorInfo b, TensorInfo a, int rank, double scale, ParallelOptions parallel)
+    {
+        int nb = checked((int)b.ElementCount), na = checked((int)a.ElementCount);
+        var pool = System.Buffers.ArrayPool<float>.Shared;
+        var (pb, pa) = (pool.Rent(nb), pool.Rent(na));
+        try
+        {
+            file.ReadSingles(b, 0, pb.AsSpan(0, nb));
+            file.ReadSingles(a, 0, pa.AsSpan(0, na));
+            return Spectrum(pb.AsSpan(0, nb), pa.AsSpan(0, na), rank, scale, parallel);
+        }
+        finally
+        {
+            pool.Return(pb);
+            pool.Return(pa);
+        }
     }
 
     /// <summary>
     /// σ(scale·B·A), B of (length / rank) × rank and A of rank × (length / rank). An embedding's factors
     /// have the same shapes (its stored ΔW is (B·A)ᵀ, with the same σ).
     /// </summary>
-    private static double[] Spectrum(float[] b, float[] a, int rank, double scale, ParallelOptions parallel)
+    private static double[] Spectrum(ReadOnlySpan<float> b, ReadOnlySpan<float> a, int rank, double scale, ParallelOptions parallel)
     {
         var s = LowRankTruncation.SingularValues(b, a, b.Length / rank, rank, a.Length / rank, parallel);
         double f = Math.Abs(scale);

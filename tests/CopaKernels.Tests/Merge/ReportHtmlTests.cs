@@ -67,13 +67,17 @@ public sealed class ReportHtmlTests(StreamingFixture fx) : IClassFixture<Streami
         Assert.False(File.Exists(Path.Combine(output, MergeReportHtml.FileName)));
     }
 
-    [Fact]
-    public void Spectra_AreTheSingularValuesOfTheDenseUpdates()
+    [Theory]
+    [InlineData(OutputMode.Adapter)]
+    [InlineData(OutputMode.Model)]
+    public void Spectra_AreTheSingularValuesOfTheDenseUpdates(OutputMode mode)
     {
         var output = fx.NewOutput("spectra");
-        var report = Merge("copa", output);
+        var report = Merge("copa", output, mode);
         Assert.Equal(report.Modules.Count, report.Spectra!.Count);
-        using var merged = LoraAdapter.Open(output);
+        var adapterOutput = fx.NewOutput("spectra-adapter");
+        var asAdapter = mode == OutputMode.Adapter ? report : Merge("copa", adapterOutput);
+        using var merged = LoraAdapter.Open(mode == OutputMode.Adapter ? output : adapterOutput);
         var adapters = fx.Adapters.Select(LoraAdapter.Open).ToList();
         try
         {
@@ -82,16 +86,24 @@ public sealed class ReportHtmlTests(StreamingFixture fx) : IClassFixture<Streami
                 for (int t = 0; t < sp.Tasks.Count; t++)
                 {
                     Assert.True(adapters[sp.Adapters[t]].TryGetModule(sp.Path, out var lm));
-                    Near(DenseSingularValues(adapters[sp.Adapters[t]], lm!), sp.Tasks[t], $"{sp.Path} task {t}");
+                    Near(DenseSingularValues(adapters[sp.Adapters[t]], lm!), sp.Tasks[t], $"{sp.Path} task {t}", 1e-9);
                 }
+                // Adapter output: read back from the written factors. Model output: from a copy of the merged
+                // factors before they were stored, so within the written adapter's rounding of them.
                 Assert.True(merged.TryGetModule(sp.Path, out var mm));
-                Near(DenseSingularValues(merged, mm!), sp.Merged!, $"{sp.Path} merged");
+                Near(DenseSingularValues(merged, mm!), sp.Merged!, $"{sp.Path} merged", mode == OutputMode.Adapter ? 1e-9 : 1e-2);
             }
         }
         finally
         {
             foreach (var a in adapters) a.Dispose();
         }
+    }
+
+    private sealed class SequenceOfSequences : IEqualityComparer<IReadOnlyList<double>?>
+    {
+        public bool Equals(IReadOnlyList<double>? x, IReadOnlyList<double>? y) => x is null ? y is null : y is not null && x.SequenceEqual(y);
+        public int GetHashCode(IReadOnlyList<double>? obj) => 0;
     }
 
     /// <summary>σ of scale·B·A formed densely in double and decomposed whole: an independent reference.</summary>
@@ -112,12 +124,12 @@ public sealed class ReportHtmlTests(StreamingFixture fx) : IClassFixture<Streami
         return svd.S.Take(svd.Count).ToArray();
     }
 
-    private static void Near(double[] want, IReadOnlyList<double> got, string label)
+    private static void Near(double[] want, IReadOnlyList<double> got, string label, double tolerance)
     {
         for (int i = 0; i < got.Count; i++)
         {
             double w = i < want.Length ? want[i] : 0;
-            Assert.True(Math.Abs(w - got[i]) <= 1e-9 * Math.Max(1, want[0]), $"{label}: σ_{i} = {got[i]:R}, dense {w:R}");
+            Assert.True(Math.Abs(w - got[i]) <= tolerance * Math.Max(1, want[0]), $"{label}: σ_{i} = {got[i]:R}, dense {w:R}");
         }
     }
 
@@ -160,20 +172,27 @@ public sealed class ReportHtmlTests(StreamingFixture fx) : IClassFixture<Streami
     }
 
     [Fact]
-    public void FewSpectra_TakeTheFirstMiddleAndLastLayerOfEachType()
+    public void FewSpectra_TakeTheMiddleLayerOfEachType()
     {
         var paths = Enumerable.Range(0, 32).SelectMany(l => new[] { $"model.layers.{l}.self_attn.q_proj", $"model.layers.{l}.mlp.down_proj" })
             .Append("lm_head").Append("model.mm_projector.0").Append("model.mm_projector.2").ToList();
         var few = ModuleSpectra.Choose(paths, SpectraSelection.Few);
-        Assert.Equal(
-        [
-            "model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "model.layers.16.self_attn.q_proj", "model.layers.16.mlp.down_proj",
-            "model.layers.31.self_attn.q_proj", "model.layers.31.mlp.down_proj", "lm_head", "model.mm_projector.0", "model.mm_projector.2",
-        ], few);
+        Assert.Equal(["model.layers.16.self_attn.q_proj", "model.layers.16.mlp.down_proj", "lm_head", "model.mm_projector.2"], few);
         Assert.Equal(paths, ModuleSpectra.Choose(paths, SpectraSelection.All));
         Assert.Empty(ModuleSpectra.Choose(paths, SpectraSelection.None));
         Assert.Equal(7, ModuleSpectra.LayerOf("base_model.model.model.layers.7.mlp.up_proj"));
         Assert.Null(ModuleSpectra.LayerOf("lm_head"));
+    }
+
+    [Fact]
+    public void ZeroUpdates_AndEmptySeries_Render()
+    {
+        // A freshly initialised LoRA has B = 0: every σ is 0, nothing to draw on a log axis.
+        var page = Svg.Lines("zeros", "i", "σ", [new Svg.Series("a", "#000", [(1, 0), (2, 0)]), new Svg.Series("b", "#111", [])], logY: true);
+        Assert.Contains("<svg", page);
+        var empty = Svg.Heatmap("none", ["0"], ["q"], new double[,] { { double.NaN } }, v => v.ToString(), log: true);
+        Assert.Contains("<svg", empty);
+        Assert.Contains("<svg", Svg.Bars("none", []));
     }
 
     [Theory]
