@@ -88,14 +88,17 @@ public sealed partial class AtomicFolder : IDisposable
             throw new CopaInputException(path, null, "output folder is a mount point, which the finished output cannot be renamed onto; give a new folder inside it");
     }
 
+    /// <summary>The files the folder holds now, for <see cref="SyncFiles"/>.</summary>
+    public IReadOnlyList<string> Files() => Directory.GetFiles(TempPath, "*", SearchOption.AllDirectories);
+
     /// <summary>
-    /// Syncs every file the folder holds now to disk, so that the sync of <see cref="Commit"/> finds only what
-    /// was written after it: a caller with work left that does not touch these files (a report to finish)
-    /// overlaps the wait for the disk with it.
+    /// Syncs <paramref name="files"/> (default: every file the folder holds now) to disk, so that the sync of
+    /// <see cref="Commit"/> finds only what was written after: a caller with work left that does not touch
+    /// these files (a report to finish, in files of its own) overlaps the wait for the disk with it.
     /// </summary>
-    public void SyncFiles()
+    public void SyncFiles(IEnumerable<string>? files = null)
     {
-        foreach (var file in Directory.EnumerateFiles(TempPath, "*", SearchOption.AllDirectories))
+        foreach (var file in files ?? Directory.EnumerateFiles(TempPath, "*", SearchOption.AllDirectories))
         {
             using var fs = new FileStream(file, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
             fs.Flush(flushToDisk: true);

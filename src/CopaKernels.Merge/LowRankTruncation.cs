@@ -199,27 +199,48 @@ public static class LowRankTruncation
     /// blocks of the length, each block widened into a small buffer that stays in L2 (count × block doubles),
     /// so each value is read once and no array of the factor's size is allocated; every entry is a SIMD dot.
     /// </summary>
-    private static double[] Gram(ReadOnlySpan<float> x, int count, int length, bool transposed, string name)
+    private static unsafe double[] Gram(ReadOnlySpan<float> x, int count, int length, bool transposed, string name)
     {
+        if (System.Numerics.Tensors.TensorPrimitives.IndexOfMaxMagnitude(x) is var worst and >= 0 && !float.IsFinite(x[worst]))
+        {
+            int bad = 0;
+            while (float.IsFinite(x[bad])) bad++;
+            throw new ArgumentException($"{name} has a non-finite value at index {bad}.", name);
+        }
         int block = Math.Clamp((1 << 15) / count, 64, 1024);   // count × block doubles ≈ 256 KB
         var buffer = System.Buffers.ArrayPool<double>.Shared.Rent(count * block);   // no garbage per call
         var g = new double[count * count];
-        for (int c0 = 0; c0 < length; c0 += block)
+        fixed (float* px = x)
+        fixed (double* pb = buffer)
         {
-            int w = Math.Min(block, length - c0);
-            for (int i = 0; i < w; i++)
-                for (int k = 0; k < count; k++)
-                {
-                    long at = transposed ? (long)(c0 + i) * count + k : (long)k * length + c0 + i;
-                    float e = x[(int)at];
-                    if (!float.IsFinite(e)) throw new ArgumentException($"{name} has a non-finite value at index {at}.", name);
-                    buffer[k * block + i] = e;
-                }
-            for (int j = 0; j < count; j++)
+            for (int c0 = 0; c0 < length; c0 += block)
             {
-                var rj = new ReadOnlySpan<double>(buffer, j * block, w);
-                for (int k = j; k < count; k++)
-                    g[j * count + k] += System.Numerics.Tensors.TensorPrimitives.Dot(rj, new ReadOnlySpan<double>(buffer, k * block, w));
+                int w = Math.Min(block, length - c0);
+                if (transposed)
+                {
+                    // Rows c0.. of B (count values each, contiguous) into columns of the block.
+                    for (int i = 0; i < w; i++)
+                    {
+                        float* row = px + (long)(c0 + i) * count;
+                        for (int k = 0; k < count; k++) pb[k * block + i] = row[k];
+                    }
+                }
+                else
+                {
+                    // Columns c0.. of each row of A: contiguous runs, widened.
+                    for (int k = 0; k < count; k++)
+                    {
+                        float* src = px + (long)k * length + c0;
+                        double* dst = pb + k * block;
+                        for (int i = 0; i < w; i++) dst[i] = src[i];
+                    }
+                }
+                for (int j = 0; j < count; j++)
+                {
+                    var rj = new ReadOnlySpan<double>(pb + j * block, w);
+                    for (int k = j; k < count; k++)
+                        g[j * count + k] += System.Numerics.Tensors.TensorPrimitives.Dot(rj, new ReadOnlySpan<double>(pb + k * block, w));
+                }
             }
         }
         System.Buffers.ArrayPool<double>.Shared.Return(buffer);

@@ -57,12 +57,23 @@ internal sealed class HtmlPage
         return this;
     }
 
-    public override string ToString() =>
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n" +
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n" +
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n" +
-        "<title>" + Svg.Esc(_title) + "</title>\n<style>\n" + Css + "</style></head>\n<body>\n<h1>" + Svg.Esc(_title) + "</h1>\n" +
-        _body + "</body></html>\n";
+    public override string ToString()
+    {
+        using var w = new StringWriter(System.Globalization.CultureInfo.InvariantCulture);
+        WriteTo(w);
+        return w.ToString();
+    }
+
+    /// <summary>Writes the page without first building it as one string (a report page is about a megabyte).</summary>
+    public void WriteTo(TextWriter w)
+    {
+        w.Write("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n");
+        w.Write("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n");
+        w.Write("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
+        w.Write("<title>" + Svg.Esc(_title) + "</title>\n<style>\n" + Css + "</style></head>\n<body>\n<h1>" + Svg.Esc(_title) + "</h1>\n");
+        foreach (var chunk in _body.GetChunks()) w.Write(chunk.Span);
+        w.Write("</body></html>\n");
+    }
 
     private const string Css = """
         body { font: 13px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #111; background: #fff; margin: 24px; max-width: 1280px; }

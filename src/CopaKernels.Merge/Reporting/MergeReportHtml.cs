@@ -16,6 +16,20 @@ public static class MergeReportHtml
     /// <summary>The page, one self-contained HTML document.</summary>
     public static string Render(MergeReport report)
     {
+        using var w = new StringWriter(System.Globalization.CultureInfo.InvariantCulture);
+        Write(report, w);
+        return w.ToString();
+    }
+
+    /// <summary>Writes the page to <paramref name="path"/> (UTF-8), as <see cref="Render"/> gives it, without building it as one string first.</summary>
+    public static void Write(MergeReport report, string path)
+    {
+        using var w = new StreamWriter(path, append: false, new System.Text.UTF8Encoding(false), bufferSize: 1 << 16);
+        Write(report, w);
+    }
+
+    private static void Write(MergeReport report, TextWriter w)
+    {
         ArgumentNullException.ThrowIfNull(report);
         var page = new HtmlPage($"{report.Method} merge: {Path.GetFileName(report.Output.Path.TrimEnd('/'))}");
         Summary(page, report);
@@ -25,7 +39,7 @@ public static class MergeReportHtml
         Energy(page, report);
         Throughput(page, report);
         page.P($"Written by {report.Tool} from merge_report.json (every number here is in it); finished {report.FinishedUtc:yyyy-MM-dd HH:mm:ss} UTC.");
-        return page.ToString();
+        page.WriteTo(w);
     }
 
     private static void Summary(HtmlPage page, MergeReport r)
@@ -57,7 +71,6 @@ public static class MergeReportHtml
         Add("write", "write (output files)", Svg.Color(2));
         Add("stream_total", "stream, wall", Svg.Color(7));
         Add("spectra", "spectra (CPU, all threads)", Svg.Color(3));
-        Add("spectra_wait", "spectra and sync, wall", Svg.Color(5));
         var m = r.Memory;
         var mem = new List<Svg.Bar>
         {

@@ -24,20 +24,30 @@ internal static class Svg
 
     public static string Esc(string s) => WebUtility.HtmlEncode(s);
 
-    /// <summary>Viridis, sampled: t in [0, 1] → colour.</summary>
-    public static string Ramp(double t)
+    /// <summary>Viridis, sampled: t in [0, 1] → colour (one of 256 precomputed).</summary>
+    public static string Ramp(double t) => double.IsFinite(t) ? RampColors[(int)Math.Round(Math.Clamp(t, 0, 1) * 255)] : "#dddddd";
+
+    private static readonly string[] RampColors = MakeRamp();
+
+    private static string[] MakeRamp()
     {
         ReadOnlySpan<(double R, double G, double B)> stops =
         [
             (68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142),
             (31, 158, 137), (53, 183, 121), (109, 205, 89), (180, 222, 44), (253, 231, 37),
         ];
-        if (!double.IsFinite(t)) return "#dddddd";
-        t = Math.Clamp(t, 0, 1) * (stops.Length - 1);
-        int i = Math.Min((int)t, stops.Length - 2);
-        double f = t - i;
-        var (a, b) = (stops[i], stops[i + 1]);
-        return $"#{(int)Math.Round(a.R + f * (b.R - a.R)):x2}{(int)Math.Round(a.G + f * (b.G - a.G)):x2}{(int)Math.Round(a.B + f * (b.B - a.B)):x2}";
+        var colors = new string[256];
+        for (int c = 0; c < 256; c++)
+        {
+            double t = c / 255.0 * (stops.Length - 1);
+            int i = Math.Min((int)t, stops.Length - 2);
+            double f = t - i;
+            var (a, b) = (stops[i], stops[i + 1]);
+            colors[c] = "#" + ((int)Math.Round(a.R + f * (b.R - a.R))).ToString("x2", CultureInfo.InvariantCulture)
+                + ((int)Math.Round(a.G + f * (b.G - a.G))).ToString("x2", CultureInfo.InvariantCulture)
+                + ((int)Math.Round(a.B + f * (b.B - a.B))).ToString("x2", CultureInfo.InvariantCulture);
+        }
+        return colors;
     }
 
     /// <summary>
@@ -68,15 +78,17 @@ internal static class Svg
         for (int c = 0; c < cols.Count; c++)
             sb.Append($"<text x=\"{left + c * cell + cell / 2}\" y=\"{top - 4}\" class=\"s\" transform=\"rotate(-45 {left + c * cell + cell / 2} {top - 4})\">{Esc(Short(cols[c], 8))}</text>");
         int labelEvery = Math.Max(1, rows.Count / 16);
+        var colLabels = cols.Select(Esc).ToArray();
         for (int r = 0; r < rows.Count; r++)
         {
+            string rowLabel = Esc(rows[r]);
             if (r % labelEvery == 0 || r == rows.Count - 1)
-                sb.Append($"<text x=\"{left - 4}\" y=\"{top + r * cell + cell - 3}\" class=\"s\" text-anchor=\"end\">{Esc(rows[r])}</text>");
+                sb.Append($"<text x=\"{left - 4}\" y=\"{top + r * cell + cell - 3}\" class=\"s\" text-anchor=\"end\">{rowLabel}</text>");
             for (int c = 0; c < cols.Count; c++)
             {
                 double v = values[r, c];
                 if (double.IsNaN(v)) continue;
-                sb.Append($"<rect x=\"{left + c * cell}\" y=\"{top + r * cell}\" width=\"{cell - 1}\" height=\"{cell - 1}\" fill=\"{Ramp(Map(v))}\"><title>{Esc(rows[r])} {Esc(cols[c])}: {Esc(format(v))}</title></rect>");
+                sb.Append($"<rect x=\"{left + c * cell}\" y=\"{top + r * cell}\" width=\"{cell - 1}\" height=\"{cell - 1}\" fill=\"{Ramp(Map(v))}\"><title>{rowLabel} {colLabels[c]}: {format(v)}</title></rect>");
             }
         }
         // Legend: the ramp with its ends.
@@ -100,10 +112,18 @@ internal static class Svg
         yFormat ??= G;
         const int left = 58, right = 10, top = 24, bottom = 38;
         int plotW = width - left - right, plotH = height - top - bottom;
-        var pts = series.SelectMany(s => s.Points).Where(p => double.IsFinite(p.X) && double.IsFinite(p.Y) && (!logY || p.Y > 0)).ToList();
+        // The drawn range (plain loops: this runs once per process, where LINQ over tuples would be compiled first).
+        double x0 = double.PositiveInfinity, x1 = double.NegativeInfinity, y0 = double.PositiveInfinity, y1 = double.NegativeInfinity;
+        bool whole = true;
+        foreach (var s in series)
+            foreach (var p in s.Points)
+            {
+                if (!(double.IsFinite(p.X) && double.IsFinite(p.Y) && (!logY || p.Y > 0))) continue;
+                (x0, x1, y0, y1) = (Math.Min(x0, p.X), Math.Max(x1, p.X), Math.Min(y0, p.Y), Math.Max(y1, p.Y));
+                whole &= p.X == Math.Round(p.X);
+            }
         // No point to draw (every σ zero on a log axis, say): an empty frame over a unit range.
-        double x0 = pts.Count > 0 ? pts.Min(p => p.X) : 0, x1 = pts.Count > 0 ? pts.Max(p => p.X) : 1;
-        double y0 = pts.Count > 0 ? pts.Min(p => p.Y) : logY ? 0.1 : 0, y1 = pts.Count > 0 ? pts.Max(p => p.Y) : 1;
+        if (double.IsInfinity(x0)) (x0, x1, y0, y1) = (0, 1, logY ? 0.1 : 0, 1);
         if (!logY) y0 = Math.Min(0, y0);
         if (x1 <= x0) x1 = x0 + 1;
         if (logY)
@@ -131,7 +151,7 @@ internal static class Svg
             sb.Append($"<line x1=\"{left}\" x2=\"{left + plotW}\" y1=\"{N(y)}\" y2=\"{N(y)}\" class=\"grid\"/><text x=\"{left - 4}\" y=\"{N(y + 3)}\" class=\"s\" text-anchor=\"end\">{Esc(yFormat(yTicks[i]))}</text>");
         }
         // x ticks: 5 even steps, whole numbers when the axis spans whole numbers (indices, counts).
-        bool whole = series.All(s => s.Points.All(p => p.X == Math.Round(p.X))) && x1 - x0 >= 4;
+        whole &= x1 - x0 >= 4;
         for (int i = 0; i <= 4; i++)
         {
             double x = x0 + (x1 - x0) * i / 4;
@@ -142,12 +162,18 @@ internal static class Svg
         sb.Append($"<text x=\"10\" y=\"{top + plotH / 2}\" class=\"s\" text-anchor=\"middle\" transform=\"rotate(-90 10 {top + plotH / 2})\">{Esc(yLabel)}</text>");
         foreach (var s in series)
         {
-            var p = s.Points.Where(q => double.IsFinite(q.X) && double.IsFinite(q.Y) && (!logY || q.Y > 0)).ToList();
-            if (p.Count == 0) continue;
-            sb.Append($"<polyline fill=\"none\" stroke=\"{s.Color}\" stroke-width=\"{N(s.Width)}\" points=\"");
-            foreach (var q in p) sb.Append(N(X(q.X))).Append(',').Append(N(Y(q.Y))).Append(' ');
+            int drawn = 0;
+            (double X, double Y) last = default;
+            foreach (var q in s.Points)
+            {
+                if (!(double.IsFinite(q.X) && double.IsFinite(q.Y) && (!logY || q.Y > 0))) continue;
+                if (drawn++ == 0) sb.Append($"<polyline fill=\"none\" stroke=\"{s.Color}\" stroke-width=\"{N(s.Width)}\" points=\"");
+                sb.Append(N(X(q.X))).Append(',').Append(N(Y(q.Y))).Append(' ');
+                last = q;
+            }
+            if (drawn == 0) continue;
             sb.Append($"\"><title>{Esc(s.Name)}</title></polyline>");
-            if (p.Count == 1) sb.Append($"<circle cx=\"{N(X(p[0].X))}\" cy=\"{N(Y(p[0].Y))}\" r=\"2.5\" fill=\"{s.Color}\"/>");
+            if (drawn == 1) sb.Append($"<circle cx=\"{N(X(last.X))}\" cy=\"{N(Y(last.Y))}\" r=\"2.5\" fill=\"{s.Color}\"/>");
         }
         if (legend)
         {

@@ -118,24 +118,25 @@ public sealed class MergeRunner
         _ct.ThrowIfCancellationRequested();
         total.Stop();
         var readSeconds = (ReadTime() - readTime0).TotalSeconds;
-        // The data is written: the spectra are computed on every core while the files are synced to disk.
-        var spectraWait = Stopwatch.StartNew();
-        _spectra.Start(_plan.Request.Mode == OutputMode.Adapter ? Path.Combine(folder.TempPath, LoraAdapter.WeightsFileName) : null,
-            _route.Parallel.MaxDegreeOfParallelism > 0 ? _route.Parallel.MaxDegreeOfParallelism : Environment.ProcessorCount, _ct);
-        if (_plan.Request.Sync && _spectra.Any) folder.SyncFiles();
-        var spectra = _spectra.Finish();
-        spectraWait.Stop();
-        var report = MakeReport(tensors, planSeconds, total.Elapsed.TotalSeconds) with { Spectra = spectra, Throughput = throughput };
-        report.TimingsSeconds["read"] = Math.Round(readSeconds, 4);
-        report.TimingsSeconds["write"] = Math.Round(_timeline.WriteTime.TotalSeconds, 4);
-        if (spectra != null)
+        // The data is written. Its sync to disk waits on the disk with the cores idle: meanwhile, another
+        // thread computes the spectra (on every core) and renders the report, which the output gets after.
+        string? adapterFile = _plan.Request.Mode == OutputMode.Adapter ? Path.Combine(folder.TempPath, LoraAdapter.WeightsFileName) : null;
+        int threads = _route.Parallel.MaxDegreeOfParallelism > 0 ? _route.Parallel.MaxDegreeOfParallelism : Environment.ProcessorCount;
+        var dataFiles = folder.Files();
+        var finishing = Task.Run(() =>
         {
-            report.TimingsSeconds["spectra"] = Math.Round(_spectra.Busy.TotalSeconds, 4);
-            report.TimingsSeconds["spectra_wait"] = Math.Round(spectraWait.Elapsed.TotalSeconds, 4);
-        }
-        File.WriteAllText(Path.Combine(folder.TempPath, MergeReport.FileName), report.ToJson() + "\n");
-        if (_plan.Request.HtmlReport)
-            File.WriteAllText(Path.Combine(folder.TempPath, Reporting.MergeReportHtml.FileName), Reporting.MergeReportHtml.Render(report));
+            var spectra = _spectra.Compute(adapterFile, threads, _ct);
+            var r = MakeReport(tensors, planSeconds, total.Elapsed.TotalSeconds) with { Spectra = spectra, Throughput = throughput };
+            r.TimingsSeconds["read"] = Math.Round(readSeconds, 4);
+            r.TimingsSeconds["write"] = Math.Round(_timeline.WriteTime.TotalSeconds, 4);
+            if (spectra != null) r.TimingsSeconds["spectra"] = Math.Round(_spectra.Busy.TotalSeconds, 4);
+            // Written while the data files are synced; Commit syncs these two as well.
+            File.WriteAllText(Path.Combine(folder.TempPath, MergeReport.FileName), r.ToJson() + "\n");
+            if (_plan.Request.HtmlReport) Reporting.MergeReportHtml.Write(r, Path.Combine(folder.TempPath, Reporting.MergeReportHtml.FileName));
+            return r;
+        }, _ct);
+        if (_plan.Request.Sync) folder.SyncFiles(dataFiles);
+        var report = finishing.GetAwaiter().GetResult();
         // Every byte was read: an input written to or replaced since it was opened may have given some of
         // them from each version, so the output is committed only if every input is still what was opened.
         _plan.CheckInputsUnchanged();

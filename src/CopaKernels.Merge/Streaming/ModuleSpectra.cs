@@ -12,9 +12,9 @@ namespace CopaKernels.Merge.Streaming;
 /// embedding's update is stored transposed, which leaves σ unchanged.
 /// </summary>
 /// <remarks>
-/// Computed after the output data is written, while the written files are synced to disk: that wait leaves
-/// the cores idle, so on a merge that syncs its output (the default) the spectra mostly cost no wall time.
-/// Every core computes them (one module each). The tasks' factors are read back from the adapters; an adapter
+/// Computed after the output data is written, while the written files are synced to disk (the runner calls
+/// <see cref="Compute(string?, int, CancellationToken)"/> on another thread): that wait leaves the cores idle, so on a merge that syncs its
+/// output (the default) the spectra mostly cost no wall time. Every core computes them (one module each). The tasks' factors are read back from the adapters; an adapter
 /// output's merged factors are read back from the file just written (no copy is held during the merge); for a
 /// model output, whose file holds W + ΔW, a copy of each chosen module's merged factors is kept as it is
 /// merged. A dense merged ΔW (delta space) gets a note instead of a spectrum.
@@ -26,7 +26,6 @@ internal sealed class ModuleSpectra
     private readonly Dictionary<string, Merged> _copies = new(StringComparer.Ordinal);
     private readonly Dictionary<string, (int Rank, double Scale)> _written = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _notes = new(StringComparer.Ordinal);
-    private Task<MergeReport.ModuleSpectrum[]>? _running;
     private long _busyTicks;
 
     private sealed record Merged(float[] B, float[] A, int Rank, double Scale);
@@ -127,34 +126,28 @@ internal sealed class ModuleSpectra
     }
 
     /// <summary>
-    /// Starts computing on every core, in the background; <paramref name="writtenAdapter"/> is the adapter
-    /// weights file just written (adapter output), which the merged factors are read back from.
+    /// The chosen modules' spectra in plan order, on <paramref name="threads"/> threads (null when none was
+    /// chosen); <paramref name="writtenAdapter"/> is the adapter weights file just written (adapter output),
+    /// which the merged factors are read back from.
     /// </summary>
-    public void Start(string? writtenAdapter, int threads, CancellationToken ct)
+    public IReadOnlyList<MergeReport.ModuleSpectrum>? Compute(string? writtenAdapter, int threads, CancellationToken ct)
     {
-        if (!Any) return;
+        if (!Any) return null;
         var modules = _plan.Modules.Where(m => Wants(m.Path)).ToArray();
-        _running = Task.Run(() =>
+        using var output = writtenAdapter != null && _written.Count > 0 ? SafetensorsFile.Open(writtenAdapter) : null;
+        var result = new MergeReport.ModuleSpectrum[modules.Length];
+        var one = new ParallelOptions { MaxDegreeOfParallelism = 1 };
+        try
         {
-            using var output = writtenAdapter != null && _written.Count > 0 ? SafetensorsFile.Open(writtenAdapter) : null;
-            var result = new MergeReport.ModuleSpectrum[modules.Length];
-            var one = new ParallelOptions { MaxDegreeOfParallelism = 1 };
             Parallel.For(0, modules.Length, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads), CancellationToken = ct }, i =>
             {
                 long start = System.Diagnostics.Stopwatch.GetTimestamp();
                 result[i] = Compute(modules[i], output, one);
                 Interlocked.Add(ref _busyTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
             });
-            return result;
-        }, ct);
-    }
-
-    /// <summary>Waits for <see cref="Start"/>'s work; the spectra in plan order, or null when none was chosen.</summary>
-    public IReadOnlyList<MergeReport.ModuleSpectrum>? Finish()
-    {
-        if (_running == null) return null;
-        try { return _running.GetAwaiter().GetResult(); }
+        }
         finally { _copies.Clear(); }
+        return result;
     }
 
     private MergeReport.ModuleSpectrum Compute(PlannedModule m, SafetensorsFile? output, ParallelOptions parallel)
