@@ -61,6 +61,7 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
         { ["--method", "copa", "--rank", "100"], ["--rank 100 is above the merged rank 12"] },
         { ["--method", "copa", "--device", "tpu"], ["unknown device 'tpu'"] },
         { ["--method", "copa", "--bogus"], ["--bogus"] },
+        { ["--method", "copa", "--report-spectra", "some"], ["report-spectra 'some' must be few, all or none"] },
     };
 
     [Theory]
@@ -284,7 +285,47 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
         { "method: copa\nmethod: ties\n", ["Duplicate key", "line 2"] },
         { "", ["empty"] },
         { "models:\n  - model: a\nmerge_method: ties\n", ["line 1: this looks like a mergekit config ('models')", "'adapters:'"] },
+        { "method: copa\nreport-spectra: most\n", ["line 2: report-spectra 'most' must be few, all or none"] },
     };
+
+    [Fact]
+    public void ReportFlags_AndTheirConfigKeys_Apply()
+    {
+        var flags = fx.NewOutput("flags");
+        Assert.Equal(0, CliRunner.Run(Args(flags, "--method", "copa", "--no-html-report", "--report-spectra", "all")).Code);
+        Assert.False(File.Exists(Path.Combine(flags, "merge_report.html")));
+        var report = MergeReport.FromJson(File.ReadAllText(Path.Combine(flags, MergeReport.FileName)));
+        Assert.Equal(report.Modules.Count, report.Spectra!.Count);
+
+        using var dir = new TempDir();
+        var yaml = Path.Combine(dir.Path, "merge.yaml");
+        File.WriteAllText(yaml, "method: copa\nno-html-report: false\nreport-spectra: none\n");
+        var config = fx.NewOutput("config");
+        var args = new List<string> { "merge", "--config", yaml, "--out", config, "--quiet" };
+        foreach (var a in fx.Adapters) args.AddRange(["--adapter", a]);
+        Assert.Equal(0, CliRunner.Run(args.ToArray()).Code);
+        Assert.True(File.Exists(Path.Combine(config, "merge_report.html")));
+        Assert.Null(MergeReport.FromJson(File.ReadAllText(Path.Combine(config, MergeReport.FileName))).Spectra);
+    }
+
+    [Fact]
+    public void Report_RedrawsAMergeReport_AndRefusesOtherJson()
+    {
+        var output = fx.NewOutput("redraw");
+        Assert.Equal(0, CliRunner.Run(Args(output, "--method", "ties", "--weight", "1", "--weight", "1", "--weight", "1")).Code);
+        using var dir = new TempDir();
+        var html = Path.Combine(dir.Path, "again.html");
+        var (code, stdout, _) = CliRunner.Run("report", Path.Combine(output, MergeReport.FileName), "-o", html);
+        Assert.Equal(0, code);
+        Assert.Contains("again.html", stdout);
+        Assert.Equal(File.ReadAllText(Path.Combine(output, "merge_report.html")), File.ReadAllText(html));
+        var other = Path.Combine(dir.Path, "other.json");
+        File.WriteAllText(other, "{\"name\": 1}");
+        var bad = CliRunner.Run("report", other);
+        Assert.Equal(2, bad.Code);
+        Assert.Equal($"error: {other}: neither a merge_report.json nor a copa bench --json file", bad.Err.Trim());
+        Assert.False(File.Exists(Path.Combine(dir.Path, "other.html")));
+    }
 
     [Theory]
     [MemberData(nameof(BadYaml))]
