@@ -135,7 +135,17 @@ public sealed class MergeRunner
             if (_plan.Request.HtmlReport) Reporting.MergeReportHtml.Write(r, Path.Combine(folder.TempPath, Reporting.MergeReportHtml.FileName));
             return r;
         }, _ct);
-        if (_plan.Request.Sync) folder.SyncFiles(dataFiles);
+        try
+        {
+            if (_plan.Request.Sync) folder.SyncFiles(dataFiles);
+        }
+        catch
+        {
+            // The report's thread writes into the folder: let it finish before the folder is removed.
+            try { finishing.Wait(); }
+            catch (AggregateException) { }
+            throw;
+        }
         var report = finishing.GetAwaiter().GetResult();
         // Every byte was read: an input written to or replaced since it was opened may have given some of
         // them from each version, so the output is committed only if every input is still what was opened.
