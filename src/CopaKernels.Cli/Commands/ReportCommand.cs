@@ -16,7 +16,7 @@ internal static class ReportCommand
     public static Command Create(TextWriter stdout)
     {
         var input = new Argument<string>("FILE") { Description = "merge_report.json, or a copa bench --json file" };
-        var output = new Option<string?>("-o", "--out") { Description = "the HTML file to write (default: FILE with .html in place of .json)" };
+        var output = new Option<string?>("-o", "--out") { Description = "the HTML file to write (default: FILE with .html in place of .json)", HelpName = "OUT.html" };
         var cmd = new Command("report", "Draw a merge_report.json or a copa bench --json file as a self-contained HTML page") { input, output };
         cmd.SetAction(parse =>
         {

@@ -16,7 +16,7 @@ public enum OutputMode
 /// <summary>For which modules the report gives the singular-value spectra (<see cref="MergeReport.Spectra"/>).</summary>
 public enum SpectraSelection
 {
-    /// <summary>A few per module type (the first, middle and last layer of each), the default.</summary>
+    /// <summary>One module per module type, from its middle layer (the default).</summary>
     Few,
     /// <summary>Every module.</summary>
     All,
