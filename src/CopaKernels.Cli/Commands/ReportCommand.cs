@@ -31,7 +31,11 @@ internal static class ReportCommand
                 using var doc = JsonDocument.Parse(text);
                 if (BenchHtml.TryRead(doc) is { } bench) html = BenchHtml.Render(bench);
                 else if (doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("modules", out _) && doc.RootElement.TryGetProperty("method", out _))
-                    html = MergeReportHtml.Render(MergeReport.FromJson(text));
+                {
+                    var report = MergeReport.FromJson(text);
+                    if (ShapeError(report) is { } why) throw new CopaInputException(path, null, $"not a merge report copa can draw: {why}");
+                    html = MergeReportHtml.Render(report);
+                }
                 else throw new CopaInputException(path, null, "neither a merge_report.json nor a copa bench --json file");
             }
             catch (JsonException e) { throw new CopaInputException(path, null, $"not a report: {e.Message}"); }
@@ -45,5 +49,30 @@ internal static class ReportCommand
             return Program.ExitOk;
         });
         return cmd;
+    }
+
+    /// <summary>
+    /// What a hand-edited or foreign merge_report.json lacks that the page needs (a member missing or null,
+    /// a list whose length does not match its adapters), or null when it can be drawn: the deserializer
+    /// checks only the required top-level members.
+    /// </summary>
+    private static string? ShapeError(MergeReport r)
+    {
+        if (r.Parameters is null || r.Adapters is null || r.Output is null || r.TimingsSeconds is null || r.Memory is null || r.Summary is null || r.Modules is null)
+            return "a top-level member is null";
+        if (r.Adapters.Any(a => a?.Path is null)) return "an adapter entry has no path";
+        foreach (var m in r.Modules)
+        {
+            if (m?.Path is null) return "a module has no path";
+            if (m.Ranks is null || m.ThresholdsA is null || m.ThresholdsB is null) return $"module {m.Path}: ranks or thresholds missing";
+            if (m.Scales is { } sc && sc.Any(x => x is null)) return $"module {m.Path}: a null scale";
+        }
+        foreach (var sp in r.Spectra ?? [])
+        {
+            if (sp?.Path is null || sp.Adapters is null || sp.Tasks is null || sp.Tasks.Any(t => t is null)) return "a spectrum is missing its path, adapters or tasks";
+            if (sp.Tasks.Count > sp.Adapters.Count) return $"spectrum {sp.Path}: more task spectra than adapters";
+        }
+        if (r.Throughput is { } t && (t.Samples is null || t.Samples.Any(x => x is null))) return "the throughput has null samples";
+        return null;
     }
 }

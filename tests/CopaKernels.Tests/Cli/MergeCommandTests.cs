@@ -325,6 +325,28 @@ public sealed class MergeCommandTests(StreamingFixture fx) : IClassFixture<Strea
         Assert.Equal(2, bad.Code);
         Assert.Equal($"error: {other}: neither a merge_report.json nor a copa bench --json file", bad.Err.Trim());
         Assert.False(File.Exists(Path.Combine(dir.Path, "other.html")));
+
+        // Hand-edited reports: one line and exit 2 naming what is missing, never a crash.
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(output, MergeReport.FileName)))!.AsObject();
+        foreach (var (edit, why) in new (Action<JsonObject>, string)[]
+        {
+            (r => r["modules"] = null, "a top-level member is null"),
+            (r => r["modules"]![0]!.AsObject()["thresholds_a"] = null, "ranks or thresholds missing"),
+            (r => r["modules"]![0]!.AsObject()["scales"] = new JsonArray((JsonNode?)null), "a null scale"),
+            (r => r["spectra"] = JsonNode.Parse("""[{"path": "m", "adapters": [0], "tasks": [[1], [2]]}]"""), "more task spectra than adapters"),
+            (r => r.Remove("summary"), "missing required properties"),
+        })
+        {
+            var copy = json.DeepClone().AsObject();
+            edit(copy);
+            var file = Path.Combine(dir.Path, "edited.json");
+            File.WriteAllText(file, copy.ToJsonString());
+            var r = CliRunner.Run("report", file);
+            Assert.Equal(2, r.Code);
+            Assert.StartsWith($"error: {file}: not a", r.Err.Trim());
+            Assert.Contains(why, r.Err);
+            Assert.False(File.Exists(Path.Combine(dir.Path, "edited.html")));
+        }
     }
 
     [Theory]
