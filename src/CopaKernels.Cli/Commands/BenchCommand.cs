@@ -25,6 +25,10 @@ internal static class BenchCommand
                 if (!KernelBench.AllOps.Contains(op))
                     throw new CopaInputException(null, null, $"unknown --ops value '{op}' (expected {string.Join(", ", KernelBench.AllOps)})");
             if (parse.GetValue(threads) < 0) throw new CopaInputException(null, null, "--threads must be 0 or more");
+            // Refused before the minutes of measuring, not after.
+            foreach (var target in new[] { parse.GetValue(json), parse.GetValue(html) })
+                if (target != null && !Directory.Exists(Path.GetDirectoryName(Path.GetFullPath(target))))
+                    throw new CopaInputException(target, null, "its folder does not exist");
             var console = Terminal.For(stdout);
             var results = new List<BenchResult>();
             // The CPU backend runs first, so every other device's rows can show their speedup over it.
