@@ -78,3 +78,23 @@ internal static class TensorReads
         finally { ArrayPool<byte>.Shared.Return(buffer); }
     }
 }
+
+/// <summary>
+/// An <see cref="ITensorFile"/>'s <see cref="ITensorFile.BytesRead"/> and <see cref="ITensorFile.ReadTime"/>:
+/// counted where its <see cref="ITensorFile.ReadBytes"/> reads, by every thread that reads.
+/// </summary>
+internal sealed class ReadCounters
+{
+    private long _bytes, _ticks;
+
+    public long Bytes => Interlocked.Read(ref _bytes);
+
+    public TimeSpan Time => System.Diagnostics.Stopwatch.GetElapsedTime(0, Interlocked.Read(ref _ticks));
+
+    /// <summary>Counts a read of <paramref name="bytes"/> that began at <paramref name="startTimestamp"/> (<see cref="System.Diagnostics.Stopwatch.GetTimestamp"/>) and has just ended.</summary>
+    public void Add(int bytes, long startTimestamp)
+    {
+        Interlocked.Add(ref _bytes, bytes);
+        Interlocked.Add(ref _ticks, System.Diagnostics.Stopwatch.GetTimestamp() - startTimestamp);
+    }
+}

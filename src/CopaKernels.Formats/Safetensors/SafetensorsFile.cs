@@ -93,13 +93,13 @@ public sealed class SafetensorsFile : ITensorFile
     /// <summary>Looks a tensor up by name.</summary>
     public bool TryGet(string name, out TensorInfo info) => Header.TryGet(name, out info);
 
-    private long _bytesRead, _readTicks;
+    private readonly ReadCounters _reads = new();
 
     /// <inheritdoc/>
-    public long BytesRead => Interlocked.Read(ref _bytesRead);
+    public long BytesRead => _reads.Bytes;
 
     /// <inheritdoc/>
-    public TimeSpan ReadTime => System.Diagnostics.Stopwatch.GetElapsedTime(0, Interlocked.Read(ref _readTicks));
+    public TimeSpan ReadTime => _reads.Time;
 
     /// <summary>Reads raw bytes of a tensor, starting <paramref name="byteOffset"/> bytes into it.</summary>
     public void ReadBytes(TensorInfo tensor, long byteOffset, Span<byte> destination)
@@ -107,8 +107,7 @@ public sealed class SafetensorsFile : ITensorFile
         TensorReads.CheckRange(tensor, byteOffset, destination.Length);
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         ReadFully(_handle, destination, DataStart + tensor.Begin + byteOffset, Path);
-        Interlocked.Add(ref _bytesRead, destination.Length);
-        Interlocked.Add(ref _readTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+        _reads.Add(destination.Length, start);
     }
 
     /// <summary>

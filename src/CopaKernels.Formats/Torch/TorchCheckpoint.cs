@@ -181,13 +181,13 @@ public sealed class TorchCheckpoint : ITensorFile
     /// <inheritdoc/>
     public bool TryGet(string name, out TensorInfo info) => _byName.TryGetValue(name, out info!);
 
-    private long _bytesRead, _readTicks;
+    private readonly ReadCounters _reads = new();
 
     /// <inheritdoc/>
-    public long BytesRead => Interlocked.Read(ref _bytesRead);
+    public long BytesRead => _reads.Bytes;
 
     /// <inheritdoc/>
-    public TimeSpan ReadTime => System.Diagnostics.Stopwatch.GetElapsedTime(0, Interlocked.Read(ref _readTicks));
+    public TimeSpan ReadTime => _reads.Time;
 
     /// <inheritdoc/>
     public void ReadBytes(TensorInfo tensor, long byteOffset, Span<byte> destination)
@@ -195,8 +195,7 @@ public sealed class TorchCheckpoint : ITensorFile
         TensorReads.CheckRange(tensor, byteOffset, destination.Length);
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         ZipDirectory.ReadAt(_handle, destination, tensor.Begin + byteOffset, Path);
-        Interlocked.Add(ref _bytesRead, destination.Length);
-        Interlocked.Add(ref _readTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+        _reads.Add(destination.Length, start);
     }
 
     /// <inheritdoc/>
