@@ -63,23 +63,30 @@ internal static class CopaScaling
     /// <summary>kept / total, 1 for an empty tensor (nothing was dropped).</summary>
     internal static double Fraction(long kept, long total) => total == 0 ? 1 : (double)kept / total;
 
-    /// <summary>The released code's clamp: S_n raised to its floor(r·(1−c))-th smallest value (0-based).</summary>
-    internal static void Clamp(double[] s, double c)
+    /// <summary>
+    /// An ascending copy of a rank's worth of values, by insertion sort: r is a LoRA rank (tens of values),
+    /// and Array.Sort over doubles compiles its generic sorter at the first module of a process that runs once.
+    /// </summary>
+    internal static double[] SortedCopy(ReadOnlySpan<double> values)
     {
-        int r = s.Length;
-        int idx = (int)Math.Floor(r * (1 - c));
-        if (idx >= r) return;
-        // An insertion sort: r is a LoRA rank (tens of values), and Array.Sort over doubles compiled its
-        // generic sorter at the first module.
-        var sorted = (double[])s.Clone();
-        for (int i = 1; i < r; i++)
+        var sorted = values.ToArray();
+        for (int i = 1; i < sorted.Length; i++)
         {
             double v = sorted[i];
             int j = i - 1;
             for (; j >= 0 && sorted[j] > v; j--) sorted[j + 1] = sorted[j];
             sorted[j + 1] = v;
         }
-        double floor = sorted[idx];
+        return sorted;
+    }
+
+    /// <summary>The released code's clamp: S_n raised to its floor(r·(1−c))-th smallest value (0-based).</summary>
+    internal static void Clamp(double[] s, double c)
+    {
+        int r = s.Length;
+        int idx = (int)Math.Floor(r * (1 - c));
+        if (idx >= r) return;
+        double floor = SortedCopy(s)[idx];
         for (int i = 0; i < r; i++) if (s[i] < floor) s[i] = floor;
     }
 }

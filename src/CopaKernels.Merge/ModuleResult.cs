@@ -76,16 +76,7 @@ public sealed record ScaleSummary(double Min, double Median, double Max, int Fal
     public static ScaleSummary Of(ReadOnlySpan<double> s, int fallbackRows)
     {
         if (s.Length == 0) return new ScaleSummary(double.NaN, double.NaN, double.NaN, fallbackRows);
-        // An insertion sort: s has a LoRA rank of values, and Array.Sort over doubles compiles its generic
-        // sorter in a process that runs once (CopaScaling.Clamp sorts the same way).
-        var sorted = s.ToArray();
-        for (int i = 1; i < sorted.Length; i++)
-        {
-            double v = sorted[i];
-            int j = i - 1;
-            for (; j >= 0 && sorted[j] > v; j--) sorted[j + 1] = sorted[j];
-            sorted[j + 1] = v;
-        }
+        var sorted = CopaScaling.SortedCopy(s);
         int n = sorted.Length;
         double median = n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
         return new ScaleSummary(sorted[0], median, sorted[^1], fallbackRows);
