@@ -40,8 +40,8 @@ internal static class CopaScaling
             stats.ThresholdsB.Add(trimmed.SelB[task].Threshold);
             stats.Kept += trimmed.SelA[task].Kept + trimmed.SelB[task].Kept;
             stats.Total += m.Tasks[task].A.Length + m.Tasks[task].B.Length;
-            stats.KeptFractionA.Add(Fraction(trimmed.SelA[task].Kept, m.Tasks[task].A.Length));
-            stats.KeptFractionB.Add(Fraction(trimmed.SelB[task].Kept, m.Tasks[task].B.Length));
+            stats.KeptFractionA.Add(ModuleStats.Fraction(trimmed.SelA[task].Kept, m.Tasks[task].A.Length));
+            stats.KeptFractionB.Add(ModuleStats.Fraction(trimmed.SelB[task].Kept, m.Tasks[task].B.Length));
             // Step 3: raise everything below the floor(r·(1−c))-th smallest (0-based) to it.
             if (clamp > 0) Clamp(s[task], clamp);
             stats.Scales.Add(ScaleSummary.Of(s[task], fallback));
@@ -59,9 +59,6 @@ internal static class CopaScaling
         }
         return s;
     }
-
-    /// <summary>kept / total, 1 for an empty tensor (nothing was dropped).</summary>
-    internal static double Fraction(long kept, long total) => total == 0 ? 1 : (double)kept / total;
 
     /// <summary>
     /// An ascending copy of a rank's worth of values, by insertion sort: r is a LoRA rank (tens of values),

@@ -60,6 +60,9 @@ public sealed record ModuleStats
 
     /// <summary>CoPA: each task's complementary scales S_n (after the clamp, before the cross-task normalisation), summarised.</summary>
     public List<ScaleSummary> Scales { get; init; } = new();
+
+    /// <summary>kept / total for <see cref="KeptFractionA"/> and <see cref="KeptFractionB"/>: 1 for an empty tensor (nothing was dropped).</summary>
+    internal static double Fraction(long kept, long total) => total == 0 ? 1 : (double)kept / total;
 }
 
 /// <summary>

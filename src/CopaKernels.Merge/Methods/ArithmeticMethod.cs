@@ -114,7 +114,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
                     thresholds.Add(sel[i].Threshold);
                     stats.Kept += sel[i].Kept;
                     stats.Total += xs[i].Length;
-                    keptFractions.Add(CopaScaling.Fraction(sel[i].Kept, xs[i].Length));
+                    keptFractions.Add(ModuleStats.Fraction(sel[i].Kept, xs[i].Length));
                 }
                 return;
             }
@@ -137,7 +137,7 @@ public sealed class ArithmeticMethod(string name, Sparsifier sparsifier, bool co
                     }
                     stats.Kept += kept;
                     stats.Total += x.LongLength;
-                    keptFractions.Add(CopaScaling.Fraction(kept, x.LongLength));
+                    keptFractions.Add(ModuleStats.Fraction(kept, x.LongLength));
                 }
                 return;
             }
