@@ -419,7 +419,7 @@ public sealed class MergeRunner
             result = new LowRankResult(t.B, t.A, n, 1.0, n) { Stats = lr.Stats };
         }
         _compute.Stop();
-        _spectra.Capture(m, result, factorsWritten: _plan.Request.Mode == OutputMode.Adapter);
+        _spectra.Capture(m, result);
         feed.Recycle(input, result);
         var s = result.Stats;
         _reports.Add(new MergeReport.ModuleReport(m.Path, m.DOut, m.DIn, m.Ranks,

@@ -1,5 +1,4 @@
 using CopaKernels.Formats;
-using CopaKernels.Formats.Numerics;
 using CopaKernels.Formats.Peft;
 using CopaKernels.Formats.Safetensors;
 
@@ -96,18 +95,16 @@ internal sealed class ModuleSpectra
 
     /// <summary>
     /// Notes a chosen module's merged result: its rank and scale where the output file will hold the factors
-    /// (<paramref name="factorsWritten"/>), else a copy of them; a dense result gets a note.
+    /// (adapter output), else a copy of them; a dense result gets a note. Only an adapter output's results
+    /// come encoded (<see cref="LowRankResult.Encoded"/>), and those factors are written.
     /// </summary>
-    public void Capture(PlannedModule m, ModuleResult result, bool factorsWritten)
+    public void Capture(PlannedModule m, ModuleResult result)
     {
         if (!Wants(m.Path)) return;
         switch (result)
         {
-            case LowRankResult lr when factorsWritten:
+            case LowRankResult lr when _plan.Request.Mode == OutputMode.Adapter:
                 _written[m.Path] = (lr.Rank, lr.Scale);
-                break;
-            case LowRankResult { Encoded: { } e } lr:
-                _copies[m.Path] = new Merged(Decode(e.DType, e.B, e.BLength), Decode(e.DType, e.A, e.ALength), lr.Rank, lr.Scale);
                 break;
             case LowRankResult lr:
                 _copies[m.Path] = new Merged((float[])lr.B.Clone(), (float[])lr.A.Clone(), lr.Rank, lr.Scale);
@@ -116,13 +113,6 @@ internal sealed class ModuleSpectra
                 _notes[m.Path] = DenseNote;
                 break;
         }
-    }
-
-    private static float[] Decode(DType dtype, byte[] bytes, int length)
-    {
-        var values = new float[length / dtype.Size()];
-        ElementCodec.Decode(dtype, bytes.AsSpan(0, length), values);
-        return values;
     }
 
     /// <summary>
