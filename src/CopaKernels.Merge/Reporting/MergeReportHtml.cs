@@ -262,13 +262,7 @@ public static class MergeReportHtml
         _ => Convert.ToString(v, System.Globalization.CultureInfo.InvariantCulture) ?? "",
     };
 
-    private static string Pct(long a, long b) => b == 0 ? "100 %" : $"{100.0 * a / b:0.##} %";
+    private static string Bytes(long b) => Formats.MemorySize.Format(b);
 
-    internal static string Bytes(long b) => b switch
-    {
-        >= 1L << 30 => $"{b / (double)(1L << 30):0.##} GiB",
-        >= 1L << 20 => $"{b / (double)(1L << 20):0.##} MiB",
-        >= 1L << 10 => $"{b / 1024.0:0.##} KiB",
-        _ => $"{b} B",
-    };
+    private static string Pct(long a, long b) => b == 0 ? "100 %" : $"{100.0 * a / b:0.##} %";
 }
