@@ -155,8 +155,12 @@ public static class MergeReportHtml
     }
 
     /// <summary>Where task <paramref name="task"/> (an adapter index) sits in a module's per-task lists, or −1 when it lacks the module.</summary>
-    private static int TaskIndex(MergeReport.ModuleReport m, int task) =>
-        m.Adapters == null ? task : m.Adapters is var list && list.Contains(task) ? list.ToList().IndexOf(task) : -1;
+    private static int TaskIndex(MergeReport.ModuleReport m, int task)
+    {
+        if (m.Adapters == null) return task;
+        for (int i = 0; i < m.Adapters.Count; i++) if (m.Adapters[i] == task) return i;
+        return -1;
+    }
 
     private static void Scales(HtmlPage page, MergeReport r)
     {
