@@ -44,8 +44,8 @@ public sealed class MergeJob : IDisposable
     public static MergeJob Plan(MergeRequest request)
     {
         var clock = Stopwatch.StartNew();
-        if (request is not null) Reporting.ReportWarmup.Start(request);
-        var plan = MergePlanner.Plan(request!);
+        Reporting.ReportWarmup.Start(request);
+        var plan = MergePlanner.Plan(request);
         return new MergeJob(plan, clock.Elapsed);
     }
 

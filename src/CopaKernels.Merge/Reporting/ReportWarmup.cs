@@ -12,10 +12,10 @@ internal static class ReportWarmup
 {
     private static int s_started;
 
-    /// <summary>Starts the warm-up once per process, in the background; returns at once.</summary>
-    public static void Start(MergeRequest request)
+    /// <summary>Starts the warm-up once per process, in the background; returns at once (and does nothing for a null request, which the plan refuses).</summary>
+    public static void Start(MergeRequest? request)
     {
-        if (!request.HtmlReport && request.ReportSpectra == SpectraSelection.None) return;
+        if (request is null || (!request.HtmlReport && request.ReportSpectra == SpectraSelection.None)) return;
         if (Interlocked.Exchange(ref s_started, 1) != 0) return;
         _ = Task.Run(() =>
         {
