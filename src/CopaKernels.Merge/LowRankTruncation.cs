@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using CopaKernels.Merge.Linalg;
 
 namespace CopaKernels.Merge;
@@ -165,98 +166,235 @@ public static class LowRankTruncation
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(dIn);
         if (b.Length != (long)dOut * rank) throw new ArgumentException($"b holds {b.Length} values; d_out × R = {dOut} × {rank}.", nameof(b));
         if (a.Length != (long)rank * dIn) throw new ArgumentException($"a holds {a.Length} values; R × d_in = {rank} × {dIn}.", nameof(a));
-        var singular = new double[rank];
         var gB = Gram(b, rank, dOut, transposed: true, nameof(b));
-        var gA = Gram(a, rank, dIn, transposed: false, nameof(a));
-        // Terms whose B column or A row is zero add nothing to B·A.
-        var live = new List<int>(rank);
-        for (int k = 0; k < rank; k++) if (gB[k * rank + k] > 0 && gA[k * rank + k] > 0) live.Add(k);
-        int n = live.Count;
-        if (n == 0) return singular;
-        if (n <= Math.Min(dOut, dIn) && Cholesky(gB, rank, live) is { } rB && Cholesky(gA, rank, live) is { } rA)
+        double[]? fast;
+        try
         {
-            // core = R_B R_Aᵀ, n × n.
-            var core = new double[n * n];
-            for (int i = 0; i < n; i++)
-                for (int j = 0; j < n; j++)
-                {
-                    double sum = 0;
-                    for (int k = Math.Max(i, j); k < n; k++) sum += rB[i * n + k] * rA[j * n + k];
-                    core[i * n + j] = sum;
-                }
-            var svd = JacobiSvd.Decompose(core, n, n, parallel: parallel);
-            Array.Copy(svd.S, singular, svd.Count);
-            return singular;
+            var gA = Gram(a, rank, dIn, transposed: false, nameof(a));
+            try { fast = FromGrams(gB, gA, dOut, rank, dIn, parallel); }
+            finally { System.Buffers.ArrayPool<double>.Shared.Return(gA); }
         }
+        finally { System.Buffers.ArrayPool<double>.Shared.Return(gB); }
+        if (fast != null) return fast;
+        var singular = new double[rank];
         var (_, _, exact) = Decompose(b, a, dOut, rank, dIn, parallel ?? new ParallelOptions());
         Array.Copy(exact.S, singular, exact.Count);
         return singular;
     }
 
     /// <summary>
+    /// σ of B·A from the Gram matrices BᵀB and AAᵀ (R × R, see <see cref="SingularValues"/>): Cholesky of each and the
+    /// singular values of the core; null where a Gram matrix is not positive definite to working precision, and
+    /// the factors themselves must decide (Householder). The R factors come from the pool: at R = 128 each is
+    /// 128 KB, which the runtime would otherwise place in the large-object heap, collected only with the oldest
+    /// generation.
+    /// </summary>
+    internal static double[]? FromGrams(double[] gB, double[] gA, int dOut, int rank, int dIn, ParallelOptions? parallel)
+    {
+        var singular = new double[rank];
+        // Terms whose B column or A row is zero add nothing to B·A.
+        var live = new List<int>(rank);
+        for (int k = 0; k < rank; k++) if (gB[k * rank + k] > 0 && gA[k * rank + k] > 0) live.Add(k);
+        int n = live.Count;
+        if (n == 0) return singular;
+        if (n > Math.Min(dOut, dIn)) return null;
+        var pool = System.Buffers.ArrayPool<double>.Shared;
+        var (rB, rA) = (pool.Rent(n * n), pool.Rent(n * n));
+        try
+        {
+            if (!Cholesky(gB, rank, live, rB) || !Cholesky(gA, rank, live, rA)) return null;
+            var core = Core(rB, rA, n);
+            if (BidiagonalSvd.Values(core, n, n) is { } values)
+            {
+                Array.Copy(values, singular, n);
+                return singular;
+            }
+            var svd = JacobiSvd.Decompose(Core(rB, rA, n), n, n, parallel: parallel);   // Values consumed the first
+            Array.Copy(svd.S, singular, svd.Count);
+            return singular;
+        }
+        finally
+        {
+            pool.Return(rB);
+            pool.Return(rA);
+        }
+    }
+
+    /// <summary>core = R_B R_Aᵀ, n × n, both R upper triangular n × n (row-major, stride n).</summary>
+    private static double[] Core(double[] rB, double[] rA, int n)
+    {
+        var core = new double[n * n];
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double sum = 0;
+                for (int k = Math.Max(i, j); k < n; k++) sum += rB[i * n + k] * rA[j * n + k];
+                core[i * n + j] = sum;
+            }
+        return core;
+    }
+
+    /// <summary>
     /// The Gram matrix of a factor's rank vectors, count × count: A's rows (A row-major count × length) or, with
     /// <paramref name="transposed"/>, B's columns (B row-major length × count). Accumulated in double over
     /// blocks of the length, each block widened into a small buffer that stays in L2 (count × block doubles),
-    /// so each value is read once and no array of the factor's size is allocated; every entry is a SIMD dot.
+    /// so each value is read once and no array of the factor's size is allocated.
     /// </summary>
+    /// <remarks>
+    /// The buffer's rows are padded past a power of two (a stride of 2ᵏ doubles maps B's widened columns onto
+    /// the same few L1 sets) and with zeros to a whole number of vectors. The upper triangle is taken in 4 × 4
+    /// tiles: each step loads 8 vectors for 16 multiply-adds, which keeps the FMA units rather than the loads
+    /// busy (see <see cref="Tile"/>). The order of every sum is fixed, so the result does not depend on threads.
+    /// </remarks>
     private static unsafe double[] Gram(ReadOnlySpan<float> x, int count, int length, bool transposed, string name)
     {
-        if (System.Numerics.Tensors.TensorPrimitives.IndexOfMaxMagnitude(x) is var worst and >= 0 && !float.IsFinite(x[worst]))
+        double[] g;
+        bool finite;
+        fixed (float* px = x)
         {
+            nint at = (nint)px;
+            (g, finite) = transposed
+                ? Gram(count, length, (start, width, rows, stride) => WidenRows((float*)at + (long)start * count, count, width, rows, stride))
+                : Gram(count, length, (start, width, rows, stride) =>
+                {
+                    // Columns start.. of each row of A: contiguous runs, widened.
+                    double sum = 0;
+                    for (int k = 0; k < count; k++)
+                    {
+                        float* src = (float*)at + (long)k * length + start;
+                        double* dst = rows + k * stride;
+                        for (int i = 0; i < width; i++) sum += dst[i] = src[i];
+                    }
+                    return sum;
+                });
+        }
+        if (!finite)
+        {
+            System.Buffers.ArrayPool<double>.Shared.Return(g);
             int bad = 0;
             while (float.IsFinite(x[bad])) bad++;
             throw new ArgumentException($"{name} has a non-finite value at index {bad}.", name);
         }
-        int block = Math.Clamp((1 << 15) / count, 64, 1024);   // count × block doubles ≈ 256 KB
-        var buffer = System.Buffers.ArrayPool<double>.Shared.Rent(count * block);   // no garbage per call
-        var g = new double[count * count];
-        fixed (float* px = x)
+        return g;
+    }
+
+    /// <summary>
+    /// Puts values [<paramref name="start"/>, + <paramref name="width"/>) of each of the rank vectors into a
+    /// block: vector k's at <paramref name="rows"/> + k·<paramref name="stride"/>. Returns their sum (finite
+    /// unless one is NaN or infinite: |x| ≤ float.MaxValue cannot overflow it).
+    /// </summary>
+    internal unsafe delegate double GramFill(int start, int width, double* rows, int stride);
+
+    /// <summary>
+    /// Rows [0, <paramref name="width"/>) of a row-major B (<paramref name="count"/> values each, contiguous) into
+    /// columns of a block, eight rows at a time so that each block row receives a whole cache line per pass;
+    /// returns their sum.
+    /// </summary>
+    internal static unsafe double WidenRows(float* b, int count, int width, double* rows, int stride)
+    {
+        double sum = 0;
+        for (int i0 = 0; i0 < width; i0 += 8)
+        {
+            int h = Math.Min(8, width - i0);
+            for (int k = 0; k < count; k++)
+            {
+                double* dst = rows + k * stride + i0;
+                float* src = b + (long)i0 * count + k;
+                for (int i = 0; i < h; i++) sum += dst[i] = src[(long)i * count];
+            }
+        }
+        return sum;
+    }
+
+    /// <summary>
+    /// The Gram matrix of <paramref name="count"/> vectors of <paramref name="length"/> values, count × count
+    /// (row-major, in an array from <see cref="System.Buffers.ArrayPool{T}.Shared"/> that the caller returns), from
+    /// blocks of their values that <paramref name="fill"/> supplies (from memory, or from a file, so that no factor
+    /// need be held whole), and whether every value was finite.
+    /// </summary>
+    internal static unsafe (double[] Gram, bool Finite) Gram(int count, int length, GramFill fill)
+    {
+        const int lanes = 4;   // Tile's Vector256<double>
+        int block = GramBlock(count);
+        int stride = block + 8;
+        var buffer = System.Buffers.ArrayPool<double>.Shared.Rent(count * stride);   // no garbage per call
+        var g = System.Buffers.ArrayPool<double>.Shared.Rent(count * count);
+        Array.Clear(g, 0, count * count);
+        double poison = 0;
         fixed (double* pb = buffer)
+        fixed (double* pg = g)
         {
             for (int c0 = 0; c0 < length; c0 += block)
             {
                 int w = Math.Min(block, length - c0);
-                if (transposed)
-                {
-                    // Rows c0.. of B (count values each, contiguous) into columns of the block.
-                    for (int i = 0; i < w; i++)
-                    {
-                        float* row = px + (long)(c0 + i) * count;
-                        for (int k = 0; k < count; k++) pb[k * block + i] = row[k];
-                    }
-                }
-                else
-                {
-                    // Columns c0.. of each row of A: contiguous runs, widened.
-                    for (int k = 0; k < count; k++)
-                    {
-                        float* src = px + (long)k * length + c0;
-                        double* dst = pb + k * block;
-                        for (int i = 0; i < w; i++) dst[i] = src[i];
-                    }
-                }
-                for (int j = 0; j < count; j++)
-                {
-                    var rj = new ReadOnlySpan<double>(pb + j * block, w);
-                    for (int k = j; k < count; k++)
-                        g[j * count + k] += System.Numerics.Tensors.TensorPrimitives.Dot(rj, new ReadOnlySpan<double>(pb + k * block, w));
-                }
+                int padded = (w + lanes - 1) / lanes * lanes;
+                poison += fill(c0, w, pb, stride);
+                if (padded > w)
+                    for (int k = 0; k < count; k++) new Span<double>(pb + k * stride + w, padded - w).Clear();
+                int c4 = count & ~3;
+                for (int j = 0; j < c4; j += 4)
+                    for (int k = j; k < c4; k += 4) Tile(pb + j * stride, pb + k * stride, padded, stride, pg + j * count + k, count);
+                for (int k = c4; k < count; k++)
+                    for (int j = 0; j <= k; j++) pg[j * count + k] += Householder.Dot(new ReadOnlySpan<double>(pb + j * stride, padded), new ReadOnlySpan<double>(pb + k * stride, padded));
             }
         }
         System.Buffers.ArrayPool<double>.Shared.Return(buffer);
         for (int j = 0; j < count; j++)
             for (int k = j + 1; k < count; k++) g[k * count + j] = g[j * count + k];
-        return g;
+        return (g, double.IsFinite(poison));
+    }
+
+    /// <summary>Values per vector in one block of <see cref="Gram(int, int, GramFill)"/>: count × block doubles ≈ 256 KB, in L2.</summary>
+    internal static int GramBlock(int count) => Math.Clamp((1 << 15) / count, 64, 1024) & ~7;
+
+    /// <summary>
+    /// g[r·ld + c] += Σ_t x_r[t]·y_c[t] for r, c &lt; 4, where x_r = <paramref name="x"/> + r·stride, likewise y;
+    /// <paramref name="length"/> a multiple of the vector width. Sixteen accumulators and eight loads fit the
+    /// 32 vector registers of AVX-512 machines.
+    /// </summary>
+    private static unsafe void Tile(double* x, double* y, int length, int stride, double* g, int ld)
+    {
+        Vector256<double> a00 = default, a01 = default, a02 = default, a03 = default,
+            a10 = default, a11 = default, a12 = default, a13 = default,
+            a20 = default, a21 = default, a22 = default, a23 = default,
+            a30 = default, a31 = default, a32 = default, a33 = default;
+        for (int t = 0; t < length; t += 4)
+        {
+            var x0 = Vector256.Load(x + t);
+            var x1 = Vector256.Load(x + stride + t);
+            var x2 = Vector256.Load(x + 2 * stride + t);
+            var x3 = Vector256.Load(x + 3 * stride + t);
+            var y0 = Vector256.Load(y + t);
+            var y1 = Vector256.Load(y + stride + t);
+            var y2 = Vector256.Load(y + 2 * stride + t);
+            var y3 = Vector256.Load(y + 3 * stride + t);
+            a00 = Vector256.FusedMultiplyAdd(x0, y0, a00); a01 = Vector256.FusedMultiplyAdd(x0, y1, a01);
+            a02 = Vector256.FusedMultiplyAdd(x0, y2, a02); a03 = Vector256.FusedMultiplyAdd(x0, y3, a03);
+            a10 = Vector256.FusedMultiplyAdd(x1, y0, a10); a11 = Vector256.FusedMultiplyAdd(x1, y1, a11);
+            a12 = Vector256.FusedMultiplyAdd(x1, y2, a12); a13 = Vector256.FusedMultiplyAdd(x1, y3, a13);
+            a20 = Vector256.FusedMultiplyAdd(x2, y0, a20); a21 = Vector256.FusedMultiplyAdd(x2, y1, a21);
+            a22 = Vector256.FusedMultiplyAdd(x2, y2, a22); a23 = Vector256.FusedMultiplyAdd(x2, y3, a23);
+            a30 = Vector256.FusedMultiplyAdd(x3, y0, a30); a31 = Vector256.FusedMultiplyAdd(x3, y1, a31);
+            a32 = Vector256.FusedMultiplyAdd(x3, y2, a32); a33 = Vector256.FusedMultiplyAdd(x3, y3, a33);
+        }
+        g[0] += Vector256.Sum(a00); g[1] += Vector256.Sum(a01); g[2] += Vector256.Sum(a02); g[3] += Vector256.Sum(a03);
+        g += ld;
+        g[0] += Vector256.Sum(a10); g[1] += Vector256.Sum(a11); g[2] += Vector256.Sum(a12); g[3] += Vector256.Sum(a13);
+        g += ld;
+        g[0] += Vector256.Sum(a20); g[1] += Vector256.Sum(a21); g[2] += Vector256.Sum(a22); g[3] += Vector256.Sum(a23);
+        g += ld;
+        g[0] += Vector256.Sum(a30); g[1] += Vector256.Sum(a31); g[2] += Vector256.Sum(a32); g[3] += Vector256.Sum(a33);
     }
 
     /// <summary>
     /// The upper Cholesky factor R (RᵀR = G) of the Gram matrix restricted to <paramref name="live"/>, n × n
-    /// row-major; null when a pivot is not positive to working precision (G numerically singular there).
+    /// row-major, into <paramref name="r"/>; false when a pivot is not positive to working precision (G
+    /// numerically singular there).
     /// </summary>
-    private static double[]? Cholesky(double[] g, int rank, List<int> live)
+    private static bool Cholesky(double[] g, int rank, List<int> live, double[] r)
     {
         int n = live.Count;
-        var r = new double[n * n];
+        Array.Clear(r, 0, n * n);
         double maxDiag = 0;
         foreach (int k in live) maxDiag = Math.Max(maxDiag, g[k * rank + k]);
         double floor = 1e-13 * maxDiag;
@@ -264,7 +402,7 @@ public static class LowRankTruncation
         {
             double d = g[live[i] * rank + live[i]];
             for (int p = 0; p < i; p++) d -= r[p * n + i] * r[p * n + i];
-            if (!(d > floor)) return null;
+            if (!(d > floor)) return false;
             double rii = Math.Sqrt(d);
             r[i * n + i] = rii;
             for (int j = i + 1; j < n; j++)
@@ -274,7 +412,7 @@ public static class LowRankTruncation
                 r[i * n + j] = v / rii;
             }
         }
-        return r;
+        return true;
     }
 
     /// <summary>Steps (1) and (2): the QR factorisations of B and Aᵀ and the SVD of their core.</summary>

@@ -88,6 +88,113 @@ public class LowRankTruncationTests
         Assert.True(svd.S[1] <= 1e-14 * svd.S[0] && svd.S[2] <= 1e-14 * svd.S[0]);
     }
 
+    // ---------------------------------------------------------------- (b) singular values only
+
+    [Fact]
+    public void BidiagonalSvd_RandomShapes_MatchJacobi()
+    {
+        var rng = new Random(4321);
+        foreach (int rows in new[] { 1, 2, 3, 5, 8, 13, 40 })
+            foreach (int cols in new[] { 1, 2, 4, 7, 13, 33 })
+            {
+                var m = Gaussian(rng, rows * cols, 1.0);
+                var want = JacobiSvd.Decompose(m, rows, cols).S;
+                var got = BidiagonalSvd.Values((double[])m.Clone(), rows, cols);
+                Assert.NotNull(got);
+                Assert.Equal(want.Length, got.Length);
+                for (int i = 0; i < want.Length; i++)
+                    Assert.True(Math.Abs(got[i] - want[i]) <= 1e-13 * want[0], $"{rows}×{cols}: σ{i} = {got[i]:R}, Jacobi {want[i]:R}");
+            }
+    }
+
+    [Fact]
+    public void BidiagonalSvd_KnownSpectrum_RepeatsTinyZerosAndExtremeScales()
+    {
+        var rng = new Random(78);
+        double[] s = [3.0, 1.0, 1.0, 1e-3, 1e-6, 1e-9, 1e-14, 0.0, 0.0];
+        int rows = 12, cols = s.Length;
+        var q1 = RandomOrthonormalColumns(rng, rows, cols);
+        var q2 = RandomOrthonormalColumns(rng, cols, cols);
+        var m = new double[rows * cols];
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < cols; j++)
+            {
+                double acc = 0;
+                for (int t = 0; t < cols; t++) acc += q1[i * cols + t] * s[t] * q2[j * cols + t];
+                m[i * cols + j] = acc;
+            }
+        foreach (double scale in new[] { 1.0, Math.ScaleB(1.0, -900), Math.ScaleB(1.0, 900) })
+            foreach (bool transpose in new[] { false, true })
+            {
+                var input = (transpose ? Transpose(m, rows, cols) : m).Select(x => x * scale).ToArray();
+                var got = BidiagonalSvd.Values(input, transpose ? cols : rows, transpose ? rows : cols)!;
+                // Absolute accuracy: about ε·σ_max, the size of the rounding in forming M itself.
+                for (int i = 0; i < s.Length; i++)
+                    Assert.True(Math.Abs(got[i] / scale - s[i]) <= 1e-14 * s[0], $"scale {scale}, {(transpose ? "wide" : "tall")}: σ{i} = {got[i] / scale:R}, want {s[i]}");
+            }
+    }
+
+    [Fact]
+    public void BidiagonalSvd_ZeroDiagonalSignsAndNonFinite()
+    {
+        Assert.All(BidiagonalSvd.Values(new double[12], 3, 4)!, x => Assert.Equal(0.0, x));
+        Assert.Equal([2.0], BidiagonalSvd.Values([-2.0], 1, 1)!);
+        // A diagonal with negative and zero entries: σ = |d| sorted.
+        var d = new double[16];
+        d[0] = -1; d[5] = 4; d[10] = 0; d[15] = -0.25;
+        Assert.Equal([4.0, 1.0, 0.25, 0.0], BidiagonalSvd.Values(d, 4, 4)!);
+        // Already bidiagonal with a zero on the diagonal (the Golub–Kahan form splits there).
+        double[] bd = [1, 2, 0, 0, 0, 3, 0, 0, 5];
+        var want = JacobiSvd.Decompose(bd, 3, 3).S;
+        var got = BidiagonalSvd.Values((double[])bd.Clone(), 3, 3)!;
+        for (int i = 0; i < 3; i++) Assert.True(Math.Abs(got[i] - want[i]) <= 1e-14 * want[0], $"σ{i} = {got[i]:R}, Jacobi {want[i]:R}");
+        Assert.Throws<ArgumentException>(() => BidiagonalSvd.Values([1, double.NaN], 1, 2));
+        Assert.Throws<ArgumentException>(() => BidiagonalSvd.Values([1, 2, 3], 2, 2));
+    }
+
+    [Theory]
+    [InlineData(1, 1, 1)]
+    [InlineData(7, 3, 5)]
+    [InlineData(64, 4, 63)]
+    [InlineData(33, 5, 1025)]
+    [InlineData(1100, 17, 130)]
+    [InlineData(300, 128, 257)]
+    [InlineData(6, 9, 40)]     // R above d_out: the Householder path decides
+    public void SingularValues_MatchDenseSvdOfProduct(int dOut, int r, int dIn)
+    {
+        // Shapes cover the Gram's 4 × 4 tiles and their remainder (R mod 4), lengths that are not a whole number of
+        // vectors or of blocks, and both factors; the reference forms B·A densely and takes its full Jacobi SVD.
+        var rng = new Random(dOut * 31 + r * 7 + dIn);
+        var b = Floats(rng, dOut * r, 1.0);
+        var a = Floats(rng, r * dIn, 0.1);
+        var dense = JacobiSvd.Decompose(DenseProduct(b, a, dOut, r, dIn), dOut, dIn).S;
+        var got = LowRankTruncation.SingularValues(b, a, dOut, r, dIn);
+        Assert.Equal(r, got.Length);
+        for (int i = 0; i < r; i++)
+        {
+            double want = i < dense.Length ? dense[i] : 0;
+            Assert.True(Math.Abs(got[i] - want) <= 1e-11 * dense[0], $"σ{i} = {got[i]:R}, dense {want:R}");
+        }
+    }
+
+    [Fact]
+    public void SingularValues_DependentAndZeroTerms_GiveZeros()
+    {
+        // Column 1 of B repeats column 0 (a Gram that is singular: the Householder fallback), and term 3 is zero in A.
+        var rng = new Random(9);
+        int dOut = 50, r = 5, dIn = 40;
+        var b = Floats(rng, dOut * r, 1.0);
+        var a = Floats(rng, r * dIn, 1.0);
+        for (int i = 0; i < dOut; i++) b[i * r + 1] = b[i * r];
+        for (int j = 0; j < dIn; j++) a[3 * dIn + j] = 0;
+        var dense = JacobiSvd.Decompose(DenseProduct(b, a, dOut, r, dIn), dOut, dIn).S;
+        var got = LowRankTruncation.SingularValues(b, a, dOut, r, dIn);
+        for (int i = 0; i < r; i++)
+            Assert.True(Math.Abs(got[i] - dense[i]) <= 1e-11 * dense[0], $"σ{i} = {got[i]:R}, dense {dense[i]:R}");
+        Assert.True(got[3] <= 1e-11 * got[0] && got[4] <= 1e-11 * got[0]);
+        Assert.All(LowRankTruncation.SingularValues(new float[dOut * r], a, dOut, r, dIn), x => Assert.Equal(0.0, x));
+    }
+
     // ---------------------------------------------------------------- Householder
 
     [Theory]
