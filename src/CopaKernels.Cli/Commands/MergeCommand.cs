@@ -38,7 +38,7 @@ internal static class MergeCommand
         var quiet = new Option<bool>("--quiet") { Description = "no plan, progress or summary; errors only" };
         var noSync = new Option<bool>("--no-sync") { Description = "do not wait for the output to reach the disk (still complete and atomic against failures)" };
         var noHtml = new Option<bool>("--no-html-report") { Description = "write merge_report.json only, not merge_report.html" };
-        var spectra = new Option<string?>("--report-spectra") { Description = "few|all|none: modules whose singular-value spectra the report gives (default few: one per module type, from its middle layer)" };
+        var spectra = new Option<string?>("--report-spectra") { Description = "few|all|none: modules whose singular-value spectra the report gives (default few: of each module type, its first, middle and last layer)" };
         // mergekit's habit: `copa merge CONFIG.yml OUT`, the same as --config CONFIG.yml --out OUT.
         var configArg = new Argument<string?>("CONFIG") { Description = "YAML config (as --config), optional", Arity = ArgumentArity.ZeroOrOne };
         var outArg = new Argument<string?>("OUT") { Description = "output folder (as --out), optional", Arity = ArgumentArity.ZeroOrOne };

@@ -48,7 +48,7 @@ public static class MergeReportHtml
         var rows = new List<(string, string)>
         {
             ("method", r.Method),
-            ("parameters", string.Join(", ", r.Parameters.Select(p => $"{p.Key} {Value(p.Value)}"))),
+            ("parameters", Parameters(r)),
         };
         for (int i = 0; i < r.Adapters.Count; i++) rows.Add(($"adapter {i}", $"{r.Adapters[i].Path} ({Bytes(r.Adapters[i].Bytes)})"));
         if (r.Base is { Count: > 0 } b) rows.Add(("base", $"{Path.GetDirectoryName(b[0].Path)} ({b.Count} shard{(b.Count == 1 ? "" : "s")}, {Bytes(b.Sum(x => x.Bytes))})"));
@@ -90,13 +90,23 @@ public static class MergeReportHtml
         public Grid(IEnumerable<string> paths)
         {
             var list = paths.ToList();
-            var layers = list.Select(ModuleSpectra.LayerOf).Distinct().OrderBy(l => l ?? int.MaxValue).ToList();
-            foreach (var l in layers) Rows.Add(l is { } v ? v.ToString(System.Globalization.CultureInfo.InvariantCulture) : "other");
+            // Distinct layers ascending, modules without one last (plain loops: see Svg.Lines).
+            var layers = new List<int>();
+            bool other = false;
+            foreach (var p in list)
+            {
+                if (ModuleSpectra.LayerOf(p) is not { } l) { other = true; continue; }
+                int at = 0;
+                while (at < layers.Count && layers[at] < l) at++;
+                if (at == layers.Count || layers[at] != l) layers.Insert(at, l);
+            }
+            foreach (int l in layers) Rows.Add(l.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            if (other) Rows.Add("other");
             foreach (var p in list)
             {
                 string type = Type(p);
                 if (!Cols.Contains(type)) Cols.Add(type);
-                _at[p] = (layers.IndexOf(ModuleSpectra.LayerOf(p)), Cols.IndexOf(type));
+                _at[p] = (ModuleSpectra.LayerOf(p) is { } l ? layers.IndexOf(l) : layers.Count, Cols.IndexOf(type));
             }
         }
 
@@ -191,8 +201,20 @@ public static class MergeReportHtml
         page.Charts(charts);
         var fallback = mods.Where(m => m.Scales!.Any(s => s.FallbackRows > 0)).ToList();
         if (fallback.Count == 0) page.P("No row fell back to S = 1.");
-        else page.Grid(["module", .. Enumerable.Range(0, r.Adapters.Count).Select(t => $"adapter {t}: rows at S = 1")],
-            fallback.Select(m => (IReadOnlyList<string>)[m.Path, .. Enumerable.Range(0, r.Adapters.Count).Select(t => TaskIndex(m, t) is var at && at >= 0 ? m.Scales![at].FallbackRows.ToString(System.Globalization.CultureInfo.InvariantCulture) : "")]));
+        else
+        {
+            var header = new List<string> { "module" };
+            for (int t = 0; t < r.Adapters.Count; t++) header.Add($"adapter {t}: rows at S = 1");
+            var rows = new List<IReadOnlyList<string>>();
+            foreach (var m in fallback)
+            {
+                var row = new List<string> { m.Path };
+                for (int t = 0; t < r.Adapters.Count; t++)
+                    row.Add(TaskIndex(m, t) is var at && at >= 0 ? m.Scales![at].FallbackRows.ToString(System.Globalization.CultureInfo.InvariantCulture) : "");
+                rows.Add(row);
+            }
+            page.Grid(header, rows);
+        }
     }
 
     private static void Spectra(HtmlPage page, MergeReport r)
@@ -213,7 +235,12 @@ public static class MergeReportHtml
         if (spectra.FirstOrDefault(s => s.Note != null) is { } noted) page.P($"Merged spectrum left out: {noted.Note}.");
     }
 
-    private static IReadOnlyList<(double, double)> Points(IReadOnlyList<double> s) => s.Select((v, i) => ((double)(i + 1), v)).ToList();
+    private static IReadOnlyList<(double, double)> Points(IReadOnlyList<double> s)
+    {
+        var points = new List<(double, double)>(s.Count);
+        for (int i = 0; i < s.Count; i++) points.Add((i + 1, s[i]));
+        return points;
+    }
 
     private static void Energy(HtmlPage page, MergeReport r)
     {
@@ -232,8 +259,12 @@ public static class MergeReportHtml
         if (r.Throughput is not { Samples.Count: > 1 } t) return;
         page.H2("Throughput over time");
         page.P("Cumulative bytes read from the inputs, computed (handed to the writer) and written, sampled during the stream. A read line that leads while compute waits means the merge was bound by the disk; compute that leads with reads keeping pace means it was bound by the arithmetic.");
-        static List<(double, double)> Of(IReadOnlyList<MergeReport.TimelineSample> s, Func<MergeReport.TimelineSample, long> f) =>
-            s.Select(x => (x.Seconds, f(x) / 1048576.0)).ToList();
+        static List<(double, double)> Of(IReadOnlyList<MergeReport.TimelineSample> s, Func<MergeReport.TimelineSample, long> f)
+        {
+            var points = new List<(double, double)>(s.Count);
+            for (int i = 0; i < s.Count; i++) points.Add((s[i].Seconds, f(s[i]) / 1048576.0));
+            return points;
+        }
         var series = new List<Svg.Series>
         {
             new("read", Svg.Color(0), Of(t.Samples, x => x.Read), 1.8),
@@ -246,7 +277,7 @@ public static class MergeReportHtml
     /// <summary>A parameter's value, the same whether it is the merge's own or read back from the JSON.</summary>
     private static string Value(object? v) => v switch
     {
-        double[] a => "[" + string.Join(", ", a.Select(Svg.G)) + "]",
+        double[] a => "[" + string.Join(", ", Array.ConvertAll(a, Svg.G)) + "]",
         double d => Svg.G(d),
         bool b => b ? "true" : "false",
         int or long or ulong => Convert.ToString(v, System.Globalization.CultureInfo.InvariantCulture)!,
@@ -265,6 +296,13 @@ public static class MergeReportHtml
         null => "null",
         _ => Convert.ToString(v, System.Globalization.CultureInfo.InvariantCulture) ?? "",
     };
+
+    private static string Parameters(MergeReport r)
+    {
+        var parts = new List<string>(r.Parameters.Count);
+        foreach (var p in r.Parameters) parts.Add($"{p.Key} {Value(p.Value)}");
+        return string.Join(", ", parts);
+    }
 
     private static string Bytes(long b) => Formats.MemorySize.Format(b);
 

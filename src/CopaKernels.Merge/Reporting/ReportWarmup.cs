@@ -3,34 +3,46 @@ using CopaKernels.Merge.Streaming;
 namespace CopaKernels.Merge.Reporting;
 
 /// <summary>
-/// Compiles the report's code (the HTML renderer, the spectra) on a spare core while a merge is planned. The
-/// plan reads headers on one thread and leaves the other cores idle; the report is drawn once per process, at
-/// the end, where compiling its code first would add tens of milliseconds to a merge that takes half a second.
-/// The warm-up draws a two-module report and decomposes a small pair, and discards both.
+/// Compiles the report's code (the spectra's numerics, the JSON writer, the HTML renderer) on a spare core while
+/// a merge is planned. The plan reads headers on one thread and leaves the other cores idle; the report is drawn
+/// once per process, at the end, where compiling its code first would add tens of milliseconds to a merge that
+/// takes half a second. The warm-up decomposes a small pair (when spectra are asked for) and draws a two-module
+/// report (when the page is), and discards both. (Run at idle priority as the stream starts instead, it slowed
+/// the stream more than it saved: bench/RESULTS.md, issue #17.)
 /// </summary>
 internal static class ReportWarmup
 {
-    private static int s_started;
+    private static int s_done;
 
     /// <summary>Starts the warm-up once per process, in the background; returns at once (and does nothing for a null request, which the plan refuses).</summary>
     public static void Start(MergeRequest? request)
     {
         if (request is null || (!request.HtmlReport && request.ReportSpectra == SpectraSelection.None)) return;
-        if (Interlocked.Exchange(ref s_started, 1) != 0) return;
+        if (Interlocked.Exchange(ref s_done, 1) != 0) return;
         _ = Task.Run(() =>
         {
-            try { Run(); }
+            try
+            {
+                double[] sigma = [3, 2, 1, 0.5, 0.25];
+                if (request.ReportSpectra != SpectraSelection.None) sigma = Decompose();
+                Render(sigma, request.HtmlReport);
+            }
             catch (Exception) { }   // a warm-up that fails costs the report its head start, nothing else
         });
     }
 
-    private static void Run()
+    private static double[] Decompose()
     {
-        var b = new float[64 * 4];
-        var a = new float[4 * 48];
-        for (int i = 0; i < b.Length; i++) b[i] = (i % 7) - 3;
-        for (int i = 0; i < a.Length; i++) a[i] = (i % 5) - 2;
-        var sigma = LowRankTruncation.SingularValues(b, a, 64, 4, 48, new ParallelOptions { MaxDegreeOfParallelism = 1 });
+        // Rank 5: the Gram's 4 × 4 tiles and its remainder both run (code the published tool compiles at its first call).
+        var b = new float[64 * 5];
+        var a = new float[5 * 48];
+        for (int i = 0; i < b.Length; i++) b[i] = (i % 7) - 3 + i % 3 * 0.25f;
+        for (int i = 0; i < a.Length; i++) a[i] = (i % 5) - 2 + i % 4 * 0.125f;
+        return LowRankTruncation.SingularValues(b, a, 64, 5, 48, new ParallelOptions { MaxDegreeOfParallelism = 1 });
+    }
+
+    private static void Render(double[] sigma, bool html)
+    {
         string[] paths = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"];
         var report = new MergeReport
         {
@@ -47,6 +59,6 @@ internal static class ReportWarmup
             Throughput = new MergeReport.Timeline(0.02, [new(0, 0, 0, 0), new(0.02, 10, 5, 2)]),
         };
         _ = report.ToJson();
-        _ = MergeReportHtml.Render(report);
+        if (html) _ = MergeReportHtml.Render(report);
     }
 }

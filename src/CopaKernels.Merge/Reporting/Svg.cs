@@ -200,8 +200,11 @@ internal static class Svg
         const int row = 18, top = 24;
         int left = Math.Max(90, 6 * (bars.Count == 0 ? 0 : bars.Max(b => b.Label.Length)) + 8);
         int height = top + bars.Count * row + 8;
-        var finite = bars.Where(b => double.IsFinite(b.Value) && b.Value > 0).Select(b => b.Value).ToList();
-        double max = finite.Count == 0 ? 1 : finite.Max(), min = finite.Count == 0 ? 1 : finite.Min() / 10;
+        double max = double.NegativeInfinity, min = double.PositiveInfinity;
+        foreach (var b in bars)
+            if (double.IsFinite(b.Value) && b.Value > 0) (max, min) = (Math.Max(max, b.Value), Math.Min(min, b.Value));
+        if (double.IsInfinity(max)) (max, min) = (1, 10);
+        min /= 10;
         int plotW = Math.Max(60, width - left - 130);
         double Length(double v) => !(double.IsFinite(v) && v > 0) ? 0
             : log ? (max <= min ? plotW : (Math.Log10(v) - Math.Log10(min)) / (Math.Log10(max) - Math.Log10(min)) * plotW)

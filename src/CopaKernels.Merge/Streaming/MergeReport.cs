@@ -232,9 +232,13 @@ public sealed record MergeReport
     private static void WriteFloats(Utf8JsonWriter w, string name, IReadOnlyList<float> values)
     {
         w.WriteStartArray(name);
-        foreach (var v in values)
+        // Indexed, not foreach: enumerating an array through the interface is generic code compiled at run time.
+        for (int i = 0; i < values.Count; i++)
+        {
+            float v = values[i];
             if (float.IsFinite(v)) w.WriteNumberValue(v);
             else w.WriteStringValue(v.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        }
         w.WriteEndArray();
     }
 
@@ -247,7 +251,7 @@ public sealed record MergeReport
     private static void WriteDoubleArray(Utf8JsonWriter w, IReadOnlyList<double> values)
     {
         w.WriteStartArray();
-        foreach (var v in values) WriteValue(w, v);
+        for (int i = 0; i < values.Count; i++) WriteValue(w, values[i]);
         w.WriteEndArray();
     }
 

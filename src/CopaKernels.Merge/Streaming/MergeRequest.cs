@@ -16,7 +16,7 @@ public enum OutputMode
 /// <summary>For which modules the report gives the singular-value spectra (<see cref="MergeReport.Spectra"/>).</summary>
 public enum SpectraSelection
 {
-    /// <summary>One module per module type, from its middle layer (the default).</summary>
+    /// <summary>Of each module type, the modules of its first, middle and last layer (the default).</summary>
     Few,
     /// <summary>Every module.</summary>
     All,

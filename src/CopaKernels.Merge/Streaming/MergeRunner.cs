@@ -92,7 +92,8 @@ public sealed class MergeRunner
         double planSeconds = 0, CancellationToken ct = default)
     {
         var runner = new MergeRunner(plan, backend, progress, ct);
-        return runner.Execute(planSeconds);
+        // The spectra's background thread reads the plan's files: it ends before the caller closes them.
+        using (runner._spectra) return runner.Execute(planSeconds);
     }
 
     private MergeReport Execute(double planSeconds)
@@ -102,6 +103,7 @@ public sealed class MergeRunner
         long read0 = BytesRead();
         TimeSpan readTime0 = ReadTime();
         int tensors;
+        _spectra.StartEarly();
         using (_timeline = new MergeTimeline(() => BytesRead() - read0))
         {
             switch (_plan.Request.Mode)
@@ -130,9 +132,18 @@ public sealed class MergeRunner
             r.TimingsSeconds["read"] = Math.Round(readSeconds, 4);
             r.TimingsSeconds["write"] = Math.Round(_timeline.WriteTime.TotalSeconds, 4);
             if (spectra != null) r.TimingsSeconds["spectra"] = Math.Round(_spectra.Busy.TotalSeconds, 4);
-            // Written while the data files are synced; Commit syncs these two as well.
-            File.WriteAllText(Path.Combine(folder.TempPath, MergeReport.FileName), r.ToJson() + "\n");
-            if (_plan.Request.HtmlReport) Reporting.MergeReportHtml.Write(r, Path.Combine(folder.TempPath, Reporting.MergeReportHtml.FileName));
+            // Written while the data files are synced, the page beside the JSON; Commit syncs these two as well.
+            var page = _plan.Request.HtmlReport
+                ? Task.Run(() => Reporting.MergeReportHtml.Write(r, Path.Combine(folder.TempPath, Reporting.MergeReportHtml.FileName)))
+                : Task.CompletedTask;
+            try { File.WriteAllText(Path.Combine(folder.TempPath, MergeReport.FileName), r.ToJson() + "\n"); }
+            catch
+            {
+                try { page.Wait(); }
+                catch (AggregateException) { }
+                throw;
+            }
+            page.GetAwaiter().GetResult();
             return r;
         }, _ct);
         try

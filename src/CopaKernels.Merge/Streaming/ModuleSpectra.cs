@@ -11,23 +11,33 @@ namespace CopaKernels.Merge.Streaming;
 /// embedding's update is stored transposed, which leaves σ unchanged.
 /// </summary>
 /// <remarks>
-/// Computed after the output data is written, while the written files are synced to disk (the runner calls
-/// <see cref="Compute(string?, int, CancellationToken)"/> on another thread): that wait leaves the cores idle, so on a merge that syncs its
-/// output (the default) the spectra mostly cost no wall time. Every core computes them (one module each). The tasks' factors are read back from the adapters; an adapter
-/// output's merged factors are read back from the file just written (no copy is held during the merge); for a
-/// model output, whose file holds W + ΔW, a copy of each chosen module's merged factors is kept as it is
-/// merged. A dense merged ΔW (delta space) gets a note instead of a spectrum.
+/// <para>The tasks' spectra need only the adapters, so they start with the stream, on one background thread at
+/// the lowest priority the system has (<see cref="IdlePriority"/>): it runs only on a core the merge leaves
+/// idle, and reads the adapters through handles of its own, so the stream's read counts stay the merge's.
+/// Whatever it has not done when the output
+/// data is written is done then, on every core, while the written files are synced to disk (the runner calls
+/// <see cref="Compute(string?, int, CancellationToken)"/> on another thread), together with the merged
+/// updates' spectra.</para>
+/// <para>An adapter output's merged factors are read back from the file just written (no copy is held during
+/// the merge; handing copies to the background thread during the stream measured no faster, bench/RESULTS.md).
+/// A model output's file holds W + ΔW, so there the merged spectrum is taken as each chosen module is merged,
+/// from the factors in hand, and nothing is kept but its σ. A dense merged ΔW (delta space) gets a note
+/// instead of a spectrum.</para>
 /// </remarks>
-internal sealed class ModuleSpectra
+internal sealed class ModuleSpectra : IDisposable
 {
     private readonly MergePlan _plan;
     private readonly HashSet<string> _chosen;
-    private readonly Dictionary<string, Merged> _copies = new(StringComparer.Ordinal);
+    private readonly PlannedModule[] _modules;
+    private readonly IReadOnlyList<double>[]?[] _tasks;
+    private readonly int[] _claimed;
+    private readonly Dictionary<string, double[]> _mergedNow = new(StringComparer.Ordinal);
     private readonly Dictionary<string, (int Rank, double Scale)> _written = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _notes = new(StringComparer.Ordinal);
+    private readonly Lock _lock = new();
+    private Thread? _early;
+    private volatile bool _stopEarly;
     private long _busyTicks;
-
-    private sealed record Merged(float[] B, float[] A, int Rank, double Scale);
 
     private const string DenseNote = "the merge gave a dense ΔW (delta space): its spectrum would need a dense SVD";
 
@@ -35,41 +45,96 @@ internal sealed class ModuleSpectra
     {
         _plan = plan;
         _chosen = Choose(plan.Modules.Select(m => m.Path).ToList(), plan.Request.ReportSpectra).ToHashSet(StringComparer.Ordinal);
+        _modules = plan.Modules.Where(m => _chosen.Contains(m.Path)).ToArray();
+        _tasks = new IReadOnlyList<double>[]?[_modules.Length];
+        _claimed = new int[_modules.Length];
     }
 
     /// <summary>Whether the report gives this module's spectra.</summary>
     public bool Wants(string path) => _chosen.Contains(path);
 
     /// <summary>Whether any module was chosen.</summary>
-    public bool Any => _chosen.Count > 0;
+    public bool Any => _modules.Length > 0;
 
     /// <summary>CPU time spent computing, summed over the threads.</summary>
     public TimeSpan Busy => System.Diagnostics.Stopwatch.GetElapsedTime(0, Interlocked.Read(ref _busyTicks));
 
     /// <summary>
+    /// Starts the report's background thread at idle priority (once): it compiles the report's code
+    /// (<see cref="Reporting.ReportWarmup"/>), then takes the tasks' spectra.
+    /// </summary>
+    public void StartEarly()
+    {
+        if (!Any || _early != null) return;
+        _early = new Thread(EarlyLoop) { IsBackground = true, Name = "copa report (idle)" };
+        _early.Start();
+    }
+
+    private void EarlyLoop()
+    {
+        IdlePriority.LowerCurrentThread();
+        var own = new Dictionary<int, ITensorFile>();
+        try
+        {
+            for (int i = 0; i < _modules.Length && !_stopEarly; i++)
+            {
+                if (Interlocked.Exchange(ref _claimed[i], 1) != 0) continue;
+                var cpu = IdlePriority.ThreadCpuTime();
+                long start = System.Diagnostics.Stopwatch.GetTimestamp();
+                try { _tasks[i] = Tasks(_modules[i], own); }
+                catch (Exception) { }   // left for Compute, which takes it again and lets its error surface
+                long ticks = IdlePriority.ThreadCpuTime() is { } end && cpu is { } begin
+                    ? (long)((end - begin).TotalSeconds * System.Diagnostics.Stopwatch.Frequency)
+                    : System.Diagnostics.Stopwatch.GetTimestamp() - start;
+                Interlocked.Add(ref _busyTicks, ticks);
+            }
+        }
+        finally
+        {
+            foreach (var f in own.Values) f.Dispose();
+        }
+    }
+
+    /// <summary>Stops the background thread after the module it is on, and waits for it.</summary>
+    public void Dispose()
+    {
+        _stopEarly = true;
+        _early?.Join();
+    }
+
+    /// <summary>
     /// The modules of <paramref name="paths"/> a selection takes, in their order. <see cref="SpectraSelection.Few"/>:
-    /// one module of each type (<see cref="TypeOf"/>, e.g. <c>q_proj</c>), from the middle layer it occurs
-    /// in (the layer is the last number in the path), or its only module without a layer number. One per type
-    /// keeps the default report's cost under the output's sync to disk (bench/RESULTS.md, issue #17).
+    /// of each module type (<see cref="TypeOf"/>, e.g. <c>q_proj</c>), the modules in the first, the middle and
+    /// the last layer it occurs in (the layer is the last number in the path; a type without layer numbers
+    /// gives its first module): where a spectrum changes with depth, the ends and the middle show it.
     /// </summary>
     public static IReadOnlyList<string> Choose(IReadOnlyList<string> paths, SpectraSelection selection)
     {
         if (selection == SpectraSelection.None) return [];
         if (selection == SpectraSelection.All) return paths;
-        var byType = new Dictionary<string, List<(int Layer, string Path)>>(StringComparer.Ordinal);
+        // Per type, its distinct layers ascending (a module without one counts as layer −1) and the first module
+        // of each; plain loops, as the report's code runs once per process.
+        var byType = new Dictionary<string, (List<int> Layers, List<string> Paths)>(StringComparer.Ordinal);
         foreach (var p in paths)
         {
             string type = TypeOf(p);
-            if (!byType.TryGetValue(type, out var list)) byType[type] = list = new();
-            list.Add((LayerOf(p) ?? -1, p));
+            if (!byType.TryGetValue(type, out var t)) byType[type] = t = (new List<int>(), new List<string>());
+            int layer = LayerOf(p) ?? -1, at = 0;
+            while (at < t.Layers.Count && t.Layers[at] < layer) at++;
+            if (at < t.Layers.Count && t.Layers[at] == layer) continue;
+            t.Layers.Insert(at, layer);
+            t.Paths.Insert(at, p);
         }
         var chosen = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var list in byType.Values)
+        foreach (var (_, t) in byType)
         {
-            var layers = list.Select(x => x.Layer).Distinct().Order().ToList();
-            chosen.Add(list.First(x => x.Layer == layers[layers.Count / 2]).Path);
+            chosen.Add(t.Paths[0]);
+            chosen.Add(t.Paths[t.Paths.Count / 2]);
+            chosen.Add(t.Paths[^1]);
         }
-        return paths.Where(chosen.Contains).ToList();
+        var result = new List<string>(chosen.Count);
+        foreach (var p in paths) if (chosen.Remove(p)) result.Add(p);
+        return result;
     }
 
     /// <summary>
@@ -95,8 +160,9 @@ internal sealed class ModuleSpectra
 
     /// <summary>
     /// Notes a chosen module's merged result: its rank and scale where the output file will hold the factors
-    /// (adapter output), else a copy of them; a dense result gets a note. Only an adapter output's results
-    /// come encoded (<see cref="LowRankResult.Encoded"/>), and those factors are written.
+    /// (adapter output), else its spectrum, taken now from the factors in hand (a model output's file holds
+    /// W + ΔW); a dense result gets a note. Only an adapter output's results come encoded
+    /// (<see cref="LowRankResult.Encoded"/>), and those factors are written.
     /// </summary>
     public void Capture(PlannedModule m, ModuleResult result)
     {
@@ -104,76 +170,157 @@ internal sealed class ModuleSpectra
         switch (result)
         {
             case LowRankResult lr when _plan.Request.Mode == OutputMode.Adapter:
-                _written[m.Path] = (lr.Rank, lr.Scale);
+                lock (_lock) _written[m.Path] = (lr.Rank, lr.Scale);
                 break;
             case LowRankResult lr:
-                _copies[m.Path] = new Merged((float[])lr.B.Clone(), (float[])lr.A.Clone(), lr.Rank, lr.Scale);
+                // Factors that overflowed fail the merge where they are encoded, with the error that names them.
+                if (Formats.Numerics.NonFinite.Any(lr.B) || Formats.Numerics.NonFinite.Any(lr.A)) break;
+                long start = System.Diagnostics.Stopwatch.GetTimestamp();
+                var sigma = lr.Rank > 0 ? Spectrum(lr.B, lr.A, lr.Rank, lr.Scale, Serial) : [];
+                Interlocked.Add(ref _busyTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+                lock (_lock) _mergedNow[m.Path] = sigma;
                 break;
             default:
-                _notes[m.Path] = DenseNote;
+                lock (_lock) _notes[m.Path] = DenseNote;
                 break;
         }
     }
 
+    private static readonly ParallelOptions Serial = new() { MaxDegreeOfParallelism = 1 };
+
+    /// <summary>Gram blocks of A's columns read at once: fewer, longer reads (rank × 4 blocks of floats, 512 KB at rank 128).</summary>
+    private const int ReadBlocks = 4;
+
     /// <summary>
     /// The chosen modules' spectra in plan order, on <paramref name="threads"/> threads (null when none was
-    /// chosen); <paramref name="writtenAdapter"/> is the adapter weights file just written (adapter output),
-    /// which the merged factors are read back from.
+    /// chosen): the tasks' that the background thread has not taken, and the merged updates';
+    /// <paramref name="writtenAdapter"/> is the adapter weights file just written (adapter output), which the
+    /// merged factors are read back from.
     /// </summary>
     public IReadOnlyList<MergeReport.ModuleSpectrum>? Compute(string? writtenAdapter, int threads, CancellationToken ct)
     {
         if (!Any) return null;
-        var modules = _plan.Modules.Where(m => Wants(m.Path)).ToArray();
+        // The background thread ends the module it is on (with the cores idle, it runs at once); what it left,
+        // every core takes now.
+        Dispose();
         using var output = writtenAdapter != null && _written.Count > 0 ? SafetensorsFile.Open(writtenAdapter) : null;
-        var result = new MergeReport.ModuleSpectrum[modules.Length];
-        var one = new ParallelOptions { MaxDegreeOfParallelism = 1 };
-        try
+        var merged = new IReadOnlyList<double>?[_modules.Length];
+        Parallel.For(0, _modules.Length, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads), CancellationToken = ct }, i =>
         {
-            Parallel.For(0, modules.Length, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads), CancellationToken = ct }, i =>
-            {
-                long start = System.Diagnostics.Stopwatch.GetTimestamp();
-                result[i] = Compute(modules[i], output, one);
-                Interlocked.Add(ref _busyTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
-            });
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
+            if (Interlocked.Exchange(ref _claimed[i], 1) == 0) _tasks[i] = Tasks(_modules[i], own: null);
+            merged[i] = Merged(_modules[i], output);
+            Interlocked.Add(ref _busyTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+        });
+        var result = new MergeReport.ModuleSpectrum[_modules.Length];
+        for (int i = 0; i < _modules.Length; i++)
+        {
+            // Null only where the background thread failed on it: taken again here, where an error surfaces.
+            var tasks = _tasks[i] ?? Tasks(_modules[i], own: null);
+            result[i] = new MergeReport.ModuleSpectrum(_modules[i].Path, _modules[i].Adapters, tasks, merged[i], _notes.GetValueOrDefault(_modules[i].Path));
         }
-        finally { _copies.Clear(); }
         return result;
     }
 
-    private MergeReport.ModuleSpectrum Compute(PlannedModule m, SafetensorsFile? output, ParallelOptions parallel)
+    /// <summary>
+    /// The tasks' spectra of a module, read through the plan's handles, or, given <paramref name="own"/>, through
+    /// handles of the caller's own (opened on first use, kept in it), which must find the same tensors.
+    /// </summary>
+    private IReadOnlyList<double>[] Tasks(PlannedModule m, Dictionary<int, ITensorFile>? own)
     {
-        var tasks = new List<IReadOnlyList<double>>(m.Adapters.Count);
-        foreach (int n in m.Adapters)
+        var tasks = new IReadOnlyList<double>[m.Adapters.Count];
+        for (int t = 0; t < tasks.Length; t++)
         {
+            int n = m.Adapters[t];
             var adapter = _plan.Adapters[n];
             if (!adapter.TryGetModule(m.Path, out var lm))
                 throw new InvalidOperationException($"{m.Path} planned for adapter {n}, which lacks it");
-            tasks.Add(FromFile(adapter.Weights, lm.B, lm.A, lm.Rank, lm.Scale, parallel));
+            if (own == null)
+            {
+                tasks[t] = FromFile(adapter.Weights, lm.B, lm.A, lm.Rank, lm.Scale);
+                continue;
+            }
+            if (!own.TryGetValue(n, out var file)) own[n] = file = TensorFiles.Open(adapter.Weights.Path);
+            tasks[t] = FromFile(file, Same(file, lm.B), Same(file, lm.A), lm.Rank, lm.Scale);
         }
-        IReadOnlyList<double>? merged = null;
-        if (_copies.TryGetValue(m.Path, out var c) && c.Rank > 0) merged = Spectrum(c.B, c.A, c.Rank, c.Scale, parallel);
-        else if (output != null && _written.TryGetValue(m.Path, out var w) && w.Rank > 0)
-            merged = FromFile(output, output.Get(LoraAdapter.KeyB(m.Path, m.Embedding)), output.Get(LoraAdapter.KeyA(m.Path, m.Embedding)), w.Rank, w.Scale, parallel);
-        return new MergeReport.ModuleSpectrum(m.Path, m.Adapters, tasks, merged, _notes.GetValueOrDefault(m.Path));
+        return tasks;
     }
 
-    /// <summary>The spectrum of factors read from a file into pooled arrays (no garbage the size of a factor).</summary>
-    private static double[] FromFile(ITensorFile file, TensorInfo b, TensorInfo a, int rank, double scale, ParallelOptions parallel)
+    /// <summary>The tensor of <paramref name="file"/> that is <paramref name="planned"/>: same name, type, shape and bytes.</summary>
+    private static TensorInfo Same(ITensorFile file, TensorInfo planned) =>
+        file.TryGet(planned.Name, out var t) && t.DType == planned.DType && t.Begin == planned.Begin && t.End == planned.End
+            && t.Shape.AsSpan().SequenceEqual(planned.Shape)
+            ? t
+            : throw new InvalidOperationException($"{file.Path}: {planned.Name} is not the tensor planned");
+
+    private IReadOnlyList<double>? Merged(PlannedModule m, SafetensorsFile? output)
     {
-        int nb = checked((int)b.ElementCount), na = checked((int)a.ElementCount);
-        var pool = System.Buffers.ArrayPool<float>.Shared;
-        var (pb, pa) = (pool.Rent(nb), pool.Rent(na));
+        if (_mergedNow.TryGetValue(m.Path, out var now)) return now.Length > 0 ? now : null;
+        if (output != null && _written.TryGetValue(m.Path, out var w) && w.Rank > 0)
+            return FromFile(output, output.Get(LoraAdapter.KeyB(m.Path, m.Embedding)), output.Get(LoraAdapter.KeyA(m.Path, m.Embedding)), w.Rank, w.Scale);
+        return null;
+    }
+
+    /// <summary>
+    /// The spectrum of factors in a file, their Gram matrices accumulated block by block as they are read
+    /// (<see cref="LowRankTruncation.Gram(int, int, LowRankTruncation.GramFill)"/>), so that no factor is held
+    /// whole: a rank-128 pair of an 11008-wide module is 7.5 MB, its blocks a few hundred KB. Only where a Gram
+    /// matrix is singular (dependent factors, which Householder must decide) are the factors read whole.
+    /// </summary>
+    internal static unsafe double[] FromFile(ITensorFile file, TensorInfo b, TensorInfo a, int rank, double scale)
+    {
+        int dOut = checked((int)(b.ElementCount / rank)), dIn = checked((int)(a.ElementCount / rank));
+        // A is read a few blocks of columns at a time (one read per row each), B a block of rows at a time.
+        int block = LowRankTruncation.GramBlock(rank), wide = ReadBlocks * block;
+        var scratch = System.Buffers.ArrayPool<float>.Shared.Rent(wide * rank);
+        double[]? gB = null, gA = null;
+        bool finite;
+        double[]? sigma;
         try
         {
-            file.ReadSingles(b, 0, pb.AsSpan(0, nb));
-            file.ReadSingles(a, 0, pa.AsSpan(0, na));
-            return Spectrum(pb.AsSpan(0, nb), pa.AsSpan(0, na), rank, scale, parallel);
+            fixed (float* ps = scratch)
+            {
+                nint at = (nint)ps;
+                // B, d_out × R: a block is whole rows, read at once.
+                (gB, finite) = LowRankTruncation.Gram(rank, dOut, (start, width, rows, stride) =>
+                {
+                    file.ReadSingles(b, (long)start * rank, new Span<float>((float*)at, width * rank));
+                    return LowRankTruncation.WidenRows((float*)at, rank, width, rows, stride);
+                });
+                // A, R × d_in: columns [held, held + width) of every row sit in the scratch, row k at k·wide.
+                int held = -1;
+                (gA, bool finiteA) = LowRankTruncation.Gram(rank, dIn, (start, width, rows, stride) =>
+                {
+                    if (held < 0 || start + width > held + wide)
+                    {
+                        held = start;
+                        int run = Math.Min(wide, dIn - start);
+                        for (int k = 0; k < rank; k++) file.ReadSingles(a, (long)k * dIn + start, new Span<float>((float*)at + (long)k * wide, run));
+                    }
+                    double sum = 0;
+                    for (int k = 0; k < rank; k++)
+                    {
+                        float* src = (float*)at + (long)k * wide + (start - held);
+                        double* dst = rows + k * stride;
+                        for (int i = 0; i < width; i++) sum += dst[i] = src[i];
+                    }
+                    return sum;
+                });
+                finite &= finiteA;
+            }
+            if (!finite) throw new ArgumentException($"{file.Path}: {b.Name} or {a.Name} holds a non-finite value");
+            sigma = LowRankTruncation.FromGrams(gB, gA, dOut, rank, dIn, Serial);
         }
         finally
         {
-            pool.Return(pb);
-            pool.Return(pa);
+            System.Buffers.ArrayPool<float>.Shared.Return(scratch);
+            if (gB != null) System.Buffers.ArrayPool<double>.Shared.Return(gB);
+            if (gA != null) System.Buffers.ArrayPool<double>.Shared.Return(gA);
         }
+        sigma ??= LowRankTruncation.SingularValues(file.ReadSingles(b), file.ReadSingles(a), dOut, rank, dIn, Serial);
+        double f = Math.Abs(scale);
+        for (int i = 0; i < sigma.Length; i++) sigma[i] *= f;
+        return sigma;
     }
 
     /// <summary>

@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using CopaKernels.Formats.Peft;
+using CopaKernels.Formats.Safetensors;
 using CopaKernels.Kernels.Cpu;
 using CopaKernels.Merge;
 using CopaKernels.Merge.Linalg;
@@ -133,6 +134,44 @@ public sealed class ReportHtmlTests(StreamingFixture fx) : IClassFixture<Streami
         }
     }
 
+    [Theory]
+    [InlineData(OutputMode.Adapter)]
+    [InlineData(OutputMode.Model)]
+    public void Spectra_ReadsAreNotTheMerges(OutputMode mode)
+    {
+        // The tasks' spectra are read through handles of their own while the stream runs: the bytes read that
+        // the report gives are the merge's alone, the same as without spectra.
+        var none = Merge("copa", fx.NewOutput($"reads-none-{mode}"), mode, spectra: SpectraSelection.None);
+        var all = Merge("copa", fx.NewOutput($"reads-all-{mode}"), mode, spectra: SpectraSelection.All);
+        Assert.Equal(none.Throughput!.Samples[^1].Read, all.Throughput!.Samples[^1].Read);
+        Assert.Equal(all.Modules.Count, all.Spectra!.Count);
+        Assert.All(all.Spectra, sp => Assert.True(sp.Tasks.Count == sp.Adapters.Count && sp.Tasks.All(t => t.Count > 0) && sp.Merged is { Count: > 0 }));
+    }
+
+    [Theory]
+    [InlineData(3000, 20, 5000, DType.F32)]   // B over three row blocks, A over two reads of four column blocks
+    [InlineData(700, 128, 1100, DType.BF16)]  // the merged rank of 8 rank-16 tasks; A's last read is short
+    [InlineData(40, 5, 9, DType.F16)]
+    public void Spectra_FromAFile_BlockByBlock_EqualTheSpectraInMemory(int dOut, int rank, int dIn, DType dtype)
+    {
+        // The file path never holds a factor whole; its Gram blocks are the in-memory path's, value for value.
+        var rng = new Random(dOut + rank + dIn);
+        var b = Enumerable.Range(0, dOut * rank).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        var a = Enumerable.Range(0, rank * dIn).Select(_ => (float)(rng.NextDouble() - 0.5) * 0.01f).ToArray();
+        string path = Path.Combine(fx.NewOutput($"gram-{dtype}"), "factors.safetensors");
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        using (var w = new SafetensorsWriter(path, [new TensorSpec("b", dtype, [dOut, rank]), new TensorSpec("a", dtype, [rank, dIn])]))
+        {
+            foreach (var t in w.Layout) w.AppendSingles(t.Name, t.Name == "b" ? b : a);
+            w.Commit();
+        }
+        using var file = SafetensorsFile.Open(path);
+        var (tb, ta) = (file.Get("b"), file.Get("a"));
+        var want = LowRankTruncation.SingularValues(file.ReadSingles(tb), file.ReadSingles(ta), dOut, rank, dIn);
+        var got = ModuleSpectra.FromFile(file, tb, ta, rank, -2.0);
+        Assert.Equal(want.Select(x => 2 * x), got);
+    }
+
     [Fact]
     public void Throughput_EndsWithEveryOutputByteComputedAndWritten()
     {
@@ -172,12 +211,17 @@ public sealed class ReportHtmlTests(StreamingFixture fx) : IClassFixture<Streami
     }
 
     [Fact]
-    public void FewSpectra_TakeTheMiddleLayerOfEachType()
+    public void FewSpectra_TakeTheFirstMiddleAndLastLayerOfEachType()
     {
         var paths = Enumerable.Range(0, 32).SelectMany(l => new[] { $"model.layers.{l}.self_attn.q_proj", $"model.layers.{l}.mlp.down_proj" })
             .Append("lm_head").Append("model.mm_projector.0").Append("model.mm_projector.2").ToList();
         var few = ModuleSpectra.Choose(paths, SpectraSelection.Few);
-        Assert.Equal(["model.layers.16.self_attn.q_proj", "model.layers.16.mlp.down_proj", "lm_head", "model.mm_projector.2"], few);
+        Assert.Equal(["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "model.layers.16.self_attn.q_proj",
+            "model.layers.16.mlp.down_proj", "model.layers.31.self_attn.q_proj", "model.layers.31.mlp.down_proj", "lm_head",
+            "model.mm_projector.0", "model.mm_projector.2"], few);
+        // Fewer than three layers: each once.
+        Assert.Equal(["model.layers.3.mlp.up_proj", "model.layers.9.mlp.up_proj"],
+            ModuleSpectra.Choose(["model.layers.3.mlp.up_proj", "model.layers.9.mlp.up_proj"], SpectraSelection.Few));
         Assert.Equal(paths, ModuleSpectra.Choose(paths, SpectraSelection.All));
         Assert.Empty(ModuleSpectra.Choose(paths, SpectraSelection.None));
         Assert.Equal(7, ModuleSpectra.LayerOf("base_model.model.model.layers.7.mlp.up_proj"));
