@@ -5,7 +5,8 @@ namespace CopaKernels.Merge.Reporting;
 /// <summary>
 /// One self-contained HTML page: inline CSS and SVG only, no script, and a Content-Security-Policy that
 /// forbids every fetch (<c>default-src 'none'</c>), so a report opened from disk never reaches the network.
-/// Laid out to print: charts are not split across pages, and the colours print as they show.
+/// Laid out to print: landscape at 85 % (a task's four heatmaps side by side, as on screen), headings kept
+/// with what follows them, charts not split across pages, and the colours as they show.
 /// </summary>
 internal sealed class HtmlPage
 {
@@ -84,7 +85,8 @@ internal sealed class HtmlPage
         svg.chart { display: block; overflow: visible; } svg .t { font-size: 12px; font-weight: 600; } svg .s { font-size: 10px; fill: #333; }
         svg .frame { fill: none; stroke: #999; } svg .grid { stroke: #e4e4e4; }
         p.note { color: #555; }
-        @media print { body { margin: 8mm; max-width: none; } h2 { break-after: avoid; } .cell, table { break-inside: avoid; } * { -webkit-print-color-adjust: exact; print-color-adjust: exact; } }
+        @page { size: landscape; margin: 8mm; }
+        @media print { body { margin: 0; max-width: none; zoom: 0.85; } h2, h3, h2 + p { break-after: avoid; } .cell, table { break-inside: avoid; } * { -webkit-print-color-adjust: exact; print-color-adjust: exact; } }
 
         """;
 }
