@@ -42,16 +42,7 @@ public class LowRankTruncationTests
         var rng = new Random(77);
         double[] s = [3.0, 1.0, 1.0, 1e-3, 1e-6, 1e-9, 0.0];
         int rows = 11, cols = s.Length;
-        var q1 = RandomOrthonormalColumns(rng, rows, cols);
-        var q2 = RandomOrthonormalColumns(rng, cols, cols);
-        var m = new double[rows * cols];
-        for (int i = 0; i < rows; i++)
-            for (int j = 0; j < cols; j++)
-            {
-                double acc = 0;
-                for (int t = 0; t < cols; t++) acc += q1[i * cols + t] * s[t] * q2[j * cols + t];
-                m[i * cols + j] = acc;
-            }
+        var m = WithSpectrum(rng, rows, s);
         foreach (bool transpose in new[] { false, true })
         {
             var input = transpose ? Transpose(m, rows, cols) : m;
@@ -113,16 +104,7 @@ public class LowRankTruncationTests
         var rng = new Random(78);
         double[] s = [3.0, 1.0, 1.0, 1e-3, 1e-6, 1e-9, 1e-14, 0.0, 0.0];
         int rows = 12, cols = s.Length;
-        var q1 = RandomOrthonormalColumns(rng, rows, cols);
-        var q2 = RandomOrthonormalColumns(rng, cols, cols);
-        var m = new double[rows * cols];
-        for (int i = 0; i < rows; i++)
-            for (int j = 0; j < cols; j++)
-            {
-                double acc = 0;
-                for (int t = 0; t < cols; t++) acc += q1[i * cols + t] * s[t] * q2[j * cols + t];
-                m[i * cols + j] = acc;
-            }
+        var m = WithSpectrum(rng, rows, s);
         foreach (double scale in new[] { 1.0, Math.ScaleB(1.0, -900), Math.ScaleB(1.0, 900) })
             foreach (bool transpose in new[] { false, true })
             {
@@ -681,6 +663,23 @@ public class LowRankTruncationTests
     }
 
     // ---------------------------------------------------------------- data helpers
+
+    /// <summary>Q₁·diag(s)·Q₂ᵀ, rows × s.Length, with random orthonormal Q₁ (rows × n) and Q₂ (n × n): σ = s.</summary>
+    private static double[] WithSpectrum(Random rng, int rows, double[] s)
+    {
+        int cols = s.Length;
+        var q1 = RandomOrthonormalColumns(rng, rows, cols);
+        var q2 = RandomOrthonormalColumns(rng, cols, cols);
+        var m = new double[rows * cols];
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < cols; j++)
+            {
+                double acc = 0;
+                for (int t = 0; t < cols; t++) acc += q1[i * cols + t] * s[t] * q2[j * cols + t];
+                m[i * cols + j] = acc;
+            }
+        return m;
+    }
 
     private static double[] Gaussian(Random rng, int count, double sd)
     {
