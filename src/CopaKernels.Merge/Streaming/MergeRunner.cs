@@ -92,7 +92,7 @@ public sealed class MergeRunner
         double planSeconds = 0, CancellationToken ct = default)
     {
         var runner = new MergeRunner(plan, backend, progress, ct);
-        // The spectra's background thread reads the plan's files: it ends before the caller closes them.
+        // A merge that fails stops the spectra's background thread too (after the module it is on).
         using (runner._spectra) return runner.Execute(planSeconds);
     }
 

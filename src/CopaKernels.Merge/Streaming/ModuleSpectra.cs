@@ -14,10 +14,9 @@ namespace CopaKernels.Merge.Streaming;
 /// <para>The tasks' spectra need only the adapters, so they start with the stream, on one background thread at
 /// the lowest priority the system has (<see cref="IdlePriority"/>): it runs only on a core the merge leaves
 /// idle, and reads the adapters through handles of its own, so the stream's read counts stay the merge's.
-/// Whatever it has not done when the output
-/// data is written is done then, on every core, while the written files are synced to disk (the runner calls
-/// <see cref="Compute(string?, int, CancellationToken)"/> on another thread), together with the merged
-/// updates' spectra.</para>
+/// Whatever it has not done when the output data is written is done then, on every core, while the written
+/// files are synced to disk (the runner calls <see cref="Compute(string?, int, CancellationToken)"/> on another
+/// thread), together with the merged updates' spectra; nothing waits for the background thread.</para>
 /// <para>An adapter output's merged factors are read back from the file just written (no copy is held during
 /// the merge; handing copies to the background thread during the stream measured no faster, bench/RESULTS.md).
 /// A model output's file holds W + ΔW, so there the merged spectrum is taken as each chosen module is merged,
@@ -30,7 +29,7 @@ internal sealed class ModuleSpectra : IDisposable
     private readonly HashSet<string> _chosen;
     private readonly PlannedModule[] _modules;
     private readonly IReadOnlyList<double>[]?[] _tasks;
-    private readonly int[] _claimed;
+    private readonly TaskFactors[][] _factors;
     private readonly Dictionary<string, double[]> _mergedNow = new(StringComparer.Ordinal);
     private readonly Dictionary<string, (int Rank, double Scale)> _written = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _notes = new(StringComparer.Ordinal);
@@ -38,6 +37,9 @@ internal sealed class ModuleSpectra : IDisposable
     private Thread? _early;
     private volatile bool _stopEarly;
     private long _busyTicks;
+
+    /// <summary>One task's factors of a chosen module, as the plan found them (the background thread needs no more of the plan).</summary>
+    private sealed record TaskFactors(int Adapter, string File, TensorInfo B, TensorInfo A, int Rank, double Scale);
 
     private const string DenseNote = "the merge gave a dense ΔW (delta space): its spectrum would need a dense SVD";
 
@@ -47,7 +49,19 @@ internal sealed class ModuleSpectra : IDisposable
         _chosen = Choose(plan.Modules.Select(m => m.Path).ToList(), plan.Request.ReportSpectra).ToHashSet(StringComparer.Ordinal);
         _modules = plan.Modules.Where(m => _chosen.Contains(m.Path)).ToArray();
         _tasks = new IReadOnlyList<double>[]?[_modules.Length];
-        _claimed = new int[_modules.Length];
+        _factors = new TaskFactors[_modules.Length][];
+        for (int i = 0; i < _modules.Length; i++)
+        {
+            var m = _modules[i];
+            _factors[i] = new TaskFactors[m.Adapters.Count];
+            for (int t = 0; t < m.Adapters.Count; t++)
+            {
+                var adapter = plan.Adapters[m.Adapters[t]];
+                if (!adapter.TryGetModule(m.Path, out var lm))
+                    throw new InvalidOperationException($"{m.Path} planned for adapter {m.Adapters[t]}, which lacks it");
+                _factors[i][t] = new TaskFactors(m.Adapters[t], adapter.Weights.Path, lm.B, lm.A, lm.Rank, lm.Scale);
+            }
+        }
     }
 
     /// <summary>Whether the report gives this module's spectra.</summary>
@@ -59,10 +73,19 @@ internal sealed class ModuleSpectra : IDisposable
     /// <summary>CPU time spent computing, summed over the threads.</summary>
     public TimeSpan Busy => System.Diagnostics.Stopwatch.GetElapsedTime(0, Interlocked.Read(ref _busyTicks));
 
+    private static readonly AsyncLocal<Action?> s_beforeEarlyModule = new();
+
     /// <summary>
-    /// Starts the report's background thread at idle priority (once): it compiles the report's code
-    /// (<see cref="Reporting.ReportWarmup"/>), then takes the tasks' spectra.
+    /// Test hook: called on the background thread before each module it takes (a starved thread: one that
+    /// blocks there). Local to the setting test's flow, which the thread inherits.
     /// </summary>
+    internal static Action? BeforeEarlyModule
+    {
+        get => s_beforeEarlyModule.Value;
+        set => s_beforeEarlyModule.Value = value;
+    }
+
+    /// <summary>Starts the background thread that takes the tasks' spectra at idle priority (once; not when no module was chosen).</summary>
     public void StartEarly()
     {
         if (!Any || _early != null) return;
@@ -78,10 +101,11 @@ internal sealed class ModuleSpectra : IDisposable
         {
             for (int i = 0; i < _modules.Length && !_stopEarly; i++)
             {
-                if (Interlocked.Exchange(ref _claimed[i], 1) != 0) continue;
+                if (Volatile.Read(ref _tasks[i]) != null) continue;
+                BeforeEarlyModule?.Invoke();
                 var cpu = IdlePriority.ThreadCpuTime();
                 long start = System.Diagnostics.Stopwatch.GetTimestamp();
-                try { _tasks[i] = Tasks(_modules[i], own); }
+                try { Interlocked.CompareExchange(ref _tasks[i], Tasks(i, own), null); }
                 catch (Exception) { }   // left for Compute, which takes it again and lets its error surface
                 long ticks = IdlePriority.ThreadCpuTime() is { } end && cpu is { } begin
                     ? (long)((end - begin).TotalSeconds * System.Diagnostics.Stopwatch.Frequency)
@@ -95,12 +119,13 @@ internal sealed class ModuleSpectra : IDisposable
         }
     }
 
-    /// <summary>Stops the background thread after the module it is on, and waits for it.</summary>
-    public void Dispose()
-    {
-        _stopEarly = true;
-        _early?.Join();
-    }
+    /// <summary>
+    /// Stops the background thread after the module it is on, without waiting for it: on a machine whose cores
+    /// other work keeps busy, an idle-priority thread may not run for a long while (and an unprivileged process
+    /// cannot lift it back from SCHED_IDLE). It reads through handles of its own and needs nothing of the plan,
+    /// so it may end after the merge; what it was on, <see cref="Compute"/> takes as well.
+    /// </summary>
+    public void Dispose() => _stopEarly = true;
 
     /// <summary>
     /// The modules of <paramref name="paths"/> a selection takes, in their order. <see cref="SpectraSelection.Few"/>:
@@ -200,23 +225,26 @@ internal sealed class ModuleSpectra : IDisposable
     public IReadOnlyList<MergeReport.ModuleSpectrum>? Compute(string? writtenAdapter, int threads, CancellationToken ct)
     {
         if (!Any) return null;
-        // The background thread ends the module it is on (with the cores idle, it runs at once); what it left,
-        // every core takes now.
+        // What the background thread has not finished, every core takes now (the module it may be on included:
+        // whichever ends first gives the result, and both give the same).
         Dispose();
         using var output = writtenAdapter != null && _written.Count > 0 ? SafetensorsFile.Open(writtenAdapter) : null;
         var merged = new IReadOnlyList<double>?[_modules.Length];
         Parallel.For(0, _modules.Length, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads), CancellationToken = ct }, i =>
         {
             long start = System.Diagnostics.Stopwatch.GetTimestamp();
-            if (Interlocked.Exchange(ref _claimed[i], 1) == 0) _tasks[i] = Tasks(_modules[i], own: null);
+            if (Volatile.Read(ref _tasks[i]) == null)
+            {
+                try { Interlocked.CompareExchange(ref _tasks[i], Tasks(i, own: null), null); }
+                catch (Exception) when (Volatile.Read(ref _tasks[i]) != null) { }
+            }
             merged[i] = Merged(_modules[i], output);
             Interlocked.Add(ref _busyTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
         });
         var result = new MergeReport.ModuleSpectrum[_modules.Length];
         for (int i = 0; i < _modules.Length; i++)
         {
-            // Null only where the background thread failed on it: taken again here, where an error surfaces.
-            var tasks = _tasks[i] ?? Tasks(_modules[i], own: null);
+            var tasks = Volatile.Read(ref _tasks[i])!;
             result[i] = new MergeReport.ModuleSpectrum(_modules[i].Path, _modules[i].Adapters, tasks, merged[i], _notes.GetValueOrDefault(_modules[i].Path));
         }
         return result;
@@ -226,22 +254,20 @@ internal sealed class ModuleSpectra : IDisposable
     /// The tasks' spectra of a module, read through the plan's handles, or, given <paramref name="own"/>, through
     /// handles of the caller's own (opened on first use, kept in it), which must find the same tensors.
     /// </summary>
-    private IReadOnlyList<double>[] Tasks(PlannedModule m, Dictionary<int, ITensorFile>? own)
+    private IReadOnlyList<double>[] Tasks(int module, Dictionary<int, ITensorFile>? own)
     {
-        var tasks = new IReadOnlyList<double>[m.Adapters.Count];
+        var factors = _factors[module];
+        var tasks = new IReadOnlyList<double>[factors.Length];
         for (int t = 0; t < tasks.Length; t++)
         {
-            int n = m.Adapters[t];
-            var adapter = _plan.Adapters[n];
-            if (!adapter.TryGetModule(m.Path, out var lm))
-                throw new InvalidOperationException($"{m.Path} planned for adapter {n}, which lacks it");
+            var f = factors[t];
             if (own == null)
             {
-                tasks[t] = FromFile(adapter.Weights, lm.B, lm.A, lm.Rank, lm.Scale);
+                tasks[t] = FromFile(_plan.Adapters[f.Adapter].Weights, f.B, f.A, f.Rank, f.Scale);
                 continue;
             }
-            if (!own.TryGetValue(n, out var file)) own[n] = file = TensorFiles.Open(adapter.Weights.Path);
-            tasks[t] = FromFile(file, Same(file, lm.B), Same(file, lm.A), lm.Rank, lm.Scale);
+            if (!own.TryGetValue(f.Adapter, out var file)) own[f.Adapter] = file = TensorFiles.Open(f.File);
+            tasks[t] = FromFile(file, Same(file, f.B), Same(file, f.A), f.Rank, f.Scale);
         }
         return tasks;
     }

@@ -173,6 +173,30 @@ public sealed class ReportHtmlTests(StreamingFixture fx) : IClassFixture<Streami
     }
 
     [Fact]
+    public async Task Spectra_DoNotWaitForAStarvedBackgroundThread()
+    {
+        // On a machine whose cores other work keeps busy, the idle-priority thread may not run at all: the
+        // merge must finish without it, every spectrum taken at the end. Here it blocks in the first module it
+        // takes (or, starved for real by the tests beside this one, never gets to one).
+        using var release = new ManualResetEventSlim();
+        int entered = 0;
+        ModuleSpectra.BeforeEarlyModule = () => { Interlocked.Increment(ref entered); release.Wait(); };
+        try
+        {
+            var report = await Task.Run(() => Merge("copa", fx.NewOutput("starved"), spectra: SpectraSelection.All))
+                .WaitAsync(TimeSpan.FromSeconds(60));
+            Assert.Equal(report.Modules.Count, report.Spectra!.Count);
+            Assert.All(report.Spectra, sp => Assert.True(sp.Tasks.Count == sp.Adapters.Count && sp.Tasks.All(t => t.Count > 0)));
+            Assert.InRange(Volatile.Read(ref entered), 0, 1);
+        }
+        finally
+        {
+            ModuleSpectra.BeforeEarlyModule = null;
+            release.Set();
+        }
+    }
+
+    [Fact]
     public void Throughput_EndsWithEveryOutputByteComputedAndWritten()
     {
         foreach (var mode in new[] { OutputMode.Adapter, OutputMode.Model })
