@@ -115,7 +115,12 @@ internal sealed class ModuleSpectra : IDisposable
         }
         finally
         {
-            foreach (var f in own.Values) f.Dispose();
+            // An exception that left this thread would end the process: closing a read-only handle has nothing to report.
+            foreach (var f in own.Values)
+            {
+                try { f.Dispose(); }
+                catch (Exception) { }
+            }
         }
     }
 
