@@ -255,18 +255,7 @@ public static class LowRankTruncation
             nint at = (nint)px;
             (g, finite) = transposed
                 ? Gram(count, length, (start, width, rows, stride) => WidenRows((float*)at + (long)start * count, count, width, rows, stride))
-                : Gram(count, length, (start, width, rows, stride) =>
-                {
-                    // Columns start.. of each row of A: contiguous runs, widened.
-                    double sum = 0;
-                    for (int k = 0; k < count; k++)
-                    {
-                        float* src = (float*)at + (long)k * length + start;
-                        double* dst = rows + k * stride;
-                        for (int i = 0; i < width; i++) sum += dst[i] = src[i];
-                    }
-                    return sum;
-                });
+                : Gram(count, length, (start, width, rows, stride) => WidenColumns((float*)at + start, length, count, width, rows, stride));
         }
         if (!finite)
         {
@@ -302,6 +291,23 @@ public static class LowRankTruncation
                 float* src = b + (long)i0 * count + k;
                 for (int i = 0; i < h; i++) sum += dst[i] = src[(long)i * count];
             }
+        }
+        return sum;
+    }
+
+    /// <summary>
+    /// Columns [0, <paramref name="width"/>) of a row-major A (<paramref name="count"/> rows, row k at
+    /// <paramref name="a"/> + k·<paramref name="rowStride"/>) into the rows of a block, each a contiguous run
+    /// widened; returns their sum.
+    /// </summary>
+    internal static unsafe double WidenColumns(float* a, long rowStride, int count, int width, double* rows, int stride)
+    {
+        double sum = 0;
+        for (int k = 0; k < count; k++)
+        {
+            float* src = a + k * rowStride;
+            double* dst = rows + k * stride;
+            for (int i = 0; i < width; i++) sum += dst[i] = src[i];
         }
         return sum;
     }

@@ -328,14 +328,7 @@ internal sealed class ModuleSpectra : IDisposable
                         int run = Math.Min(wide, dIn - start);
                         for (int k = 0; k < rank; k++) file.ReadSingles(a, (long)k * dIn + start, new Span<float>((float*)at + (long)k * wide, run));
                     }
-                    double sum = 0;
-                    for (int k = 0; k < rank; k++)
-                    {
-                        float* src = (float*)at + (long)k * wide + (start - held);
-                        double* dst = rows + k * stride;
-                        for (int i = 0; i < width; i++) sum += dst[i] = src[i];
-                    }
-                    return sum;
+                    return LowRankTruncation.WidenColumns((float*)at + (start - held), wide, rank, width, rows, stride);
                 });
                 finite &= finiteA;
             }
