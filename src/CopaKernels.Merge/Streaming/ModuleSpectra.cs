@@ -33,7 +33,6 @@ internal sealed class ModuleSpectra : IDisposable
     private readonly Dictionary<string, double[]> _mergedNow = new(StringComparer.Ordinal);
     private readonly Dictionary<string, (int Rank, double Scale)> _written = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _notes = new(StringComparer.Ordinal);
-    private readonly Lock _lock = new();
     private Thread? _early;
     private volatile bool _stopEarly;
     private long _busyTicks;
@@ -192,7 +191,8 @@ internal sealed class ModuleSpectra : IDisposable
     /// Notes a chosen module's merged result: its rank and scale where the output file will hold the factors
     /// (adapter output), else its spectrum, taken now from the factors in hand (a model output's file holds
     /// W + ΔW); a dense result gets a note. Only an adapter output's results come encoded
-    /// (<see cref="LowRankResult.Encoded"/>), and those factors are written.
+    /// (<see cref="LowRankResult.Encoded"/>), and those factors are written. Called by the runner, one module at
+    /// a time, before <see cref="Compute"/>.
     /// </summary>
     public void Capture(PlannedModule m, ModuleResult result)
     {
@@ -200,18 +200,18 @@ internal sealed class ModuleSpectra : IDisposable
         switch (result)
         {
             case LowRankResult lr when _plan.Request.Mode == OutputMode.Adapter:
-                lock (_lock) _written[m.Path] = (lr.Rank, lr.Scale);
+                _written[m.Path] = (lr.Rank, lr.Scale);
                 break;
             case LowRankResult lr:
                 // Factors that overflowed fail the merge where they are encoded, with the error that names them.
                 if (Formats.Numerics.NonFinite.Any(lr.B) || Formats.Numerics.NonFinite.Any(lr.A)) break;
                 long start = System.Diagnostics.Stopwatch.GetTimestamp();
-                var sigma = lr.Rank > 0 ? Spectrum(lr.B, lr.A, lr.Rank, lr.Scale, Serial) : [];
+                var sigma = lr.Rank > 0 ? Spectrum(lr.B, lr.A, lr.Rank, lr.Scale) : [];
                 Interlocked.Add(ref _busyTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
-                lock (_lock) _mergedNow[m.Path] = sigma;
+                _mergedNow[m.Path] = sigma;
                 break;
             default:
-                lock (_lock) _notes[m.Path] = DenseNote;
+                _notes[m.Path] = DenseNote;
                 break;
         }
     }
@@ -341,21 +341,21 @@ internal sealed class ModuleSpectra : IDisposable
             if (gB != null) System.Buffers.ArrayPool<double>.Shared.Return(gB);
             if (gA != null) System.Buffers.ArrayPool<double>.Shared.Return(gA);
         }
-        sigma ??= LowRankTruncation.SingularValues(file.ReadSingles(b), file.ReadSingles(a), dOut, rank, dIn, Serial);
-        double f = Math.Abs(scale);
-        for (int i = 0; i < sigma.Length; i++) sigma[i] *= f;
-        return sigma;
+        return Scaled(sigma ?? LowRankTruncation.SingularValues(file.ReadSingles(b), file.ReadSingles(a), dOut, rank, dIn, Serial), scale);
     }
 
     /// <summary>
     /// σ(scale·B·A), B of (length / rank) × rank and A of rank × (length / rank). An embedding's factors
     /// have the same shapes (its stored ΔW is (B·A)ᵀ, with the same σ).
     /// </summary>
-    private static double[] Spectrum(ReadOnlySpan<float> b, ReadOnlySpan<float> a, int rank, double scale, ParallelOptions parallel)
+    private static double[] Spectrum(ReadOnlySpan<float> b, ReadOnlySpan<float> a, int rank, double scale) =>
+        Scaled(LowRankTruncation.SingularValues(b, a, b.Length / rank, rank, a.Length / rank, Serial), scale);
+
+    /// <summary>σ(scale·B·A) = |scale|·σ(B·A), in place.</summary>
+    private static double[] Scaled(double[] sigma, double scale)
     {
-        var s = LowRankTruncation.SingularValues(b, a, b.Length / rank, rank, a.Length / rank, parallel);
         double f = Math.Abs(scale);
-        for (int i = 0; i < s.Length; i++) s[i] *= f;
-        return s;
+        for (int i = 0; i < sigma.Length; i++) sigma[i] *= f;
+        return sigma;
     }
 }
