@@ -95,10 +95,8 @@ public static class MergeReportHtml
             bool other = false;
             foreach (var p in list)
             {
-                if (ModuleSpectra.LayerOf(p) is not { } l) { other = true; continue; }
-                int at = 0;
-                while (at < layers.Count && layers[at] < l) at++;
-                if (at == layers.Count || layers[at] != l) layers.Insert(at, l);
+                if (ModuleSpectra.LayerOf(p) is { } l) ModuleSpectra.InsertLayer(layers, l);
+                else other = true;
             }
             foreach (int l in layers) Rows.Add(l.ToString(System.Globalization.CultureInfo.InvariantCulture));
             if (other) Rows.Add("other");

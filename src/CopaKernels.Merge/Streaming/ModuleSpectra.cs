@@ -148,11 +148,7 @@ internal sealed class ModuleSpectra : IDisposable
         {
             string type = TypeOf(p);
             if (!byType.TryGetValue(type, out var t)) byType[type] = t = (new List<int>(), new List<string>());
-            int layer = LayerOf(p) ?? -1, at = 0;
-            while (at < t.Layers.Count && t.Layers[at] < layer) at++;
-            if (at < t.Layers.Count && t.Layers[at] == layer) continue;
-            t.Layers.Insert(at, layer);
-            t.Paths.Insert(at, p);
+            if (InsertLayer(t.Layers, LayerOf(p) ?? -1) is var at and >= 0) t.Paths.Insert(at, p);
         }
         var chosen = new HashSet<string>(StringComparer.Ordinal);
         foreach (var (_, t) in byType)
@@ -164,6 +160,19 @@ internal sealed class ModuleSpectra : IDisposable
         var result = new List<string>(chosen.Count);
         foreach (var p in paths) if (chosen.Remove(p)) result.Add(p);
         return result;
+    }
+
+    /// <summary>
+    /// Adds <paramref name="layer"/> to the ascending, distinct <paramref name="layers"/>: where it went, or −1
+    /// when it was there already (a model has tens of layers: a scan is enough).
+    /// </summary>
+    public static int InsertLayer(List<int> layers, int layer)
+    {
+        int at = 0;
+        while (at < layers.Count && layers[at] < layer) at++;
+        if (at < layers.Count && layers[at] == layer) return -1;
+        layers.Insert(at, layer);
+        return at;
     }
 
     /// <summary>
