@@ -121,7 +121,8 @@ public sealed class MergeRunner
         total.Stop();
         var readSeconds = (ReadTime() - readTime0).TotalSeconds;
         // The data is written. Its sync to disk waits on the disk with the cores idle: meanwhile, another
-        // thread computes the spectra (on every core) and renders the report, which the output gets after.
+        // thread finishes the spectra (on every core; the tasks' were begun during the stream) and writes the
+        // report, which the output gets after.
         string? adapterFile = _plan.Request.Mode == OutputMode.Adapter ? Path.Combine(folder.TempPath, LoraAdapter.WeightsFileName) : null;
         int threads = _route.Parallel.MaxDegreeOfParallelism > 0 ? _route.Parallel.MaxDegreeOfParallelism : Environment.ProcessorCount;
         var dataFiles = folder.Files();
@@ -139,8 +140,7 @@ public sealed class MergeRunner
             try { File.WriteAllText(Path.Combine(folder.TempPath, MergeReport.FileName), r.ToJson() + "\n"); }
             catch
             {
-                try { page.Wait(); }
-                catch (AggregateException) { }
+                WaitQuietly(page);
                 throw;
             }
             page.GetAwaiter().GetResult();
@@ -153,8 +153,7 @@ public sealed class MergeRunner
         catch
         {
             // The report's thread writes into the folder: let it finish before the folder is removed.
-            try { finishing.Wait(); }
-            catch (AggregateException) { }
+            WaitQuietly(finishing);
             throw;
         }
         var report = finishing.GetAwaiter().GetResult();
@@ -163,6 +162,13 @@ public sealed class MergeRunner
         _plan.CheckInputsUnchanged();
         folder.Commit(_plan.Request.Sync);
         return report;
+    }
+
+    /// <summary>Waits for a task that writes into the output folder before an error removes the folder; the task's own error gives way to that one.</summary>
+    private static void WaitQuietly(Task task)
+    {
+        try { task.Wait(); }
+        catch (AggregateException) { }
     }
 
     // ---- adapter output ----
